@@ -1,0 +1,137 @@
+# Headwater: one tree, four programs. `make run` and `make test` are the two entry points.
+CC      ?= cc
+PKGS    := libmicrohttpd libnghttp2 libsodium openssl jansson yaml-0.1 sqlite3 libzstd
+BUILD   ?= build
+PREFIX  ?= /usr/local
+DESTDIR ?=
+
+# Debian packages `make deps` installs when a pkg-config module (or tool) is missing.
+DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libnghttp2-dev libsodium-dev \
+            libssl-dev libjansson-dev libyaml-dev libsqlite3-dev libzstd-dev sqlite3 \
+            python3 iproute2
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wformat=2 -Wvla
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -I. -MMD -MP
+LDLIBS  += -lpthread
+
+ifeq ($(SAN),1)
+BUILD   := build-asan
+CFLAGS  += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+# pkg-config is only asked when the packages are there, so `make deps` can run first.
+HAVE_PKGS := $(shell pkg-config --exists $(PKGS) 2>/dev/null && echo yes)
+ifeq ($(HAVE_PKGS),yes)
+CFLAGS  += $(shell pkg-config --cflags $(PKGS))
+LDLIBS  += $(shell pkg-config --libs $(PKGS))
+endif
+
+# Shared code: every program links it.
+LIB_SRCS    := $(wildcard common/*.c proto/*.c db/*.c)
+# headwater without its main(), so unit tests can link the server modules.
+SERVER_SRCS := $(filter-out server/main.c,$(wildcard server/*.c)) $(wildcard api/admin_*.c)
+HWCTL_SRCS  := $(wildcard api/hwctl*.c)
+RELAY_SRCS  := $(wildcard relay/*.c)
+CLIENT_SRCS := $(wildcard client/*.c)
+BENCH_SRCS  := $(wildcard bench/*.c)
+UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+LIB_OBJS    := $(call obj,$(LIB_SRCS))
+SERVER_OBJS := $(call obj,$(SERVER_SRCS))
+
+PROGRAMS := $(BUILD)/headwater $(BUILD)/hwctl
+ifneq ($(RELAY_SRCS),)
+PROGRAMS += $(BUILD)/hwrelay
+endif
+ifneq ($(CLIENT_SRCS),)
+PROGRAMS += $(BUILD)/hwclient
+endif
+UNIT_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
+BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+
+.PHONY: all deps run test asan unit bench install clean check-deps
+all: check-deps $(PROGRAMS) $(UNIT_BINS) $(BENCH_BINS)
+
+check-deps:
+	@pkg-config --exists $(PKGS) 2>/dev/null || { \
+	  echo "missing libraries: run 'make deps' (or: apt-get install $(DEB_PKGS))" >&2; exit 1; }
+
+# Installs only what is missing; a second run does nothing.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(BUILD)/lib/libhw.a: $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(BUILD)/lib/libhwserver.a: $(SERVER_OBJS)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(BUILD)/headwater: $(call obj,server/main.c) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/hwctl: $(call obj,$(HWCTL_SRCS)) $(BUILD)/lib/libhw.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/hwrelay: $(call obj,$(RELAY_SRCS)) $(BUILD)/lib/libhw.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/hwclient: $(call obj,$(CLIENT_SRCS)) $(BUILD)/lib/libhw.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bench/%: $(call obj,bench/%.c) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# The embedded default: SQLite under ./data, 127.0.0.1:8080, built-in relay and STUN.
+run: deps
+	@$(MAKE) --no-print-directory all
+	./$(BUILD)/headwater serve
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@python3 tests/run.py --build $(BUILD)
+
+asan: deps
+	@$(MAKE) --no-print-directory SAN=1 all
+	@HW_SANITIZED=1 python3 tests/run.py --build build-asan
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@python3 bench/run.py --build $(BUILD)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/headwater \
+	  $(DESTDIR)$(PREFIX)/share/headwater $(DESTDIR)/lib/systemd/system \
+	  $(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/usr/lib/tmpfiles.d
+	install -m 0755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 config-example.yaml derp-example.yaml $(DESTDIR)$(PREFIX)/share/headwater/
+	[ -e $(DESTDIR)/etc/headwater/config.yaml ] || \
+	  install -m 0640 config-example.yaml $(DESTDIR)/etc/headwater/config.yaml
+	install -m 0644 packaging/*.service $(DESTDIR)/lib/systemd/system/
+	install -m 0644 packaging/headwater.sysusers $(DESTDIR)/usr/lib/sysusers.d/headwater.conf
+	install -m 0644 packaging/headwater.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/headwater.conf
+
+clean:
+	rm -rf build build-asan
