@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -50,5 +51,41 @@ static inline int fx_key(const char *text, uint8_t out[32])
             fx_i++;                                                                    \
         CHECK(fx_i == fx_n, "bytes differ at offset %zu of %zu", fx_i, fx_n);          \
     } while (0)
+
+/* The same for tests that treat a missing fixture as a broken checkout: they exit. */
+static inline json_t *fxj_load(const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", tl_fixtures_dir(), name);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    if (!j) {
+        fprintf(stderr, "cannot load fixture %s: %s\n", path, je.text);
+        exit(2);
+    }
+    return j;
+}
+
+/* Hex string member -> malloc'd bytes (NULL if absent or not hex). */
+static inline uint8_t *fxj_hex(const json_t *obj, const char *key, size_t *len)
+{
+    const char *hex = json_string_value(json_object_get(obj, key));
+    *len = 0;
+    if (!hex)
+        return NULL;
+    size_t n = strlen(hex) / 2;
+    uint8_t *out = hw_malloc(n ? n : 1);
+    if (hw_hex_decode(hex, out, n) != (int)n) {
+        free(out);
+        return NULL;
+    }
+    *len = n;
+    return out;
+}
+
+static inline const char *fxj_str(const json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
+}
 
 #endif
