@@ -3,10 +3,13 @@
  * 0770 or yes would read back as a number or a boolean in Go's YAML. */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "common/config.h"
+#include "common/util.h"
 
 struct dump {
     yaml_emitter_t emitter;
@@ -54,6 +57,24 @@ static void put_string(struct dump *d, const char *name, const char *value)
 {
     key(d, name);
     scalar(d, value ? value : "", YAML_DOUBLE_QUOTED_SCALAR_STYLE);
+}
+
+/* For the keys a config file resolves against its own directory: a path relative to
+ * the working directory (as in the embedded defaults) is written out absolute, so the
+ * dump means the same files wherever it is saved. */
+static void put_path(struct dump *d, const char *name, const char *value)
+{
+    char *cwd = value && value[0] != '/' ? getcwd(NULL, 0) : NULL;
+    if (!cwd) {
+        put_string(d, name, value);
+        return;
+    }
+    while (value[0] == '.' && value[1] == '/')
+        value += 2;
+    char *absolute = hw_sprintf("%s/%s", cwd, value);
+    put_string(d, name, absolute);
+    free(absolute);
+    free(cwd);
 }
 
 static void put_plain(struct dump *d, const char *name, const char *value)
@@ -145,7 +166,7 @@ static void put_body(struct dump *d, const struct hw_config *cfg)
     put_string(d, "metrics_listen_addr", cfg->metrics_listen_addr);
 
     begin_section(d, "noise");
-    put_string(d, "private_key_path", cfg->noise_private_key_path);
+    put_path(d, "private_key_path", cfg->noise_private_key_path);
     end_section(d);
 
     begin_section(d, "prefixes");
@@ -157,7 +178,7 @@ static void put_body(struct dump *d, const struct hw_config *cfg)
     begin_section(d, "database");
     put_string(d, "type", cfg->database_type);
     begin_section(d, "sqlite");
-    put_string(d, "path", cfg->database_sqlite_path);
+    put_path(d, "path", cfg->database_sqlite_path);
     put_bool(d, "write_ahead_log", cfg->database_sqlite_wal);
     put_int(d, "wal_autocheckpoint", cfg->database_sqlite_wal_autocheckpoint);
     end_section(d);
@@ -171,7 +192,7 @@ static void put_body(struct dump *d, const struct hw_config *cfg)
     put_string(d, "region_name", cfg->derp_server_region_name);
     put_bool(d, "verify_clients", cfg->derp_server_verify_clients);
     put_string(d, "stun_listen_addr", cfg->derp_server_stun_listen_addr);
-    put_string(d, "private_key_path", cfg->derp_server_private_key_path);
+    put_path(d, "private_key_path", cfg->derp_server_private_key_path);
     put_bool(d, "automatically_add_embedded_derp_region", cfg->derp_server_auto_add_region);
     put_string(d, "ipv4", cfg->derp_server_ipv4);
     put_string(d, "ipv6", cfg->derp_server_ipv6);
@@ -214,8 +235,8 @@ static void put_body(struct dump *d, const struct hw_config *cfg)
     put_string(d, "format", cfg->log_format);
     end_section(d);
 
-    put_string(d, "tls_cert_path", cfg->tls_cert_path);
-    put_string(d, "tls_key_path", cfg->tls_key_path);
+    put_path(d, "tls_cert_path", cfg->tls_cert_path);
+    put_path(d, "tls_key_path", cfg->tls_key_path);
 
     begin_section(d, "policy");
     put_string(d, "mode", cfg->policy_mode);
