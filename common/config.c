@@ -231,7 +231,7 @@ struct key_spec {
     unsigned flags;
     long long min, max;        /* integer keys */
     const char *form;          /* the expected form, for error messages */
-    const char *replaced_by;   /* an older Headscale name: ignored when this key is set */
+    const char *replaced_by[2]; /* an older Headscale name: ignored when one of these is set */
     const char *unsupported;   /* the warning for a feature headwater lacks */
 };
 
@@ -345,18 +345,6 @@ static struct entry *find_entry(struct loader *L, const char *path)
     for (size_t i = 0; i < L->n_entries; i++)
         if (!strcmp(L->entries[i].path, path))
             return &L->entries[i];
-    return NULL;
-}
-
-/* The first entry at PATH or inside the section PATH. */
-static struct entry *find_entry_or_child(struct loader *L, const char *path)
-{
-    size_t n = strlen(path);
-    for (size_t i = 0; i < L->n_entries; i++) {
-        const char *p = L->entries[i].path;
-        if (!strncmp(p, path, n) && (p[n] == '\0' || p[n] == '.'))
-            return &L->entries[i];
-    }
     return NULL;
 }
 
@@ -742,7 +730,8 @@ static void apply_host_port(struct loader *L, const struct entry *e)
 
 static void apply_server_url(struct loader *L, const struct entry *e)
 {
-    const char *form = "http://HOST[:PORT] or https://HOST[:PORT] (like https://headwater.example.com)";
+    const char *form =
+        "http://HOST[:PORT] or https://HOST[:PORT] (like https://headwater.example.com)";
     const char *t = scalar_value(L, e->line, e->path, form, e->value);
     struct url_parts url;
     if (!t)
@@ -811,9 +800,11 @@ static void apply_ip_prefixes(struct loader *L, const struct entry *e)
     prefixes_come_from_file(L);
     int v4_line = 0, v6_line = 0;
     for (size_t i = 0; i < n; i++) {
-        const struct prefix_range *range = strchr(items[i].text, ':') ? &tailscale_v6 : &tailscale_v4;
+        const struct prefix_range *range =
+            strchr(items[i].text, ':') ? &tailscale_v6 : &tailscale_v4;
         char canonical[PREFIX_TEXT_MAX];
-        enum prefix_verdict verdict = parse_prefix(items[i].text, range, canonical, sizeof canonical);
+        enum prefix_verdict verdict =
+            parse_prefix(items[i].text, range, canonical, sizeof canonical);
         if (verdict == PREFIX_BAD) {
             error_at(L, items[i].line, "%s: expected %s, got \"%s\"", e->path, form, items[i].text);
             continue;
@@ -940,7 +931,8 @@ static void apply_nameservers(struct loader *L, const struct entry *e)
 /* dns.nameservers.split: { domain: [servers] } */
 static void apply_split(struct loader *L, const struct entry *e)
 {
-    const char *form = "a mapping of domains to nameserver lists (like corp.example.com: [10.0.0.53])";
+    const char *form =
+        "a mapping of domains to nameserver lists (like corp.example.com: [10.0.0.53])";
     if (is_null(e->value)) {
         free_split(L->cfg);
         return;
@@ -988,7 +980,8 @@ static void apply_split(struct loader *L, const struct entry *e)
 static bool read_extra_record(struct loader *L, const char *key, size_t index,
                               const yaml_node_t *node, struct hw_dns_extra_record *out, bool *skip)
 {
-    static const char form[] = "a record like {name: grafana.example.com, type: A, value: 100.64.0.3}";
+    static const char form[] =
+        "a record like {name: grafana.example.com, type: A, value: 100.64.0.3}";
     const char *fields[3] = {NULL, NULL, NULL};
     static const char *const names[3] = {"name", "type", "value"};
     int line = node_line(node);
@@ -997,7 +990,8 @@ static bool read_extra_record(struct loader *L, const char *key, size_t index,
         return false;
     }
     bool ok = true;
-    for (yaml_node_pair_t *p = node->data.mapping.pairs.start; p < node->data.mapping.pairs.top; p++) {
+    for (yaml_node_pair_t *p = node->data.mapping.pairs.start; p < node->data.mapping.pairs.top;
+         p++) {
         yaml_node_t *k = node_at(L, p->key), *v = node_at(L, p->value);
         const char *name = k->type == YAML_SCALAR_NODE ? scalar_text(k) : "";
         size_t f = 0;
@@ -1102,7 +1096,8 @@ static void apply_base_domain(struct loader *L, const struct entry *e)
     free(lower);
     if (problem) {
         char *seen = describe(e->value);
-        error_at(L, e->line, "%s: expected %s, got %s: each label %s", e->path, form, seen, problem);
+        error_at(L, e->line, "%s: expected %s, got %s: each label %s", e->path, form, seen,
+                 problem);
         free(seen);
         return;
     }
@@ -1176,96 +1171,125 @@ static void apply_log_format(struct loader *L, const struct entry *e)
 
 static const struct key_spec key_specs[] = {
     {.path = "server_url", .apply = apply_server_url},
-    {.path = "listen_addr", .apply = apply_host_port, .field = FIELD(listen_addr), .flags = KEY_REQUIRED, .form = "0.0.0.0:8080"},
-    {.path = "metrics_listen_addr", .apply = apply_host_port, .field = FIELD(metrics_listen_addr), .form = "127.0.0.1:9090"},
-    {.path = "noise.private_key_path", .apply = apply_string, .field = FIELD(noise_private_key_path),
-     .flags = KEY_REQUIRED | KEY_CONFIG_RELATIVE, .form = "a file path"},
+    {.path = "listen_addr", .apply = apply_host_port, .field = FIELD(listen_addr),
+     .flags = KEY_REQUIRED, .form = "0.0.0.0:8080"},
+    {.path = "metrics_listen_addr", .apply = apply_host_port, .field = FIELD(metrics_listen_addr),
+     .form = "127.0.0.1:9090"},
+    {.path = "noise.private_key_path", .apply = apply_string,
+     .field = FIELD(noise_private_key_path), .flags = KEY_REQUIRED | KEY_CONFIG_RELATIVE,
+     .form = "a file path"},
 
     {.path = "prefixes.v4", .apply = apply_prefix, .field = FIELD(prefix_v4)},
     {.path = "prefixes.v6", .apply = apply_prefix, .field = FIELD(prefix_v6), .flags = KEY_IPV6},
     {.path = "prefixes.allocation", .apply = apply_allocation},
-    {.path = "ip_prefixes", .apply = apply_ip_prefixes, .replaced_by = "prefixes"},
+    {.path = "ip_prefixes", .apply = apply_ip_prefixes,
+     .replaced_by = {"prefixes.v4", "prefixes.v6"}},
 
     {.path = "database.type", .apply = apply_database_type},
     {.path = "database.sqlite.path", .apply = apply_string, .field = FIELD(database_sqlite_path),
      .flags = KEY_REQUIRED | KEY_CONFIG_RELATIVE, .form = "a file path"},
-    {.path = "database.sqlite.write_ahead_log", .apply = apply_bool, .field = FIELD(database_sqlite_wal)},
-    {.path = "database.sqlite.wal_autocheckpoint", .apply = apply_int, .field = FIELD(database_sqlite_wal_autocheckpoint),
-     .min = 0, .max = INT_MAX},
-    {.path = "db_type", .apply = apply_database_type, .replaced_by = "database.type"},
-    {.path = "db_path", .apply = apply_string, .field = FIELD(database_sqlite_path), .flags = KEY_REQUIRED | KEY_CONFIG_RELATIVE,
-     .form = "a file path", .replaced_by = "database.sqlite.path"},
+    {.path = "database.sqlite.write_ahead_log", .apply = apply_bool,
+     .field = FIELD(database_sqlite_wal)},
+    {.path = "database.sqlite.wal_autocheckpoint", .apply = apply_int,
+     .field = FIELD(database_sqlite_wal_autocheckpoint), .min = 0, .max = INT_MAX},
+    {.path = "db_type", .apply = apply_database_type, .replaced_by = {"database.type"}},
+    {.path = "db_path", .apply = apply_string, .field = FIELD(database_sqlite_path),
+     .flags = KEY_REQUIRED | KEY_CONFIG_RELATIVE, .form = "a file path",
+     .replaced_by = {"database.sqlite.path"}},
 
     {.path = "derp.server.enabled", .apply = apply_bool, .field = FIELD(derp_server_enabled)},
-    {.path = "derp.server.region_id", .apply = apply_int, .field = FIELD(derp_server_region_id), .min = 1, .max = 65535},
-    {.path = "derp.server.region_code", .apply = apply_string, .field = FIELD(derp_server_region_code), .flags = KEY_REQUIRED,
+    {.path = "derp.server.region_id", .apply = apply_int, .field = FIELD(derp_server_region_id),
+     .min = 1, .max = 65535},
+    {.path = "derp.server.region_code", .apply = apply_string,
+     .field = FIELD(derp_server_region_code), .flags = KEY_REQUIRED,
      .form = "a short region code (like headwater)"},
-    {.path = "derp.server.region_name", .apply = apply_string, .field = FIELD(derp_server_region_name), .flags = KEY_REQUIRED,
+    {.path = "derp.server.region_name", .apply = apply_string,
+     .field = FIELD(derp_server_region_name), .flags = KEY_REQUIRED,
      .form = "a region name (like \"Headwater Embedded DERP\")"},
-    {.path = "derp.server.stun_listen_addr", .apply = apply_host_port, .field = FIELD(derp_server_stun_listen_addr),
-     .form = "0.0.0.0:3478"},
-    {.path = "derp.server.stun.listen_addr", .apply = apply_host_port, .field = FIELD(derp_server_stun_listen_addr),
-     .form = "0.0.0.0:3478", .replaced_by = "derp.server.stun_listen_addr"},
-    {.path = "derp.server.private_key_path", .apply = apply_string, .field = FIELD(derp_server_private_key_path),
-     .flags = KEY_REQUIRED | KEY_CONFIG_RELATIVE, .form = "a file path"},
-    {.path = "derp.server.verify_clients", .apply = apply_bool, .field = FIELD(derp_server_verify_clients)},
+    {.path = "derp.server.stun_listen_addr", .apply = apply_host_port,
+     .field = FIELD(derp_server_stun_listen_addr), .form = "0.0.0.0:3478"},
+    {.path = "derp.server.stun.listen_addr", .apply = apply_host_port,
+     .field = FIELD(derp_server_stun_listen_addr), .form = "0.0.0.0:3478",
+     .replaced_by = {"derp.server.stun_listen_addr"}},
+    {.path = "derp.server.private_key_path", .apply = apply_string,
+     .field = FIELD(derp_server_private_key_path), .flags = KEY_REQUIRED | KEY_CONFIG_RELATIVE,
+     .form = "a file path"},
+    {.path = "derp.server.verify_clients", .apply = apply_bool,
+     .field = FIELD(derp_server_verify_clients)},
     {.path = "derp.server.automatically_add_embedded_derp_region", .apply = apply_bool,
-     FIELD(derp_server_auto_add_region)},
+     .field = FIELD(derp_server_auto_add_region)},
     {.path = "derp.server.ipv4", .apply = apply_ip_address, .field = FIELD(derp_server_ipv4)},
-    {.path = "derp.server.ipv6", .apply = apply_ip_address, .field = FIELD(derp_server_ipv6), .flags = KEY_IPV6},
+    {.path = "derp.server.ipv6", .apply = apply_ip_address, .field = FIELD(derp_server_ipv6),
+     .flags = KEY_IPV6},
     {.path = "derp.urls", .apply = apply_url_list, LIST(derp_urls)},
     {.path = "derp.paths", .apply = apply_string_list, LIST(derp_paths), .form = "a file path"},
-    {.path = "derp.auto_update_enabled", .apply = apply_bool, .field = FIELD(derp_auto_update_enabled)},
-    {.path = "derp.update_frequency", .apply = apply_duration, .field = FIELD(derp_update_frequency_ms), .flags = KEY_POSITIVE,
+    {.path = "derp.auto_update_enabled", .apply = apply_bool,
+     .field = FIELD(derp_auto_update_enabled)},
+    {.path = "derp.update_frequency", .apply = apply_duration,
+     .field = FIELD(derp_update_frequency_ms), .flags = KEY_POSITIVE,
      .form = "a duration like 3h or 24h"},
 
     {.path = "node.expiry", .apply = apply_duration, .field = FIELD(node_expiry_ms),
      .form = "0 (never) or a duration like 180d"},
-    {.path = "node.ephemeral.inactivity_timeout", .apply = apply_duration, .field = FIELD(ephemeral_node_inactivity_timeout_ms)},
-    {.path = "ephemeral_node_inactivity_timeout", .apply = apply_duration, .field = FIELD(ephemeral_node_inactivity_timeout_ms),
-     .replaced_by = "node.ephemeral.inactivity_timeout"},
+    {.path = "node.ephemeral.inactivity_timeout", .apply = apply_duration,
+     .field = FIELD(ephemeral_node_inactivity_timeout_ms)},
+    {.path = "ephemeral_node_inactivity_timeout", .apply = apply_duration,
+     .field = FIELD(ephemeral_node_inactivity_timeout_ms),
+     .replaced_by = {"node.ephemeral.inactivity_timeout"}},
 
     {.path = "dns.magic_dns", .apply = apply_bool, .field = FIELD(dns_magic_dns)},
     {.path = "dns.base_domain", .apply = apply_base_domain},
     {.path = "dns.override_local_dns", .apply = apply_bool, .field = FIELD(dns_override_local_dns)},
     {.path = "dns.nameservers.global", .apply = apply_nameservers},
     {.path = "dns.nameservers.split", .apply = apply_split},
-    {.path = "dns.search_domains", .apply = apply_string_list, LIST(dns_search_domains), .form = "a domain name"},
+    {.path = "dns.search_domains", .apply = apply_string_list, LIST(dns_search_domains),
+     .form = "a domain name"},
     {.path = "dns.extra_records", .apply = apply_extra_records},
-    {.path = "dns.extra_records_path", .apply = apply_string, .field = FIELD(dns_extra_records_path), .form = "a file path"},
+    {.path = "dns.extra_records_path", .apply = apply_string,
+     .field = FIELD(dns_extra_records_path), .form = "a file path"},
     /* Headscale before 0.23 */
-    {.path = "dns_config.magic_dns", .apply = apply_bool, .field = FIELD(dns_magic_dns), .replaced_by = "dns.magic_dns"},
-    {.path = "dns_config.base_domain", .apply = apply_base_domain, .replaced_by = "dns.base_domain"},
-    {.path = "dns_config.override_local_dns", .apply = apply_bool, .field = FIELD(dns_override_local_dns),
-     .replaced_by = "dns.override_local_dns"},
-    {.path = "dns_config.nameservers", .apply = apply_nameservers, .replaced_by = "dns.nameservers.global"},
-    {.path = "dns_config.restricted_nameservers", .apply = apply_split, .replaced_by = "dns.nameservers.split"},
-    {.path = "dns_config.domains", .apply = apply_string_list, LIST(dns_search_domains), .form = "a domain name",
-     .replaced_by = "dns.search_domains"},
-    {.path = "dns_config.extra_records", .apply = apply_extra_records, .replaced_by = "dns.extra_records"},
+    {.path = "dns_config.magic_dns", .apply = apply_bool, .field = FIELD(dns_magic_dns),
+     .replaced_by = {"dns.magic_dns"}},
+    {.path = "dns_config.base_domain", .apply = apply_base_domain,
+     .replaced_by = {"dns.base_domain"}},
+    {.path = "dns_config.override_local_dns", .apply = apply_bool,
+     .field = FIELD(dns_override_local_dns), .replaced_by = {"dns.override_local_dns"}},
+    {.path = "dns_config.nameservers", .apply = apply_nameservers,
+     .replaced_by = {"dns.nameservers.global"}},
+    {.path = "dns_config.restricted_nameservers", .apply = apply_split,
+     .replaced_by = {"dns.nameservers.split"}},
+    {.path = "dns_config.domains", .apply = apply_string_list, LIST(dns_search_domains),
+     .form = "a domain name", .replaced_by = {"dns.search_domains"}},
+    {.path = "dns_config.extra_records", .apply = apply_extra_records,
+     .replaced_by = {"dns.extra_records"}},
 
-    {.path = "unix_socket", .apply = apply_string, .field = FIELD(unix_socket), .flags = KEY_REQUIRED, .form = "a socket path"},
+    {.path = "unix_socket", .apply = apply_string, .field = FIELD(unix_socket),
+     .flags = KEY_REQUIRED, .form = "a socket path"},
     {.path = "unix_socket_permission", .apply = apply_socket_permission},
 
     {.path = "log.level", .apply = apply_log_level},
-    {.path = "log.format", .apply = apply_log_format, .field = FIELD(log_format), .form = "text or json"},
-    {.path = "log_level", .apply = apply_log_level, .replaced_by = "log.level"},
+    {.path = "log.format", .apply = apply_log_format, .field = FIELD(log_format),
+     .form = "text or json"},
+    {.path = "log_level", .apply = apply_log_level, .replaced_by = {"log.level"}},
 
-    {.path = "tls_cert_path", .apply = apply_string, .field = FIELD(tls_cert_path), .flags = KEY_CONFIG_RELATIVE,
-     .form = "a file path"},
-    {.path = "tls_key_path", .apply = apply_string, .field = FIELD(tls_key_path), .flags = KEY_CONFIG_RELATIVE,
-     .form = "a file path"},
+    {.path = "tls_cert_path", .apply = apply_string, .field = FIELD(tls_cert_path),
+     .flags = KEY_CONFIG_RELATIVE, .form = "a file path"},
+    {.path = "tls_key_path", .apply = apply_string, .field = FIELD(tls_key_path),
+     .flags = KEY_CONFIG_RELATIVE, .form = "a file path"},
 
-    {.path = "policy.path", .apply = apply_string, .field = FIELD(policy_path), .form = "a file path"},
-    {.path = "policy.mode", .apply = apply_choice, .field = FIELD(policy_mode), .form = "file or database"},
-    {.path = "acl_policy_path", .apply = apply_string, .field = FIELD(policy_path), .form = "a file path",
-     .replaced_by = "policy.path"},
+    {.path = "policy.path", .apply = apply_string, .field = FIELD(policy_path),
+     .form = "a file path"},
+    {.path = "policy.mode", .apply = apply_choice, .field = FIELD(policy_mode),
+     .form = "file or database"},
+    {.path = "acl_policy_path", .apply = apply_string, .field = FIELD(policy_path),
+     .form = "a file path", .replaced_by = {"policy.path"}},
 
     /* Headscale's keys for features headwater does not have. */
     {.path = "grpc_listen_addr"},
     {.path = "grpc_allow_insecure"},
-    {.path = "trusted_proxies", .unsupported = "trusted_proxies (client addresses from proxy headers) "
-                                       "is not supported by headwater; ignored"},
+    {.path = "trusted_proxies",
+     .unsupported = "trusted_proxies (client addresses from proxy headers) is not supported by "
+                    "headwater; ignored"},
     {.path = "disable_check_updates"},
     {.path = "node_update_check_interval"},
     {.path = "node.routes.ha.probe_interval"},
@@ -1273,12 +1297,13 @@ static const struct key_spec key_specs[] = {
     {.path = "preauth_keys.revoked_retention"},
     {.path = "derp.server.stun.enabled"},
     {.path = "database.debug"},
-    {.path = "db_host"}, {.path = "db_port"}, {.path = "db_name"}, {.path = "db_user"}, {.path = "db_pass"}, {.path = "db_ssl"},
+    {.path = "db_host"}, {.path = "db_port"}, {.path = "db_name"},
+    {.path = "db_user"}, {.path = "db_pass"}, {.path = "db_ssl"},
     {.path = "acme_url"},
     {.path = "acme_email"},
-    {.path = "tls_letsencrypt_hostname", .unsupported = "Let's Encrypt (tls_letsencrypt_hostname) is not "
-                                                "supported by headwater; ignored: set tls_cert_path "
-                                                "and tls_key_path, or put a TLS proxy in front"},
+    {.path = "tls_letsencrypt_hostname",
+     .unsupported = "Let's Encrypt (tls_letsencrypt_hostname) is not supported by headwater; "
+                    "ignored: set tls_cert_path and tls_key_path, or put a TLS proxy in front"},
     {.path = "tls_letsencrypt_cache_dir"},
     {.path = "tls_letsencrypt_challenge_type"},
     {.path = "tls_letsencrypt_listen"},
@@ -1287,18 +1312,20 @@ static const struct key_spec key_specs[] = {
     {.path = "oidc.issuer", .unsupported = "oidc is not supported by headwater; ignored"},
     {.path = "logtail.enabled", .unsupported = "logtail is not supported by headwater; ignored"},
     {.path = "taildrop.enabled"},
-    {.path = "auto_update.enabled", .unsupported = "auto_update (clients update themselves by default) is "
-                                           "not supported by headwater; ignored"},
-    {.path = "randomize_client_port", .unsupported = "randomize_client_port is not supported by "
-                                             "headwater; ignored"},
-    {.path = "dns.use_username_in_magic_dns", .unsupported = "use_username_in_magic_dns is not supported "
-                                                     "by headwater; ignored"},
-    {.path = "dns_config.use_username_in_magic_dns", .unsupported = "use_username_in_magic_dns is not "
-                                                            "supported by headwater; ignored"},
-    {.path = "ip_prefix", .unsupported = "ip_prefix (Headscale before 0.12) is not read by headwater; "
-                                 "use prefixes.v4 and prefixes.v6"},
-    {.path = "derp_map_path", .unsupported = "derp_map_path (early Headscale) is not read by headwater; "
-                                     "use derp.paths"},
+    {.path = "auto_update.enabled",
+     .unsupported = "auto_update (clients update themselves by default) is not supported by "
+                    "headwater; ignored"},
+    {.path = "randomize_client_port",
+     .unsupported = "randomize_client_port is not supported by headwater; ignored"},
+    {.path = "dns.use_username_in_magic_dns",
+     .unsupported = "use_username_in_magic_dns is not supported by headwater; ignored"},
+    {.path = "dns_config.use_username_in_magic_dns",
+     .unsupported = "use_username_in_magic_dns is not supported by headwater; ignored"},
+    {.path = "ip_prefix",
+     .unsupported = "ip_prefix (Headscale before 0.12) is not read by headwater; use prefixes.v4 "
+                    "and prefixes.v6"},
+    {.path = "derp_map_path",
+     .unsupported = "derp_map_path (early Headscale) is not read by headwater; use derp.paths"},
     {.path = "default_machine_registration_duration"},
     {.path = "max_machine_registration_duration"},
 };
@@ -1457,7 +1484,8 @@ static void walk_merge(struct loader *L, yaml_node_t *value, const char *prefix,
         return;
     }
     if (value->type == YAML_SEQUENCE_NODE) {
-        for (yaml_node_item_t *i = value->data.sequence.items.start; i < value->data.sequence.items.top; i++) {
+        for (yaml_node_item_t *i = value->data.sequence.items.start;
+             i < value->data.sequence.items.top; i++) {
             yaml_node_t *item = node_at(L, *i);
             if (item->type == YAML_MAPPING_NODE)
                 walk_mapping(L, item, prefix, depth + 1, true);
@@ -1522,13 +1550,13 @@ static void apply_entries(struct loader *L)
                 warning_at(L, e->line, "%s", s->unsupported);
             continue;
         }
-        if (s->replaced_by) {
-            const struct entry *newer = find_entry_or_child(L, s->replaced_by);
-            if (newer) {
-                warning_at(L, e->line, "%s is ignored: %s (line %d) takes precedence", e->path,
-                           newer->path, newer->line);
-                continue;
-            }
+        const struct entry *newer = NULL;
+        for (size_t r = 0; r < HW_ARRAY_LEN(s->replaced_by) && s->replaced_by[r] && !newer; r++)
+            newer = find_entry(L, s->replaced_by[r]);
+        if (newer) {
+            warning_at(L, e->line, "%s is ignored: %s (line %d) takes precedence", e->path,
+                       newer->path, newer->line);
+            continue;
         }
         size_t errors_before = L->res->n_errors;
         s->apply(L, e);
@@ -1550,7 +1578,8 @@ static void check_server_url_vs_base_domain(struct loader *L)
 {
     const char *base = L->cfg->dns_base_domain;
     struct url_parts url;
-    if (!base || !parse_http_url(L->cfg->server_url, &url) || FAILED(L, "server_url", BASE_DOMAIN_KEYS))
+    if (!base || !parse_http_url(L->cfg->server_url, &url) ||
+        FAILED(L, "server_url", BASE_DOMAIN_KEYS))
         return;
     size_t base_len = strlen(base);
     bool same = url.host_len == base_len && !strncasecmp(url.host, base, base_len);
@@ -1568,8 +1597,9 @@ static void check_dns(struct loader *L)
     struct hw_config *c = L->cfg;
 
     if (c->dns_magic_dns && !c->dns_base_domain && !FAILED(L, MAGIC_DNS_KEYS, BASE_DOMAIN_KEYS))
-        error_at(L, LINE_OF(L, BASE_DOMAIN_KEYS, MAGIC_DNS_KEYS),
-                 "dns.base_domain: MagicDNS (dns.magic_dns) needs a base domain, like headwater.net");
+        error_at(
+            L, LINE_OF(L, BASE_DOMAIN_KEYS, MAGIC_DNS_KEYS),
+            "dns.base_domain: MagicDNS (dns.magic_dns) needs a base domain, like headwater.net");
     check_server_url_vs_base_domain(L);
 
     if (c->dns_override_local_dns && c->n_dns_nameservers_global == 0 &&
@@ -1596,9 +1626,10 @@ static void check_derp(struct loader *L)
                  "derp.server.stun_listen_addr: the built-in relay (derp.server.enabled) needs a "
                  "STUN address, like 0.0.0.0:3478");
     if (c->derp_server_enabled && !c->derp_server_auto_add_region && c->n_derp_paths == 0)
-        error_at(L, LINE_OF(L, "derp.server.automatically_add_embedded_derp_region"),
-                 "derp.server.automatically_add_embedded_derp_region is false, so the built-in "
-                 "relay must be listed in a DERP map file under derp.paths, and derp.paths is empty");
+        error_at(
+            L, LINE_OF(L, "derp.server.automatically_add_embedded_derp_region"),
+            "derp.server.automatically_add_embedded_derp_region is false, so the built-in "
+            "relay must be listed in a DERP map file under derp.paths, and derp.paths is empty");
     if (!c->derp_server_enabled && c->n_derp_urls == 0 && c->n_derp_paths == 0)
         warning_at(L, LINE_OF(L, "derp.server.enabled", "derp"),
                    "no DERP relay is configured (derp.server.enabled is false, derp.urls and "
@@ -1619,7 +1650,8 @@ static void check_cross_keys(struct loader *L)
         bool has_cert = c->tls_cert_path != NULL;
         error_at(L, LINE_OF(L, has_cert ? "tls_cert_path" : "tls_key_path"),
                  "%s is set but %s is not; serving TLS needs both the certificate and its key",
-                 has_cert ? "tls_cert_path" : "tls_key_path", has_cert ? "tls_key_path" : "tls_cert_path");
+                 has_cert ? "tls_cert_path" : "tls_key_path",
+                 has_cert ? "tls_key_path" : "tls_cert_path");
     }
 
     if (c->ephemeral_node_inactivity_timeout_ms <= MIN_EPHEMERAL_INACTIVITY_MS &&
@@ -1642,7 +1674,8 @@ static void sort_diags_by_line(struct hw_config_result *res)
         struct hw_config_diag d = res->diags[i];
         unsigned key = d.line > 0 ? (unsigned)d.line : UINT_MAX;
         size_t j = i;
-        while (j > 0 && (res->diags[j - 1].line > 0 ? (unsigned)res->diags[j - 1].line : UINT_MAX) > key) {
+        while (j > 0 &&
+               (res->diags[j - 1].line > 0 ? (unsigned)res->diags[j - 1].line : UINT_MAX) > key) {
             res->diags[j] = res->diags[j - 1];
             j--;
         }
@@ -1652,7 +1685,8 @@ static void sort_diags_by_line(struct hw_config_result *res)
 
 /* ------------------------------------------------------------------- load */
 
-static bool read_config_file(const char *path, char **text, size_t *len, struct hw_config_result *res)
+static bool read_config_file(const char *path, char **text, size_t *len,
+                             struct hw_config_result *res)
 {
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {

@@ -104,7 +104,8 @@ static void put_duration(struct dump *d, const char *name, int64_t ms)
     static const char *const units[] = {"h", "m", "s", "ms"};
     for (size_t i = 0; i < 4 && ms > 0; i++)
         if (parts[i])
-            used += (size_t)snprintf(text + used, sizeof text - used, "%" PRId64 "%s", parts[i], units[i]);
+            used += (size_t)snprintf(text + used, sizeof text - used, "%" PRId64 "%s", parts[i],
+                                     units[i]);
     put_plain(d, name, text);
 }
 

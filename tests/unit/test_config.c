@@ -55,7 +55,8 @@ static int load_text(const char *name, const char *text, struct hw_config *cfg,
 }
 
 /* The first diagnostic whose message contains NEEDLE. */
-static const struct hw_config_diag *find_diag(const struct hw_config_result *res, const char *needle)
+static const struct hw_config_diag *find_diag(const struct hw_config_result *res,
+                                              const char *needle)
 {
     for (size_t i = 0; i < res->n_diags; i++)
         if (strstr(res->diags[i].message, needle))
@@ -70,8 +71,9 @@ static const char *diags_text(const struct hw_config_result *res)
     size_t used = 0;
     text[0] = '\0';
     for (size_t i = 0; i < res->n_diags && used < sizeof text; i++)
-        used += (size_t)snprintf(text + used, sizeof text - used, "[%d %s: %s] ", res->diags[i].line,
-                                 res->diags[i].is_error ? "error" : "warning", res->diags[i].message);
+        used +=
+            (size_t)snprintf(text + used, sizeof text - used, "[%d %s: %s] ", res->diags[i].line,
+                             res->diags[i].is_error ? "error" : "warning", res->diags[i].message);
     return res->n_diags ? text : "(no diagnostics)";
 }
 
@@ -534,7 +536,8 @@ static void wrong_type_names_line_and_key(void)
     CHECK(rc == -1, "a bad value is an error");
     CHECK_INT(r.n_errors, 1);
     CHECK_INT(r.diags[0].line, 4);
-    CHECK_STR(r.diags[0].message, "listen_addr: expected HOST:PORT (like 0.0.0.0:8080), got \"8080\"");
+    CHECK_STR(r.diags[0].message,
+              "listen_addr: expected HOST:PORT (like 0.0.0.0:8080), got \"8080\"");
     /* cfg is whole after a failure: the packaged defaults, safe to free */
     CHECK_STR(c.listen_addr, "127.0.0.1:8080");
     CHECK_STR(c.database_sqlite_path, "/var/lib/headwater/db.sqlite");
@@ -577,15 +580,18 @@ static void all_errors_are_reported(void)
     CHECK(rc == -1, "errors");
     CHECK_INT(r.n_errors, 8);
     CHECK_DIAG(&r, "server_url: expected http://HOST[:PORT] or https://HOST[:PORT]", 1, true);
-    CHECK_DIAG(&r, "derp.server.region_id: expected a whole number from 1 to 65535, got \"70000\"", 4, true);
-    CHECK_DIAG(&r, "derp.update_frequency: expected a duration like 3h or 24h, got \"soon\"", 5, true);
+    CHECK_DIAG(&r, "derp.server.region_id: expected a whole number from 1 to 65535, got \"70000\"",
+               4, true);
+    CHECK_DIAG(&r, "derp.update_frequency: expected a duration like 3h or 24h, got \"soon\"", 5,
+               true);
     CHECK_DIAG(&r, "unix_socket_permission: expected an octal mode up to 0777", 6, true);
     CHECK_DIAG(&r, "log.level: expected one of trace, debug, info", 8, true);
     CHECK_DIAG(&r, "log.format: expected text or json, got \"xml\"", 9, true);
     CHECK_DIAG(&r, "dns.nameservers.global: expected an IP address", 12, true);
     CHECK_DIAG(&r, "policy.mode: expected file or database, got \"db\"", 14, true);
     for (size_t i = 1; i < r.n_diags; i++)
-        CHECK(r.diags[i - 1].line <= r.diags[i].line, "diagnostics in file order: %s", diags_text(&r));
+        CHECK(r.diags[i - 1].line <= r.diags[i].line, "diagnostics in file order: %s",
+              diags_text(&r));
     hw_config_free(&c);
     hw_config_result_free(&r);
 }
@@ -632,7 +638,9 @@ static void headscale_only_features_warn_when_asked_for(void)
                        &c, &r);
     CHECK(rc == 0 && r.n_errors == 0, "%s", diags_text(&r));
     CHECK_INT(r.n_diags, 3);
-    CHECK_DIAG(&r, "Let's Encrypt (tls_letsencrypt_hostname) is not supported by headwater; ignored", 3, false);
+    CHECK_DIAG(&r,
+               "Let's Encrypt (tls_letsencrypt_hostname) is not supported by headwater; ignored", 3,
+               false);
     CHECK_DIAG(&r, "logtail is not supported by headwater; ignored", 5, false);
     CHECK_DIAG(&r, "trusted_proxies", 8, false);
     hw_config_free(&c);
@@ -692,8 +700,9 @@ static void older_headscale_keys_map_to_fields(void)
     hw_config_result_free(&r);
 
     /* an IPv4-only list leaves no IPv6 prefix, as it did in Headscale */
-    rc = load_text("old4.yaml", "ip_prefixes: [100.64.0.0/10]\n"
-                                "derp: {urls: [https://controlplane.tailscale.com/derpmap/default]}\n",
+    rc = load_text("old4.yaml",
+                   "ip_prefixes: [100.64.0.0/10]\n"
+                   "derp: {urls: [https://controlplane.tailscale.com/derpmap/default]}\n",
                    &c, &r);
     CHECK(rc == 0, "%s", diags_text(&r));
     CHECK_STR(c.prefix_v4, "100.64.0.0/10");
@@ -703,7 +712,8 @@ static void older_headscale_keys_map_to_fields(void)
 
     rc = load_text("old44.yaml", "ip_prefixes:\n  - 100.64.0.0/10\n  - 100.100.0.0/16\n", &c, &r);
     CHECK(rc == -1, "two IPv4 prefixes");
-    CHECK_DIAG(&r, "ip_prefixes: 100.100.0.0/16 is a second IPv4 prefix (the first is at line 2)", 3, true);
+    CHECK_DIAG(&r, "ip_prefixes: 100.100.0.0/16 is a second IPv4 prefix (the first is at line 2)",
+               3, true);
     hw_config_free(&c);
     hw_config_result_free(&r);
 }
@@ -727,7 +737,7 @@ static void newer_key_wins_over_older_one(void)
     CHECK_DIAG(&r, "db_path is ignored: database.sqlite.path (line 4) takes precedence", 1, false);
     CHECK_STR(c.prefix_v4, "100.64.1.0/24");
     CHECK(c.prefix_v6 == NULL, "a prefixes section without v6 means no IPv6");
-    CHECK_DIAG(&r, "ip_prefixes is ignored: prefixes (line 6) takes precedence", 5, false);
+    CHECK_DIAG(&r, "ip_prefixes is ignored: prefixes.v4 (line 7) takes precedence", 5, false);
     hw_config_free(&c);
     hw_config_result_free(&r);
 }
@@ -813,8 +823,11 @@ static void prefixes_outside_tailscale_ranges_are_refused(void)
                        "  v6: fd00::/8\n",
                        &c, &r);
     CHECK(rc == -1, "outside the ranges");
-    CHECK_DIAG(&r, "prefixes.v4: expected an IPv4 prefix inside 100.64.0.0/10, got \"10.0.0.0/8\"", 2, true);
-    CHECK_DIAG(&r, "prefixes.v6: expected an IPv6 prefix inside fd7a:115c:a1e0::/48, got \"fd00::/8\"", 3, true);
+    CHECK_DIAG(&r, "prefixes.v4: expected an IPv4 prefix inside 100.64.0.0/10, got \"10.0.0.0/8\"",
+               2, true);
+    CHECK_DIAG(&r,
+               "prefixes.v6: expected an IPv6 prefix inside fd7a:115c:a1e0::/48, got \"fd00::/8\"",
+               3, true);
     CHECK(find_diag(&r, "no address range") == NULL, "no follow-on error: %s", diags_text(&r));
     hw_config_free(&c);
     hw_config_result_free(&r);
@@ -826,7 +839,8 @@ static void prefixes_outside_tailscale_ranges_are_refused(void)
                    "derp: {urls: [https://controlplane.tailscale.com/derpmap/default]}\n",
                    &c, &r);
     CHECK(rc == 0, "%s", diags_text(&r));
-    CHECK_DIAG(&r, "prefixes.v4: \"100.64.0.1/10\" has host bits set; using 100.64.0.0/10", 2, false);
+    CHECK_DIAG(&r, "prefixes.v4: \"100.64.0.1/10\" has host bits set; using 100.64.0.0/10", 2,
+               false);
     CHECK_STR(c.prefix_v4, "100.64.0.0/10");
     CHECK(c.prefix_v6 == NULL, "v6 off");
     hw_config_free(&c);
@@ -865,7 +879,8 @@ static void cross_key_rules(void)
     CHECK(rc == -1, "cross-key errors");
     CHECK_DIAG(&r, "tls_cert_path is set but tls_key_path is not", 2, true);
     CHECK_DIAG(&r, "dns.base_domain: clients take over tailnet.example.com for MagicDNS", 4, true);
-    CHECK_DIAG(&r, "dns.override_local_dns: replacing the nodes' own DNS needs at least one server", 5, true);
+    CHECK_DIAG(&r, "dns.override_local_dns: replacing the nodes' own DNS needs at least one server",
+               5, true);
     CHECK_DIAG(&r, "set either dns.extra_records or dns.extra_records_path", 9, true);
     CHECK_DIAG(&r, "node.ephemeral.inactivity_timeout: expected more than 65s", 12, true);
     CHECK_DIAG(&r, "derp.server.stun_listen_addr: the built-in relay", 16, true);
@@ -1020,11 +1035,13 @@ static void diagnostics_print_as_file_line(void)
     CHECK(f != NULL, "memstream");
     hw_config_print_diags("config.yaml", &r, f);
     fclose(f);
-    CHECK_STR(out,
-              "config.yaml:1: error: listen_addr: expected HOST:PORT (like 0.0.0.0:8080), got \"8080\"\n"
-              "config.yaml:2: warning: no DERP relay is configured (derp.server.enabled is false, derp.urls and "
-              "derp.paths are empty): nodes that cannot reach each other directly will not connect\n"
-              "config.yaml:3: warning: unknown key \"derp.srever\" ignored (did you mean \"derp.server\"?)\n");
+    CHECK_STR(out, "config.yaml:1: error: listen_addr: expected HOST:PORT (like 0.0.0.0:8080), "
+                   "got \"8080\"\n"
+                   "config.yaml:2: warning: no DERP relay is configured (derp.server.enabled is "
+                   "false, derp.urls and derp.paths are empty): nodes that cannot reach each "
+                   "other directly will not connect\n"
+                   "config.yaml:3: warning: unknown key \"derp.srever\" ignored (did you mean "
+                   "\"derp.server\"?)\n");
     free(out);
     hw_config_free(&c);
     hw_config_result_free(&r);
@@ -1061,28 +1078,36 @@ static void derp_example_is_a_derp_map(void)
     CHECK(loaded, "derp-example.yaml is YAML");
     size_t regions = 0, nodes = 0, certnames = 0, without_ipv4 = 0;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
+         p++) {
         yaml_node_t *key = yaml_document_get_node(&doc, p->key);
         if (strcmp((char *)key->data.scalar.value, "regions"))
             continue;
         yaml_node_t *map = yaml_document_get_node(&doc, p->value);
-        for (yaml_node_pair_t *rp = map->data.mapping.pairs.start; rp < map->data.mapping.pairs.top; rp++) {
+        for (yaml_node_pair_t *rp = map->data.mapping.pairs.start; rp < map->data.mapping.pairs.top;
+             rp++) {
             yaml_node_t *region = yaml_document_get_node(&doc, rp->value);
             regions++;
-            for (yaml_node_pair_t *f = region->data.mapping.pairs.start; f < region->data.mapping.pairs.top; f++) {
+            for (yaml_node_pair_t *f = region->data.mapping.pairs.start;
+                 f < region->data.mapping.pairs.top; f++) {
                 yaml_node_t *fk = yaml_document_get_node(&doc, f->key);
                 if (strcmp((char *)fk->data.scalar.value, "nodes"))
                     continue;
                 yaml_node_t *list = yaml_document_get_node(&doc, f->value);
-                for (yaml_node_item_t *i = list->data.sequence.items.start; i < list->data.sequence.items.top; i++) {
+                for (yaml_node_item_t *i = list->data.sequence.items.start;
+                     i < list->data.sequence.items.top; i++) {
                     yaml_node_t *node = yaml_document_get_node(&doc, *i);
                     bool has_ipv4 = false;
                     nodes++;
-                    for (yaml_node_pair_t *nf = node->data.mapping.pairs.start; nf < node->data.mapping.pairs.top; nf++) {
-                        const char *name = (char *)yaml_document_get_node(&doc, nf->key)->data.scalar.value;
-                        const char *value = (char *)yaml_document_get_node(&doc, nf->value)->data.scalar.value;
+                    for (yaml_node_pair_t *nf = node->data.mapping.pairs.start;
+                         nf < node->data.mapping.pairs.top; nf++) {
+                        const char *name =
+                            (char *)yaml_document_get_node(&doc, nf->key)->data.scalar.value;
+                        const char *value =
+                            (char *)yaml_document_get_node(&doc, nf->value)->data.scalar.value;
                         has_ipv4 |= !strcmp(name, "ipv4");
-                        certnames += !strcmp(name, "certname") && !strncmp(value, "sha256-raw:", 11);
+                        certnames +=
+                            !strcmp(name, "certname") && !strncmp(value, "sha256-raw:", 11);
                     }
                     without_ipv4 += !has_ipv4;
                 }
@@ -1097,7 +1122,8 @@ static void derp_example_is_a_derp_map(void)
 }
 
 /* Dumps C to a file, loads it back and compares with WANT (C itself when NULL). */
-static void check_round_trip(const struct hw_config *c, const struct hw_config *want, const char *name)
+static void check_round_trip(const struct hw_config *c, const struct hw_config *want,
+                             const char *name)
 {
     char *path = hw_sprintf("%s/%s", fixture_dir, name);
     FILE *f = fopen(path, "w");
@@ -1129,14 +1155,15 @@ static void dump_round_trips(void)
     check_round_trip(&c, NULL, "trip-dump.yaml");
     hw_config_free(&c);
 
-    rc = load_text("trip-old.yaml",
-                   "ip_prefixes: [fd7a:115c:a1e0::/48]\n"
-                   "dns_config: {base_domain: b.example, override_local_dns: false, magic_dns: false}\n"
-                   "derp: {urls: [http://10.0.0.1:8080/derp.json]}\n"
-                   "dns:\n"
-                   "  extra_records_path: /var/lib/headwater/records.json\n"
-                   "node: {expiry: 1h30m45s}\n",
-                   &c, &r);
+    rc = load_text(
+        "trip-old.yaml",
+        "ip_prefixes: [fd7a:115c:a1e0::/48]\n"
+        "dns_config: {base_domain: b.example, override_local_dns: false, magic_dns: false}\n"
+        "derp: {urls: [http://10.0.0.1:8080/derp.json]}\n"
+        "dns:\n"
+        "  extra_records_path: /var/lib/headwater/records.json\n"
+        "node: {expiry: 1h30m45s}\n",
+        &c, &r);
     CHECK(rc == 0, "%s", diags_text(&r));
     hw_config_result_free(&r);
     check_round_trip(&c, NULL, "trip-old-dump.yaml");
