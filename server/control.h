@@ -22,4 +22,8 @@ void hw_control_request(struct hw_control *c, struct ts_session *s, struct hw_h2
 /* The stream is gone (finished, reset, or its session closed). */
 void hw_control_stream_closed(struct hw_control *c, struct hw_h2_stream *st);
 
+/* Thread-safe: a change was committed to the store (admin API); the loop applies it to
+ * the live tailnet and pushes the deltas. */
+void hw_control_notify(struct hw_control *c, enum hw_change_kind kind, int64_t id);
+
 #endif
