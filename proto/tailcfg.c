@@ -1308,10 +1308,21 @@ bad:
 
 /* ---- DERP map ------------------------------------------------------------------------------ */
 
+/* Go's encoding/json writes map keys sorted as strings ("1000" before "901"); doing
+ * the same makes our bytes comparable with a Go server's. */
 static int cmp_region(const void *a, const void *b)
 {
     const struct tc_derp_region *x = a, *y = b;
-    return (x->region_id > y->region_id) - (x->region_id < y->region_id);
+    char kx[16], ky[16];
+    snprintf(kx, sizeof kx, "%d", x->region_id);
+    snprintf(ky, sizeof ky, "%d", y->region_id);
+    return strcmp(kx, ky);
+}
+
+static int cmp_route(const void *a, const void *b)
+{
+    const struct tc_dns_route *const *x = a, *const *y = b;
+    return strcmp((*x)->suffix, (*y)->suffix);
 }
 
 json_t *tc_derp_map_to_json(const struct tc_derp_map *m)
@@ -1568,9 +1579,14 @@ json_t *tc_dns_config_to_json(const struct tc_dns_config *c)
     if (c->resolvers.n)
         set_new(o, "Resolvers", resolvers_json(&c->resolvers));
     if (c->n_routes) {
+        const struct tc_dns_route **sorted = hw_calloc(c->n_routes, sizeof(*sorted));
+        for (size_t i = 0; i < c->n_routes; i++)
+            sorted[i] = &c->routes[i];
+        qsort(sorted, c->n_routes, sizeof(*sorted), cmp_route);
         json_t *routes = json_object();
         for (size_t i = 0; i < c->n_routes; i++)
-            set_new(routes, c->routes[i].suffix, resolvers_json(&c->routes[i].resolvers));
+            set_new(routes, sorted[i]->suffix, resolvers_json(&sorted[i]->resolvers));
+        free(sorted);
         set_new(o, "Routes", routes);
     }
     if (c->fallback_resolvers.n)
