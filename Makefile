@@ -124,14 +124,19 @@ bench: deps
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/headwater \
 	  $(DESTDIR)$(PREFIX)/share/headwater $(DESTDIR)/lib/systemd/system \
-	  $(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/usr/lib/tmpfiles.d
+	  $(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/usr/lib/tmpfiles.d \
+	  $(DESTDIR)$(PREFIX)/share/doc/headwater
 	install -m 0755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 config-example.yaml derp-example.yaml $(DESTDIR)$(PREFIX)/share/headwater/
 	[ -e $(DESTDIR)/etc/headwater/config.yaml ] || \
 	  install -m 0640 config-example.yaml $(DESTDIR)/etc/headwater/config.yaml
-	install -m 0644 packaging/*.service $(DESTDIR)/lib/systemd/system/
+	for unit in packaging/*.service; do \
+	  sed 's#/usr/local#$(PREFIX)#g' $$unit > $(DESTDIR)/lib/systemd/system/$$(basename $$unit); \
+	  chmod 0644 $(DESTDIR)/lib/systemd/system/$$(basename $$unit); \
+	done
 	install -m 0644 packaging/headwater.sysusers $(DESTDIR)/usr/lib/sysusers.d/headwater.conf
 	install -m 0644 packaging/headwater.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/headwater.conf
+	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/headwater/
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-*
