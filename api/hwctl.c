@@ -115,7 +115,7 @@ static const struct hwctl_cmd cmds[] = {
     {"nodes", "tag", "tags", "-i ID [-t tag:x ...]", NULL, 0, 0, O(OPT_IDENTIFIER) | O(OPT_TAGS),
      "set a node's tags (no -t clears them)", hwctl_nodes_tag},
 
-    {"preauthkeys", "create", "c new", "-n NS [--reusable] [--ephemeral] [-e 1h] [--tags T]",
+    {"preauthkeys", "create", "c new", "-n NS [--reusable] [--ephemeral] [-e 1h] [-t T]",
      NULL, 0, 0,
      O(OPT_NAMESPACE) | O(OPT_REUSABLE) | O(OPT_EPHEMERAL) | O(OPT_EXPIRATION) | O(OPT_TAGS),
      "create a pre-auth key and print it", hwctl_preauthkeys_create},
@@ -266,7 +266,7 @@ static void print_cmd_line(FILE *out, const struct hwctl_cmd *c)
     char words[64];
     snprintf(words, sizeof(words), "%s%s%s", c->group, c->action ? " " : "",
              c->action ? c->action : "");
-    fprintf(out, "  %-20s %-44s %s\n", words, c->synopsis, c->summary);
+    fprintf(out, "  %-19s %-48s %s\n", words, c->synopsis, c->summary);
 }
 
 static void print_opts(FILE *out, uint32_t mask)
@@ -493,8 +493,14 @@ static char *socket_from_config(const char *path, bool explicit_path, bool quiet
     struct hw_config cfg;
     struct hw_config_result res;
     char *sock = NULL;
-    if (!explicit_path && access(path, R_OK) != 0)
-        return NULL;                /* the packaged file, not readable by this user */
+    if (access(path, R_OK) != 0) {
+        if (!explicit_path)
+            return NULL;            /* the packaged file, not readable by this user */
+        if (!quiet)
+            hwctl_err("cannot read config %s: %s: give the right file with -c, or the socket "
+                      "with --socket", path, strerror(errno));
+        return (char *)-1;
+    }
     if (hw_config_load(path, &cfg, &res) < 0) {
         if (!quiet) {
             const struct hw_config_diag *first = NULL;
@@ -504,8 +510,8 @@ static char *socket_from_config(const char *path, bool explicit_path, bool quiet
             char where[32] = "";
             if (first && first->line > 0)
                 snprintf(where, sizeof(where), ":%d", first->line);
-            hwctl_err("cannot use config %s%s: %s%s (run 'headwater configtest -c %s'); or "
-                      "give the socket with --socket", path, where,
+            hwctl_err("cannot use config %s%s: %s%s (see 'headwater configtest -c %s'), or give "
+                      "the socket with --socket", path, where,
                       first ? first->message : "it has errors",
                       res.n_errors > 1 ? ", and more errors" : "", path);
         }

@@ -654,8 +654,14 @@ def socket_lookup():
         contains(err, "/nonexistent/env.sock")
         rc, _, err = run_hwctl("-c", "/nonexistent/config.yaml", "namespaces", "list",
                                ok=False)
+        eq(err, "hwctl: cannot read config /nonexistent/config.yaml: No such file or directory: "
+                "give the right file with -c, or the socket with --socket\n", "missing config")
+        bad = os.path.join(s.dir, "bad.yaml")
+        with open(bad, "w") as f:
+            f.write("unix_socket: /x.sock\nlisten_addr: [1, 2]\n")
+        rc, _, err = run_hwctl("-c", bad, "namespaces", "list", ok=False)
         eq(len(err.splitlines()), 1, "one line: %r" % err)
-        check(err.startswith("hwctl: cannot use config /nonexistent/config.yaml"), err)
+        check(err.startswith("hwctl: cannot use config %s:2: listen_addr" % bad), err)
         # ./data/headwater.sock, the `make run` default, from the current directory.
         work = os.path.join(s.dir, "work")
         os.makedirs(os.path.join(work, "data"))
