@@ -83,6 +83,8 @@ int hwctl_namespaces_destroy(struct hwctl_ctx *ctx)
     if (!name)
         return hwctl_usage_err(ctx, "NAME is required: usage: hwctl namespaces destroy NAME "
                                "[--force]");
+    if (!hwctl_socket_path(ctx))     /* a config problem is told before the question */
+        return HWCTL_FAIL;
     char *what = hw_sprintf("destroy namespace \"%s\"", name);
     char *prompt = hw_sprintf("Destroy namespace \"%s\" and its pre-auth keys?", name);
     int ok = hwctl_confirm(ctx, what, prompt);

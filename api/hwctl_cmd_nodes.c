@@ -98,8 +98,7 @@ static char *node_name(struct hwctl_ctx *ctx, int64_t id)
     json_t *answer;
     char *name = NULL;
     char why[256];
-    if (!hwctl_socket_path(ctx) ||
-        hwctl_call_quiet(ctx, "GET", "/api/v1/nodes", &answer, why, sizeof(why)) < 0)
+    if (hwctl_call_quiet(ctx, "GET", "/api/v1/nodes", &answer, why, sizeof(why)) < 0)
         return hw_strdup("");
     size_t i;
     json_t *n;
@@ -116,6 +115,8 @@ int hwctl_nodes_delete(struct hwctl_ctx *ctx)
     int rc = need_identifier(ctx);
     if (rc)
         return rc;
+    if (!hwctl_socket_path(ctx))     /* a config problem is told before the question */
+        return HWCTL_FAIL;
     char *what = hw_sprintf("delete node %lld", (long long)ctx->identifier);
     char *prompt = NULL;
     if (!ctx->force && !ctx->yes && isatty(STDIN_FILENO)) {
