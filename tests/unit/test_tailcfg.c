@@ -1,6 +1,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/sbuf.h"
 #include "proto/tailcfg.h"
 #include "tests/unit/fixture.h"
 #include "tests/unit/testlib.h"
@@ -487,6 +488,32 @@ static void full_map_with_peers_matches_headscale(void)
     json_t *got = tc_map_response_to_json(&m);
     char why[512];
     CHECK(!json_diff(got, want, "MapResponse", why, sizeof why), "%s", why);
+    /* Spliced from pre-serialised peers: same message once parsed. */
+    struct hw_sbuf *frags[3];
+    for (size_t i = 0; i < 3; i++)
+        frags[i] = tc_node_serialize(&peers[i]);
+    struct tc_map_response head = m;
+    head.peers = NULL;
+    head.n_peers = 0;
+    size_t slen;
+    char *spliced = tc_map_response_dump_with_peers(&head, "Peers", frags, 3, &slen);
+    CHECK_INT(slen, strlen(spliced));
+    json_t *sj = parse_text(spliced);
+    CHECK(sj && !json_diff(sj, want, "Spliced", why, sizeof why), "%s", why);
+    json_decref(sj);
+    free(spliced);
+    struct tc_map_response empty = {0};
+    spliced = tc_map_response_dump_with_peers(&empty, "PeersChanged", frags, 1, NULL);
+    sj = parse_text(spliced);
+    CHECK(sj && json_array_size(json_object_get(sj, "PeersChanged")) == 1, "%s", spliced);
+    json_decref(sj);
+    free(spliced);
+    spliced = tc_map_response_dump_with_peers(&empty, "Peers", frags, 0, NULL);
+    CHECK_STR(spliced, "{}");
+    free(spliced);
+    for (size_t i = 0; i < 3; i++)
+        hw_sbuf_unref(frags[i]);
+
     /* The same peer objects can go into another session's message unchanged. */
     struct tc_map_response other = {.peers_changed = pj, .n_peers_changed = 3};
     json_t *delta = tc_map_response_to_json(&other);
@@ -589,6 +616,21 @@ static void keepalive_and_small_builders(void)
     free(text);
     json_decref(m);
     json_decref(j);
+
+    /* Namespace isolation rule. */
+    struct tc_strv ips = {0};
+    tc_strv_push(&ips, "100.64.0.1");
+    tc_strv_push(&ips, "fd7a:115c:a1e0::1");
+    j = tc_filter_allow_among(&ips);
+    text = tc_json_dump(j, NULL);
+    CHECK_STR(text, "[{\"SrcIPs\":[\"100.64.0.1\",\"fd7a:115c:a1e0::1\"],\"DstPorts\":["
+                    "{\"IP\":\"100.64.0.1\",\"Ports\":{\"First\":0,\"Last\":65535}},"
+                    "{\"IP\":\"fd7a:115c:a1e0::1\",\"Ports\":{\"First\":0,\"Last\":65535}}]}]");
+    char ferr[TC_ERRLEN];
+    CHECK(tc_filter_rules_check(j, "PacketFilter", ferr, sizeof ferr) == 0, "%s", ferr);
+    free(text);
+    json_decref(j);
+    tc_strv_clear(&ips);
 
     /* DERP map corner forms: STUN disabled (-1) is sent, keys are decimal strings. */
     struct tc_derp_map dm = {.omit_default_regions = true};
