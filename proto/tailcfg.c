@@ -776,7 +776,7 @@ json_t *tc_register_request_to_json(const struct tc_register_request_build *b)
     set_int(o, "Version", b->version);
     set_key(o, "NodeKey", "nodekey", b->node_key);
     set_key(o, "OldNodeKey", "nodekey", b->old_node_key ? b->old_node_key : zero);
-    if (b->nl_key)
+    if (b->nl_key && *b->nl_key)
         set_str(o, "NLKey", b->nl_key);
     else
         set_key(o, "NLKey", "nlpub", zero);

@@ -12,6 +12,12 @@
  * builds requests and parses responses. Every parser takes a byte bound, checks types
  * strictly and reports the first problem as "Struct.Field: expected ..." in err.
  *
+ * Differences from Go's bytes, none of which a Go decoder can see: real numbers (only
+ * Hostinfo.NetInfo.DERPLatency in practice) are printed by jansson with 17 significant
+ * digits instead of Go's shortest form; bodies carry no trailing newline (Go's
+ * json.Encoder adds one); spliced full maps (tc_map_response_dump_with_peers) put the
+ * peer list last.
+ *
  * Ownership: structs filled by a tc_*_parse function own their strings and json_t
  * references and are released with the matching clear or free function. Structs the
  * caller fills for a to_json builder are only read. */
@@ -136,7 +142,7 @@ void tc_register_request_free(struct tc_register_request *r);
 struct tc_register_request_build {
     int version;
     const uint8_t *node_key, *old_node_key; /* old may be NULL (zero key) */
-    const char *nl_key;                     /* text, NULL -> omitted zero key text */
+    const char *nl_key;                     /* "nlpub:<hex>"; NULL or "" -> zero key */
     const char *auth_key;
     struct tc_time expiry;
     const char *followup;
