@@ -1,9 +1,9 @@
 #ifndef HW_TESTS_FIXTURE_H
 #define HW_TESTS_FIXTURE_H
 
-/* Reading the JSON files of shared/fixtures from unit tests: the whole file as jansson, and hex
- * strings as bytes. Both abort the test binary on a missing file, since a missing
- * fixture is a broken checkout rather than a test result. */
+/* Reading the JSON files of shared/fixtures in unit tests: load a file once, pull
+ * strings out, decode hex into caller buffers (no allocation, so a failed CHECK leaks
+ * nothing). */
 
 #include <stdint.h>
 #include <stdio.h>
@@ -15,7 +15,45 @@
 #include "common/util.h"
 #include "tests/unit/testlib.h"
 
-static inline json_t *fx_load(const char *name)
+/* NULL when the file is missing or unreadable; path_out gets the full path for SKIP. */
+static inline json_t *fx_load(const char *name, char *path_out, size_t path_len)
+{
+    snprintf(path_out, path_len, "%s/%s", tl_fixtures_dir(), name);
+    json_error_t err;
+    return json_load_file(path_out, 0, &err);
+}
+
+/* A string member, "" when absent or not a string. */
+static inline const char *fx_str(const json_t *obj, const char *key)
+{
+    const char *s = json_string_value(json_object_get(obj, key));
+    return s ? s : "";
+}
+
+/* Decodes hex into out; returns the length, or -1 if it does not fit or is not hex. */
+static inline long fx_hex(const char *hex, uint8_t *out, size_t cap)
+{
+    return hw_hex_decode(hex, out, cap);
+}
+
+/* A 32-byte key given as raw hex or as "<prefix>:<hex>". */
+static inline int fx_key(const char *text, uint8_t out[32])
+{
+    const char *colon = strchr(text, ':');
+    return hw_hex_decode(colon ? colon + 1 : text, out, 32) == 32 ? 0 : -1;
+}
+
+#define CHECK_MEM(got, want, len)                                                      \
+    do {                                                                               \
+        const uint8_t *fx_g = (const uint8_t *)(got), *fx_w = (const uint8_t *)(want); \
+        size_t fx_n = (len), fx_i = 0;                                                 \
+        while (fx_i < fx_n && fx_g[fx_i] == fx_w[fx_i])                                \
+            fx_i++;                                                                    \
+        CHECK(fx_i == fx_n, "bytes differ at offset %zu of %zu", fx_i, fx_n);          \
+    } while (0)
+
+/* The same for tests that treat a missing fixture as a broken checkout: they exit. */
+static inline json_t *fxj_load(const char *name)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", tl_fixtures_dir(), name);
@@ -29,7 +67,7 @@ static inline json_t *fx_load(const char *name)
 }
 
 /* Hex string member -> malloc'd bytes (NULL if absent or not hex). */
-static inline uint8_t *fx_hex(const json_t *obj, const char *key, size_t *len)
+static inline uint8_t *fxj_hex(const json_t *obj, const char *key, size_t *len)
 {
     const char *hex = json_string_value(json_object_get(obj, key));
     *len = 0;
@@ -45,7 +83,7 @@ static inline uint8_t *fx_hex(const json_t *obj, const char *key, size_t *len)
     return out;
 }
 
-static inline const char *fx_str(const json_t *obj, const char *key)
+static inline const char *fxj_str(const json_t *obj, const char *key)
 {
     return json_string_value(json_object_get(obj, key));
 }

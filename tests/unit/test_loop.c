@@ -2,7 +2,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "server/loop.h"
+#include "common/loop.h"
 #include "tests/unit/testlib.h"
 
 static char order[16];

@@ -29,10 +29,10 @@ static void fixture_frames_decode_to_json_text(void)
         for (size_t i = 0; i < json_array_size(msgs); i++) {
             json_t *m = json_array_get(msgs, i);
             size_t zlen, plen;
-            uint8_t *z = fx_hex(m, "zstd_hex", &zlen);
+            uint8_t *z = fxj_hex(m, "zstd_hex", &zlen);
             if (!z)
                 continue; /* fx-node2 keeps zstd bytes only for some messages */
-            uint8_t *prefix = fx_hex(m, "length_prefix_hex (u32le)", &plen);
+            uint8_t *prefix = fxj_hex(m, "length_prefix_hex (u32le)", &plen);
             CHECK(prefix && plen == 4, "%s[%zu] prefix", streams[s], i);
             uint32_t n = prefix[0] | prefix[1] << 8 | prefix[2] << 16 | (uint32_t)prefix[3] << 24;
             free(prefix);
@@ -44,7 +44,7 @@ static void fixture_frames_decode_to_json_text(void)
             int r = tc_zstd_decompress(z, zlen, TC_MAPFRAME_MAX, &out, &olen, err, sizeof err);
             free(z);
             CHECK(r == 0, "%s[%zu]: %s", streams[s], i, err);
-            const char *want = fx_str(m, "json_text");
+            const char *want = fxj_str(m, "json_text");
             CHECK(olen == strlen(want) && memcmp(out, want, olen) == 0, "%s[%zu] text differs",
                   streams[s], i);
             CHECK_INT(json_integer_value(json_object_get(m, "json_len")), olen);
@@ -65,8 +65,8 @@ static uint8_t *node1_body(size_t *len_out, size_t *count)
     for (size_t i = 0; i < json_array_size(msgs); i++) {
         json_t *m = json_array_get(msgs, i);
         size_t plen, zlen;
-        uint8_t *p = fx_hex(m, "length_prefix_hex (u32le)", &plen);
-        uint8_t *z = fx_hex(m, "zstd_hex", &zlen);
+        uint8_t *p = fxj_hex(m, "length_prefix_hex (u32le)", &plen);
+        uint8_t *z = fxj_hex(m, "zstd_hex", &zlen);
         if (len + plen + zlen > cap) {
             cap = (len + plen + zlen) * 2;
             body = realloc(body, cap);
@@ -134,7 +134,7 @@ static void fixture_stream_incremental_feeds(void)
         CHECK_INT(tc_mapdec_pending(d), 0);
         CHECK_INT(c.n, count);
         for (size_t i = 0; i < c.n; i++)
-            CHECK(strcmp(c.texts[i], fx_str(json_array_get(msgs, i), "json_text")) == 0,
+            CHECK(strcmp(c.texts[i], fxj_str(json_array_get(msgs, i), "json_text")) == 0,
                   "chunk %zu message %zu", chunks[ci], i);
         collect_free(&c);
         tc_mapdec_free(d);
@@ -153,7 +153,7 @@ static void encoder_round_trips_every_fixture_message(void)
     uint8_t *body = NULL;
     size_t len = 0;
     for (size_t i = 0; i < json_array_size(msgs); i++) {
-        const char *text = fx_str(json_array_get(msgs, i), "json_text");
+        const char *text = fxj_str(json_array_get(msgs, i), "json_text");
         struct hw_sbuf *b = tc_mapframe_encode(z, text, strlen(text), true, err, sizeof err);
         CHECK(b, "encode %zu: %s", i, err);
         uint32_t n = b->data[0] | b->data[1] << 8 | b->data[2] << 16 | (uint32_t)b->data[3] << 24;
@@ -174,7 +174,7 @@ static void encoder_round_trips_every_fixture_message(void)
         CHECK(feed_in_chunks(d, body, len, chunks[ci], &c) == 0, "%s", tc_mapdec_error(d));
         CHECK_INT(c.n, json_array_size(msgs));
         for (size_t i = 0; i < c.n; i++)
-            CHECK(strcmp(c.texts[i], fx_str(json_array_get(msgs, i), "json_text")) == 0,
+            CHECK(strcmp(c.texts[i], fxj_str(json_array_get(msgs, i), "json_text")) == 0,
                   "message %zu", i);
         collect_free(&c);
         tc_mapdec_free(d);
@@ -271,7 +271,7 @@ static void garbage_payloads(void)
     /* A real frame cut short (length prefix adjusted to match), and one flipped byte. */
     json_t *m = json_array_get(messages("map_stream_fx_node1"), 0);
     size_t zlen;
-    uint8_t *z = fx_hex(m, "zstd_hex", &zlen);
+    uint8_t *z = fxj_hex(m, "zstd_hex", &zlen);
     uint8_t *buf = malloc(zlen + 4);
     size_t cut = zlen - 40;
     buf[0] = (uint8_t)cut;
@@ -391,7 +391,7 @@ static void mutated_streams_never_crash(void)
 
 int main(void)
 {
-    g_map = fx_load("real-client-map.json");
+    g_map = fxj_load("real-client-map.json");
     RUN(fixture_frames_decode_to_json_text);
     RUN(fixture_stream_incremental_feeds);
     RUN(encoder_round_trips_every_fixture_message);

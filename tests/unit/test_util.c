@@ -1,3 +1,4 @@
+#include "common/strmap.h"
 #include "common/util.h"
 #include "tests/unit/testlib.h"
 
@@ -65,8 +66,39 @@ static void hex_round_trip(void)
     CHECK(hw_hex_decode("0011223344", out, sizeof out) < 0, "too long");
 }
 
+static void strmap_put_get_delete_many(void)
+{
+    struct hw_strmap m;
+    hw_strmap_init(&m);
+    char key[32];
+    for (long i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "nodekey:%ld", i);
+        CHECK(hw_strmap_put(&m, key, (void *)(i + 1)) == NULL, "fresh put %ld", i);
+    }
+    for (long i = 0; i < 5000; i += 2) {
+        snprintf(key, sizeof key, "nodekey:%ld", i);
+        CHECK(hw_strmap_del(&m, key) == (void *)(i + 1), "delete %ld", i);
+    }
+    CHECK_INT(hw_strmap_len(&m), 2500);
+    for (long i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "nodekey:%ld", i);
+        void *want = (i % 2) ? (void *)(i + 1) : NULL;
+        CHECK(hw_strmap_get(&m, key) == want, "get %ld", i);
+    }
+    /* Re-inserting over tombstones keeps lookups right. */
+    for (long i = 0; i < 5000; i += 2) {
+        snprintf(key, sizeof key, "nodekey:%ld", i);
+        hw_strmap_put(&m, key, (void *)(i + 7));
+    }
+    snprintf(key, sizeof key, "nodekey:%d", 42);
+    CHECK(hw_strmap_get(&m, key) == (void *)49, "re-put");
+    CHECK(hw_strmap_put(&m, key, (void *)1) == (void *)49, "replace returns previous");
+    hw_strmap_free(&m);
+}
+
 int main(void)
 {
+    RUN(strmap_put_get_delete_many);
     RUN(durations_parse_go_forms);
     RUN(durations_reject_garbage);
     RUN(durations_format_round_trip);

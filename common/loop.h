@@ -1,5 +1,5 @@
-#ifndef HW_SERVER_LOOP_H
-#define HW_SERVER_LOOP_H
+#ifndef HW_COMMON_LOOP_H
+#define HW_COMMON_LOOP_H
 
 /* A small epoll event loop, one per process, owning the long-lived connections
  * (Noise sessions in headwater, DERP clients in hwrelay). Only the loop's own thread

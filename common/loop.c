@@ -1,4 +1,4 @@
-#include "server/loop.h"
+#include "common/loop.h"
 
 #include <errno.h>
 #include <pthread.h>
