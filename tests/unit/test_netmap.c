@@ -18,7 +18,7 @@ static int replay(struct tc_netmap *nm, const char *stream, size_t from, size_t 
 {
     json_t *msgs = messages(stream);
     for (size_t i = from; i < to && i < json_array_size(msgs); i++) {
-        const char *text = fx_str(json_array_get(msgs, i), "json_text");
+        const char *text = fxj_str(json_array_get(msgs, i), "json_text");
         if (tc_netmap_apply_json(nm, text, strlen(text), err, TC_ERRLEN) < 0)
             return -1;
     }
@@ -399,7 +399,7 @@ static void mutated_stream_keeps_netmap_consistent(void)
         struct tc_netmap nm;
         tc_netmap_init(&nm);
         for (size_t i = 0; i < json_array_size(msgs); i++) {
-            const char *src = fx_str(json_array_get(msgs, i), "json_text");
+            const char *src = fxj_str(json_array_get(msgs, i), "json_text");
             size_t len = strlen(src);
             char *buf = malloc(len + 1);
             memcpy(buf, src, len + 1);
@@ -420,7 +420,7 @@ static void mutated_stream_keeps_netmap_consistent(void)
 
 int main(void)
 {
-    g_map = fx_load("real-client-map.json");
+    g_map = fxj_load("real-client-map.json");
     RUN(fx_node1_stream_final_state);
     RUN(fx_node4_first_message_has_three_peers);
     RUN(first_message_must_have_node);

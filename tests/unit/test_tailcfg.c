@@ -163,7 +163,7 @@ static void register_requests_parse(void)
     };
     for (size_t i = 0; i < HW_ARRAY_LEN(cases); i++) {
         json_t *ex = reg_exchange(cases[i].key, cases[i].index);
-        const char *body = fx_str(ex, "request_body");
+        const char *body = fxj_str(ex, "request_body");
         json_t *parsed = json_object_get(ex, "request_body_parsed");
         struct tc_register_request r;
         char err[TC_ERRLEN];
@@ -172,12 +172,12 @@ static void register_requests_parse(void)
         CHECK_INT(r.version, 133);
         char nk[TC_KEY_TEXT_MAX];
         tc_key_format("nodekey", r.node_key, nk);
-        CHECK_STR(nk, fx_str(parsed, "NodeKey"));
+        CHECK_STR(nk, fxj_str(parsed, "NodeKey"));
         CHECK(tc_key_is_zero(r.old_node_key), "no rotation");
-        CHECK_STR(r.nl_key, fx_str(parsed, "NLKey"));
+        CHECK_STR(r.nl_key, fxj_str(parsed, "NLKey"));
         CHECK(r.has_auth == cases[i].auth, "%s auth", cases[i].key);
         if (cases[i].auth)
-            CHECK_STR(r.auth_key, fx_str(json_object_get(parsed, "Auth"), "AuthKey"));
+            CHECK_STR(r.auth_key, fxj_str(json_object_get(parsed, "Auth"), "AuthKey"));
         else
             CHECK(r.auth_key == NULL, "no auth key");
         if (cases[i].followup)
@@ -248,7 +248,7 @@ static void register_responses_match_headscale(void)
     };
     for (size_t i = 0; i < HW_ARRAY_LEN(cases); i++) {
         json_t *ex = reg_exchange(cases[i].key, cases[i].index);
-        const char *want_text = fx_str(ex, "response_body");
+        const char *want_text = fxj_str(ex, "response_body");
         json_t *want = parse_text(want_text);
         json_t *got = tc_register_response_to_json(&cases[i].r);
         char why[512];
@@ -343,7 +343,7 @@ static void map_requests_parse(void)
     int ok;
     for (size_t i = 0; i < HW_ARRAY_LEN(streams); i++) {
         json_t *s = json_object_get(g_map, streams[i]);
-        check_map_request(fx_str(s, "request_body"), json_object_get(s, "request_body_parsed"),
+        check_map_request(fxj_str(s, "request_body"), json_object_get(s, "request_body_parsed"),
                           false, why, sizeof why, &ok);
         CHECK(ok, "%s: %s", streams[i], why);
     }
@@ -353,7 +353,7 @@ static void map_requests_parse(void)
     for (size_t i = 0; i < json_array_size(lite); i++) {
         json_t *l = json_array_get(lite, i);
         json_t *parsed = json_object_get(l, "request_body_parsed");
-        check_map_request(fx_str(l, "request_body"), parsed, true, why, sizeof why, &ok);
+        check_map_request(fxj_str(l, "request_body"), parsed, true, why, sizeof why, &ok);
         CHECK(ok, "lite[%zu]: %s", i, why);
         with_endpoints += json_object_get(parsed, "Endpoints") != NULL;
     }
@@ -420,7 +420,7 @@ static void first_map_response_matches_headscale(void)
 {
     json_t *msg0 = json_array_get(json_object_get(json_object_get(g_map, "map_stream_fx_node1"),
                                                   "messages"), 0);
-    const char *want_text = fx_str(msg0, "json_text");
+    const char *want_text = fxj_str(msg0, "json_text");
     json_t *want = parse_text(want_text);
 
     struct tc_node self;
@@ -459,7 +459,7 @@ static void full_map_with_peers_matches_headscale(void)
 {
     json_t *msg0 = json_array_get(json_object_get(json_object_get(g_map, "map_stream_fx_node4"),
                                                   "messages"), 0);
-    json_t *want = parse_text(fx_str(msg0, "json_text"));
+    json_t *want = parse_text(fxj_str(msg0, "json_text"));
     char err[TC_ERRLEN];
     struct tc_node self, peers[3];
     CHECK(tc_node_parse(json_object_get(want, "Node"), "Node", &self, err, sizeof err) == 0, "%s",
@@ -544,7 +544,7 @@ static void every_fixture_message_round_trips(void)
     for (size_t s = 0; s < HW_ARRAY_LEN(streams); s++) {
         json_t *ms = json_object_get(json_object_get(g_map, streams[s]), "messages");
         for (size_t i = 0; i < json_array_size(ms); i++) {
-            const char *text = fx_str(json_array_get(ms, i), "json_text");
+            const char *text = fxj_str(json_array_get(ms, i), "json_text");
             struct tc_map_update u;
             CHECK(tc_map_update_parse(u8(text), strlen(text), 1u << 24, &u, err, sizeof err) == 0,
                   "%s[%zu]: %s", streams[s], i, err);
@@ -805,9 +805,9 @@ static void garbage_map_responses(void)
 static void mutated_inputs_never_crash(void)
 {
     const char *bodies[3];
-    bodies[0] = fx_str(reg_exchange("logout_fx_node2", -1), "request_body");
-    bodies[1] = fx_str(json_array_get(json_object_get(g_map, "lite_updates"), 1), "request_body");
-    bodies[2] = fx_str(json_array_get(json_object_get(json_object_get(g_map, "map_stream_fx_node4"),
+    bodies[0] = fxj_str(reg_exchange("logout_fx_node2", -1), "request_body");
+    bodies[1] = fxj_str(json_array_get(json_object_get(g_map, "lite_updates"), 1), "request_body");
+    bodies[2] = fxj_str(json_array_get(json_object_get(json_object_get(g_map, "map_stream_fx_node4"),
                                                       "messages"), 0), "json_text");
     uint32_t seed = 12345;
     int accepted = 0;
@@ -851,8 +851,8 @@ static void mutated_inputs_never_crash(void)
 
 int main(void)
 {
-    g_reg = fx_load("real-client-register.json");
-    g_map = fx_load("real-client-map.json");
+    g_reg = fxj_load("real-client-register.json");
+    g_map = fxj_load("real-client-map.json");
     RUN(times_parse_and_print_like_go);
     RUN(keys_and_addresses);
     RUN(register_requests_parse);
