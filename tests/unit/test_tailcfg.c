@@ -1,6 +1,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/sbuf.h"
 #include "proto/tailcfg.h"
 #include "tests/unit/fixture.h"
 #include "tests/unit/testlib.h"
@@ -162,7 +163,7 @@ static void register_requests_parse(void)
     };
     for (size_t i = 0; i < HW_ARRAY_LEN(cases); i++) {
         json_t *ex = reg_exchange(cases[i].key, cases[i].index);
-        const char *body = fx_str(ex, "request_body");
+        const char *body = fxj_str(ex, "request_body");
         json_t *parsed = json_object_get(ex, "request_body_parsed");
         struct tc_register_request r;
         char err[TC_ERRLEN];
@@ -171,12 +172,12 @@ static void register_requests_parse(void)
         CHECK_INT(r.version, 133);
         char nk[TC_KEY_TEXT_MAX];
         tc_key_format("nodekey", r.node_key, nk);
-        CHECK_STR(nk, fx_str(parsed, "NodeKey"));
+        CHECK_STR(nk, fxj_str(parsed, "NodeKey"));
         CHECK(tc_key_is_zero(r.old_node_key), "no rotation");
-        CHECK_STR(r.nl_key, fx_str(parsed, "NLKey"));
+        CHECK_STR(r.nl_key, fxj_str(parsed, "NLKey"));
         CHECK(r.has_auth == cases[i].auth, "%s auth", cases[i].key);
         if (cases[i].auth)
-            CHECK_STR(r.auth_key, fx_str(json_object_get(parsed, "Auth"), "AuthKey"));
+            CHECK_STR(r.auth_key, fxj_str(json_object_get(parsed, "Auth"), "AuthKey"));
         else
             CHECK(r.auth_key == NULL, "no auth key");
         if (cases[i].followup)
@@ -247,7 +248,7 @@ static void register_responses_match_headscale(void)
     };
     for (size_t i = 0; i < HW_ARRAY_LEN(cases); i++) {
         json_t *ex = reg_exchange(cases[i].key, cases[i].index);
-        const char *want_text = fx_str(ex, "response_body");
+        const char *want_text = fxj_str(ex, "response_body");
         json_t *want = parse_text(want_text);
         json_t *got = tc_register_response_to_json(&cases[i].r);
         char why[512];
@@ -342,7 +343,7 @@ static void map_requests_parse(void)
     int ok;
     for (size_t i = 0; i < HW_ARRAY_LEN(streams); i++) {
         json_t *s = json_object_get(g_map, streams[i]);
-        check_map_request(fx_str(s, "request_body"), json_object_get(s, "request_body_parsed"),
+        check_map_request(fxj_str(s, "request_body"), json_object_get(s, "request_body_parsed"),
                           false, why, sizeof why, &ok);
         CHECK(ok, "%s: %s", streams[i], why);
     }
@@ -352,7 +353,7 @@ static void map_requests_parse(void)
     for (size_t i = 0; i < json_array_size(lite); i++) {
         json_t *l = json_array_get(lite, i);
         json_t *parsed = json_object_get(l, "request_body_parsed");
-        check_map_request(fx_str(l, "request_body"), parsed, true, why, sizeof why, &ok);
+        check_map_request(fxj_str(l, "request_body"), parsed, true, why, sizeof why, &ok);
         CHECK(ok, "lite[%zu]: %s", i, why);
         with_endpoints += json_object_get(parsed, "Endpoints") != NULL;
     }
@@ -419,7 +420,7 @@ static void first_map_response_matches_headscale(void)
 {
     json_t *msg0 = json_array_get(json_object_get(json_object_get(g_map, "map_stream_fx_node1"),
                                                   "messages"), 0);
-    const char *want_text = fx_str(msg0, "json_text");
+    const char *want_text = fxj_str(msg0, "json_text");
     json_t *want = parse_text(want_text);
 
     struct tc_node self;
@@ -458,7 +459,7 @@ static void full_map_with_peers_matches_headscale(void)
 {
     json_t *msg0 = json_array_get(json_object_get(json_object_get(g_map, "map_stream_fx_node4"),
                                                   "messages"), 0);
-    json_t *want = parse_text(fx_str(msg0, "json_text"));
+    json_t *want = parse_text(fxj_str(msg0, "json_text"));
     char err[TC_ERRLEN];
     struct tc_node self, peers[3];
     CHECK(tc_node_parse(json_object_get(want, "Node"), "Node", &self, err, sizeof err) == 0, "%s",
@@ -487,6 +488,32 @@ static void full_map_with_peers_matches_headscale(void)
     json_t *got = tc_map_response_to_json(&m);
     char why[512];
     CHECK(!json_diff(got, want, "MapResponse", why, sizeof why), "%s", why);
+    /* Spliced from pre-serialised peers: same message once parsed. */
+    struct hw_sbuf *frags[3];
+    for (size_t i = 0; i < 3; i++)
+        frags[i] = tc_node_serialize(&peers[i]);
+    struct tc_map_response head = m;
+    head.peers = NULL;
+    head.n_peers = 0;
+    size_t slen;
+    char *spliced = tc_map_response_dump_with_peers(&head, "Peers", frags, 3, &slen);
+    CHECK_INT(slen, strlen(spliced));
+    json_t *sj = parse_text(spliced);
+    CHECK(sj && !json_diff(sj, want, "Spliced", why, sizeof why), "%s", why);
+    json_decref(sj);
+    free(spliced);
+    struct tc_map_response empty = {0};
+    spliced = tc_map_response_dump_with_peers(&empty, "PeersChanged", frags, 1, NULL);
+    sj = parse_text(spliced);
+    CHECK(sj && json_array_size(json_object_get(sj, "PeersChanged")) == 1, "%s", spliced);
+    json_decref(sj);
+    free(spliced);
+    spliced = tc_map_response_dump_with_peers(&empty, "Peers", frags, 0, NULL);
+    CHECK_STR(spliced, "{}");
+    free(spliced);
+    for (size_t i = 0; i < 3; i++)
+        hw_sbuf_unref(frags[i]);
+
     /* The same peer objects can go into another session's message unchanged. */
     struct tc_map_response other = {.peers_changed = pj, .n_peers_changed = 3};
     json_t *delta = tc_map_response_to_json(&other);
@@ -517,7 +544,7 @@ static void every_fixture_message_round_trips(void)
     for (size_t s = 0; s < HW_ARRAY_LEN(streams); s++) {
         json_t *ms = json_object_get(json_object_get(g_map, streams[s]), "messages");
         for (size_t i = 0; i < json_array_size(ms); i++) {
-            const char *text = fx_str(json_array_get(ms, i), "json_text");
+            const char *text = fxj_str(json_array_get(ms, i), "json_text");
             struct tc_map_update u;
             CHECK(tc_map_update_parse(u8(text), strlen(text), 1u << 24, &u, err, sizeof err) == 0,
                   "%s[%zu]: %s", streams[s], i, err);
@@ -589,6 +616,21 @@ static void keepalive_and_small_builders(void)
     free(text);
     json_decref(m);
     json_decref(j);
+
+    /* Namespace isolation rule. */
+    struct tc_strv ips = {0};
+    tc_strv_push(&ips, "100.64.0.1");
+    tc_strv_push(&ips, "fd7a:115c:a1e0::1");
+    j = tc_filter_allow_among(&ips);
+    text = tc_json_dump(j, NULL);
+    CHECK_STR(text, "[{\"SrcIPs\":[\"100.64.0.1\",\"fd7a:115c:a1e0::1\"],\"DstPorts\":["
+                    "{\"IP\":\"100.64.0.1\",\"Ports\":{\"First\":0,\"Last\":65535}},"
+                    "{\"IP\":\"fd7a:115c:a1e0::1\",\"Ports\":{\"First\":0,\"Last\":65535}}]}]");
+    char ferr[TC_ERRLEN];
+    CHECK(tc_filter_rules_check(j, "PacketFilter", ferr, sizeof ferr) == 0, "%s", ferr);
+    free(text);
+    json_decref(j);
+    tc_strv_clear(&ips);
 
     /* DERP map corner forms: STUN disabled (-1) is sent, keys are decimal strings. */
     struct tc_derp_map dm = {.omit_default_regions = true};
@@ -758,10 +800,59 @@ static void garbage_map_responses(void)
     tc_map_update_free(&u);
 }
 
+/* Deterministic byte mutations of real bodies: every parser must answer (either way)
+ * without crashing or leaking; run under ASan this is a small fuzz pass. */
+static void mutated_inputs_never_crash(void)
+{
+    const char *bodies[3];
+    bodies[0] = fxj_str(reg_exchange("logout_fx_node2", -1), "request_body");
+    bodies[1] = fxj_str(json_array_get(json_object_get(g_map, "lite_updates"), 1), "request_body");
+    bodies[2] = fxj_str(json_array_get(json_object_get(json_object_get(g_map, "map_stream_fx_node4"),
+                                                      "messages"), 0), "json_text");
+    uint32_t seed = 12345;
+    int accepted = 0;
+    for (int round = 0; round < 3000; round++) {
+        const char *src = bodies[round % 3];
+        size_t len = strlen(src);
+        char *buf = malloc(len + 1);
+        memcpy(buf, src, len + 1);
+        int flips = 1 + round % 4;
+        for (int f = 0; f < flips; f++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t at = (seed >> 8) % len;
+            seed = seed * 1103515245u + 12345u;
+            const char pool[] = "{}[]\":,0129aefz-.nulltrue \\";
+            buf[at] = pool[(seed >> 8) % (sizeof pool - 1)];
+        }
+        char err[TC_ERRLEN];
+        if (round % 3 == 0) {
+            struct tc_register_request r;
+            if (tc_register_request_parse(u8(buf), len, &r, err, sizeof err) == 0) {
+                accepted++;
+                tc_register_request_free(&r);
+            }
+        } else if (round % 3 == 1) {
+            struct tc_map_request r;
+            if (tc_map_request_parse(u8(buf), len, &r, err, sizeof err) == 0) {
+                accepted++;
+                tc_map_request_free(&r);
+            }
+        } else {
+            struct tc_map_update u;
+            if (tc_map_update_parse(u8(buf), len, 1u << 24, &u, err, sizeof err) == 0) {
+                accepted++;
+                tc_map_update_free(&u);
+            }
+        }
+        free(buf);
+    }
+    CHECK(accepted > 0 && accepted < 3000, "accepted %d of 3000 mutants", accepted);
+}
+
 int main(void)
 {
-    g_reg = fx_load("real-client-register.json");
-    g_map = fx_load("real-client-map.json");
+    g_reg = fxj_load("real-client-register.json");
+    g_map = fxj_load("real-client-map.json");
     RUN(times_parse_and_print_like_go);
     RUN(keys_and_addresses);
     RUN(register_requests_parse);
@@ -775,6 +866,7 @@ int main(void)
     RUN(garbage_register_requests);
     RUN(garbage_map_requests);
     RUN(garbage_map_responses);
+    RUN(mutated_inputs_never_crash);
     json_decref(g_reg);
     json_decref(g_map);
     return TEST_MAIN_END();
