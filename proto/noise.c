@@ -225,6 +225,9 @@ int hw_noise_client_start(struct hw_noise_handshake *hs, uint16_t version,
     reset(hs);
     if (primitives_ready() < 0)
         return fail(hs, false, "OpenSSL lacks BLAKE2S-256 or HMAC");
+    /* A zero private key is a key that was never loaded, not a key. */
+    if (hw_key_is_zero(machine_priv))
+        return fail(hs, false, "machine private key is not set");
     hs->version = version;
     memcpy(hs->rs, server_pub, 32);
     memcpy(hs->s_priv, machine_priv, 32);
@@ -373,6 +376,8 @@ int hw_noise_server_respond(struct hw_noise_handshake *hs, const uint8_t server_
         return fail(hs, true, "wrong handshake initiation length");
     if (primitives_ready() < 0)
         return fail(hs, false, "OpenSSL lacks BLAKE2S-256 or HMAC");
+    if (hw_key_is_zero(server_priv))
+        return fail(hs, false, "server private key is not set");
 
     /* The prologue uses the version the client claims, with no negotiation: if anyone
      * altered the cleartext version on the way, the hashes diverge and the tags fail. */
