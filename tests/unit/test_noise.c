@@ -550,6 +550,19 @@ static void client_rejects_bad_responses(void)
     size_t n = hw_noise_error_message("a\"b\n\x01", msg, sizeof msg);
     CHECK(hw_noise_client_finish(&hs2, msg, n, &used, &sess) == HW_NOISE_ERROR, "error msg");
     CHECK_STR(hs2.error, "server error: \"a\\\"b\\x0a\\x01\"");
+
+    /* A long text is not waited for in full: its start is enough to report. */
+    struct hw_noise_handshake hs3 = {0};
+    CHECK(hw_noise_client_start(&hs3, s.version, s.client_machine, s.server_static_pub, NULL, init) == 0,
+          "start");
+    static char long_text[3000];
+    memset(long_text, 'x', sizeof long_text - 1);
+    static uint8_t long_msg[3100];
+    n = hw_noise_error_message(long_text, long_msg, sizeof long_msg);
+    CHECK_INT(n, 3 + 2999);
+    CHECK(hw_noise_client_finish(&hs3, long_msg, 3 + 127, &used, &sess) == HW_NOISE_AGAIN, "127");
+    CHECK(hw_noise_client_finish(&hs3, long_msg, 3 + 128, &used, &sess) == HW_NOISE_ERROR, "128");
+    CHECK(strncmp(hs3.error, "server error: \"xxxx", 19) == 0, "error: %s", hs3.error);
 }
 
 /* ---- transport garbage ---- */
