@@ -111,8 +111,9 @@ int hw_db_node_touch(struct hw_db *db, int64_t id, int64_t last_seen);
 /* Addresses are stored in canonical text: insert/update rewrite n->ipv4/ipv6 to it
  * ("fd7a:115c:a1e0:0::1" becomes "fd7a:115c:a1e0::1"); an unparsable address or one of
  * the wrong family is HW_DB_INVALID.
- * ip_taken: true when a node holds ip (either family). Also true when the check itself failed,
- * so an allocator never hands out an address it could not verify. */
+ * ip_taken: true when a node holds ip (either family), and also when the check itself
+ * failed, so an allocator never hands out an address it could not verify; false for a
+ * string that is not an address (hw_db_errmsg says so). */
 bool hw_db_ip_taken(struct hw_db *db, const char *ip);
 bool hw_db_given_name_taken(struct hw_db *db, const char *given_name, int64_t except_node_id);
 /* Given names starting with `prefix` (e.g. "laptop-") held by nodes other than

@@ -36,10 +36,11 @@ int hw_prefix_canonical(const char *in, char out[HW_PREFIX_TEXT_MAX], char *err,
 /* Turns the pending registration `reg_id` into a node of namespace_id, in one
  * transaction: addresses, given name, expiry from cfg->node_expiry_ms, pending row
  * deleted. If the machine key is already a node, that node is re-keyed and moved
- * instead (a re-login keeps its addresses). */
-/* Errors: "no pending registration with id X", "registration id X expired: run the login
+ * instead (a re-login keeps its addresses and given name).
+ * Errors: "no pending registration with id X", "registration id X expired: run the login
  * again on the client", "namespace N not found", a full prefix, or a store failure.
- * Returns 0 (out filled, free with hw_node_clear) or -1; on -1 nothing was changed. */
+ * Returns 0 (out filled, free with hw_node_clear) or -1; on -1 nothing was changed
+ * (except when only reading the committed node back failed: the message says so). */
 int hw_nodes_register_pending(struct hw_db *db, const struct hw_config *cfg, const char *reg_id,
                               int64_t namespace_id, struct hw_node *out, char *err, size_t err_len);
 
