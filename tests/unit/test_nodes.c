@@ -236,6 +236,16 @@ static void random_until_full(void)
     CHECK(alloc_and_store(db, &v6only, ns.id, v4, v6, err, sizeof err) == 0, "%s", err);
     CHECK(alloc_and_store(db, &v6only, ns.id, v4, v6, err, sizeof err) == 0, "%s", err);
     CHECK(hw_ipalloc_pick(db, &v6only, v4, v6, err, sizeof err) < 0, "v6 full");
+
+    struct hw_config tiny = config("100.64.0.0/30", "fd7a:115c:a1e0:1::/126", HW_ALLOC_RANDOM);
+    char first[HW_IP_TEXT_MAX];
+    CHECK(alloc_and_store(db, &tiny, ns.id, first, v6, err, sizeof err) == 0, "%s", err);
+    CHECK(alloc_and_store(db, &tiny, ns.id, v4, v6, err, sizeof err) == 0, "%s", err);
+    CHECK(strcmp(first, v4) != 0, "both hosts: %s %s", first, v4);
+    CHECK(strcmp(v4, "100.64.0.1") == 0 || strcmp(v4, "100.64.0.2") == 0, "%s", v4);
+    CHECK(hw_ipalloc_pick(db, &tiny, v4, v6, err, sizeof err) < 0, "/30 full");
+    CHECK_STR(err, "IPv4 prefix 100.64.0.0/30 is full: widen prefixes.v4 in the configuration or "
+                   "delete unused nodes");
     hw_db_close(db);
 }
 
