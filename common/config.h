@@ -41,6 +41,7 @@ struct hw_config {
     char *database_type;               /* "sqlite" (also "sqlite3"); "postgres" refused for now */
     char *database_sqlite_path;
     bool database_sqlite_wal;          /* default true */
+    int database_sqlite_wal_autocheckpoint; /* pages; 1000 (SQLite's own default), 0 = off */
 
     /* derp.server.* : the built-in relay */
     bool derp_server_enabled;
@@ -103,19 +104,32 @@ struct hw_config_result {
 };
 
 /* The embedded default `make run` uses: data under ./data, 127.0.0.1:8080, built-in
- * relay and STUN. Never fails. */
+ * relay and STUN on loopback. Never fails. */
 void hw_config_defaults(struct hw_config *cfg);
 
-/* Reads FILE over the defaults. Returns 0 when there is no error (warnings may be
- * present in res), -1 otherwise. Every diagnostic names the line; errors name the
- * key and the expected form. Nothing is left half-set on error: the caller exits. */
+/* The defaults under a config file, i.e. for an installed server: the embedded
+ * defaults with packaged paths (/var/lib/headwater/{db.sqlite,noise_private.key,
+ * derp_server_private.key}, /var/run/headwater/headwater.sock), the built-in relay
+ * off and STUN on 0.0.0.0:3478 for when it is turned on. Never fails. */
+void hw_config_file_defaults(struct hw_config *cfg);
+
+/* Reads FILE over hw_config_file_defaults(). cfg and res are outputs only: their old
+ * contents are neither read nor freed (so do not call hw_config_defaults first).
+ * Returns 0 when there is no error (warnings may be present in res), -1 otherwise.
+ * Every diagnostic names the line; errors name the key and the expected form, and all
+ * of them are collected, not just the first. Nothing is left half-set on error: cfg
+ * then holds hw_config_file_defaults(), so hw_config_free is always safe.
+ * As in Headscale, a relative key, database or certificate path is taken relative to
+ * the directory holding FILE. */
 int hw_config_load(const char *path, struct hw_config *cfg, struct hw_config_result *res);
 
-/* Prints each diagnostic as "PATH:LINE: warning: ..." / "PATH:LINE: error: ...". */
+/* Prints each diagnostic as "PATH:LINE: warning: ..." / "PATH:LINE: error: ...";
+ * a diagnostic about the whole file (line 0, e.g. it cannot be read) as "error: ...". */
 void hw_config_print_diags(const char *path, const struct hw_config_result *res, FILE *out);
 void hw_config_result_free(struct hw_config_result *res);
 
-/* The effective configuration as YAML, for `headwater configtest`. */
+/* The effective configuration as YAML with Headscale's current key names, for
+ * `headwater configtest`. Loading the output gives the same configuration back. */
 void hw_config_dump(const struct hw_config *cfg, FILE *out);
 void hw_config_free(struct hw_config *cfg);
 

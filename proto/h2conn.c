@@ -61,6 +61,7 @@ static void set_error(struct hw_h2 *h2, const char *what, int rv)
 
 const char *hw_h2_last_error(struct hw_h2 *h2) { return h2->error; }
 size_t hw_h2_open_streams(struct hw_h2 *h2) { return h2->n_streams; }
+void *hw_h2_conn_arg(struct hw_h2 *h2) { return h2->arg; }
 
 static struct hw_h2_stream *stream_new(struct hw_h2 *h2, int32_t id)
 {

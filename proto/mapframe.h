@@ -1,0 +1,78 @@
+#ifndef HW_PROTO_MAPFRAME_H
+#define HW_PROTO_MAPFRAME_H
+
+/* The body of a /machine/map response: a sequence of messages, each
+ *     u32 little-endian length | payload of that many bytes
+ * where the payload is one zstd frame of the MapResponse JSON when the MapRequest said
+ * "Compress":"zstd" (every current client does), else the JSON itself. The length
+ * counts the payload only (PROTOCOL.md §5.2; fixture real-client-map.json: prefix
+ * e5040000 = 1253 = zstd_len).
+ *
+ * Limits. The upstream client sets none: it allocates whatever u32 length it reads and
+ * zstd-decodes without a MaxDecodedSize (control/controlclient/direct.go, read loop and
+ * mapSession.decodeMsg). A hostile or broken server could make it allocate 4 GiB per
+ * message. We refuse, on both sides, any message whose payload or decompressed JSON is
+ * larger than TC_MAPFRAME_MAX; a real 10,000-node netmap is a few MiB of JSON. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "common/sbuf.h"
+
+#define TC_MAPFRAME_MAX (16u << 20)
+/* zstd level 1 = the fastest standard level; Headscale uses klauspost's SpeedFastest.
+ * Full maps compress about 3:1 with it, at several hundred MB/s per core. */
+#define TC_ZSTD_LEVEL_FAST 1
+
+/* ---- encoder (server) ------------------------------------------------------------------ */
+
+/* One per thread: it owns a ZSTD_CCtx and a scratch buffer reused for every message. */
+struct tc_zenc;
+
+struct tc_zenc *tc_zenc_new(int level);
+void tc_zenc_free(struct tc_zenc *z);
+
+/* Frames json[0..len) as one message. The result is an immutable refcounted buffer:
+ * the same bytes can be queued on every session that must receive them (hw_h2_push).
+ * NULL with err set when len exceeds TC_MAPFRAME_MAX or zstd fails. */
+struct hw_sbuf *tc_mapframe_encode(struct tc_zenc *z, const void *json, size_t len, bool compress,
+                                   char *err, size_t errlen);
+/* Same, for a json_t (dumped compact). */
+struct hw_sbuf *tc_mapframe_encode_json(struct tc_zenc *z, const json_t *msg, bool compress,
+                                        char *err, size_t errlen);
+/* The framed {"KeepAlive":true}, built once per encoder and form. Identical bytes every
+ * time matter: the client caches the last keep-alive frame and compares bytes before
+ * decompressing. Returns a new reference. */
+struct hw_sbuf *tc_mapframe_keepalive(struct tc_zenc *z, bool compress);
+
+/* ---- decoder (client) ------------------------------------------------------------------ */
+
+/* Incremental: feed the response body in whatever pieces HTTP/2 DATA frames deliver. */
+struct tc_mapdec;
+
+/* max_size 0 means TC_MAPFRAME_MAX. */
+struct tc_mapdec *tc_mapdec_new(bool compressed, size_t max_size);
+void tc_mapdec_free(struct tc_mapdec *d);
+
+/* Called once per complete message with its JSON text (NUL-terminated; valid only
+ * during the call). A nonzero return stops tc_mapdec_feed, which returns that value;
+ * the rest of that chunk is dropped. */
+typedef int (*tc_mapdec_cb)(const char *json, size_t len, void *arg);
+
+/* 0 when all of data was consumed, -1 on a framing/zstd error (the stream is then
+ * unusable: tc_mapdec_error says why), or the callback's nonzero value. */
+int tc_mapdec_feed(struct tc_mapdec *d, const uint8_t *data, size_t len, tc_mapdec_cb cb,
+                   void *arg);
+const char *tc_mapdec_error(const struct tc_mapdec *d);
+/* Bytes of an unfinished message held (0 at a message boundary). */
+size_t tc_mapdec_pending(const struct tc_mapdec *d);
+
+/* Decompresses one payload (one or more zstd frames) into a malloc'd NUL-terminated
+ * buffer of at most max_out bytes. Returns 0 or -1 with err. */
+int tc_zstd_decompress(const uint8_t *in, size_t len, size_t max_out, uint8_t **out,
+                       size_t *out_len, char *err, size_t errlen);
+
+#endif

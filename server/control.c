@@ -1,0 +1,1302 @@
+#include "server/control.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/log.h"
+#include "common/loop.h"
+#include "common/util.h"
+#include "proto/h2conn.h"
+#include "proto/keys.h"
+#include "proto/mapframe.h"
+#include "proto/tailcfg.h"
+#include "server/nodes.h"
+#include "server/tailnet.h"
+#include "server/ts2021.h"
+
+/* The oldest client we talk to: Tailscale v1.66. Older ones get a message they show. */
+#define MIN_CAPVER 95
+/* Changes are gathered this long, then pushed as one delta per namespace: a burst of
+ * joins costs each client one message, not one per join. */
+#define DELTA_BATCH_MS 25
+/* Keep-alive cadence: well inside the client's 120 s watchdog, with per-stream jitter
+ * so that 10,000 streams do not all wake in the same second. */
+#define KEEPALIVE_MS 50000
+#define KEEPALIVE_JITTER_MS 9000
+#define SWEEP_MS 1000
+/* An interactive login waits this long for `hwctl nodes register`. */
+#define PENDING_REGISTRATION_S (30 * 60)
+/* A node whose last stream closed stays "online" this long, so a quick reconnect is
+ * not announced as offline-then-online to every peer. */
+#define OFFLINE_GRACE_MS 10000
+#define TAGGED_USER_ID 2147455555   /* Headscale's synthetic owner of tagged nodes */
+
+enum stream_kind { STREAM_MAP = 1, STREAM_FOLLOWUP };
+
+/* A long-lived map response. */
+struct tn_stream {
+    enum stream_kind kind;
+    struct hw_control *ctl;
+    struct tn_node *node;
+    struct hw_h2_stream *st;
+    struct ts_session *sess;
+    bool compress;
+    bool initial_sent;
+    int64_t keepalive_due;
+    struct tn_stream *node_next;        /* in node->streams */
+    struct tn_stream *all_prev, *all_next;
+};
+
+/* An interactive login's follow-up, held until the admin registers the node. */
+struct followup {
+    enum stream_kind kind;
+    struct hw_control *ctl;
+    struct hw_h2_stream *st;
+    struct ts_session *sess;
+    char reg_id[64];
+    char machine_key[HW_KEY_TEXT_MAX];
+    char node_key[HW_KEY_TEXT_MAX];
+    int64_t deadline;                   /* unix seconds */
+    struct followup *prev, *next;
+};
+
+struct hw_control {
+    struct hw_server *srv;
+    struct hw_loop *loop;
+    struct hw_tailnet tn;
+    struct tc_zenc *zenc;
+    struct hw_sbuf *keepalive[2];       /* [compressed] */
+    json_t *derp_map;
+    json_t *dns_config;
+    json_t *packet_filters;
+    char *domain;
+    struct tn_stream *streams;          /* every map stream, for the keep-alive sweep */
+    size_t n_streams;
+    struct followup *followups;
+    struct hw_timer *flush_timer;
+    struct hw_timer *sweep_timer;
+    struct tn_node **offline_candidates;
+    size_t n_offline, cap_offline;
+};
+
+static void schedule_flush(struct hw_control *c);
+static void push_to_stream(struct tn_stream *ms, struct hw_sbuf *frame);
+
+/* ---- helpers ---- */
+
+static json_t *json_or_null(const char *text)
+{
+    if (!text || !*text)
+        return NULL;
+    return json_loads(text, 0, NULL);
+}
+
+static bool node_expired(const struct tn_node *n, int64_t now)
+{
+    return n->row.expiry != 0 && n->row.expiry <= now;
+}
+
+static bool node_is_tagged(const struct tn_node *n)
+{
+    return n->row.tags_json && strcmp(n->row.tags_json, "[]") != 0 && n->row.tags_json[0] == '[' &&
+           n->row.tags_json[1] != ']';
+}
+
+static int64_t node_user_id(const struct tn_node *n)
+{
+    return node_is_tagged(n) ? TAGGED_USER_ID : n->row.namespace_id;
+}
+
+static void strv_from_json_array(struct tc_strv *out, const char *json_text)
+{
+    json_t *arr = json_or_null(json_text);
+    size_t i;
+    json_t *v;
+    if (json_is_array(arr))
+        json_array_foreach(arr, i, v) if (json_is_string(v)) tc_strv_push(out, json_string_value(v));
+    json_decref(arr);
+}
+
+static bool is_exit_route(const char *prefix)
+{
+    return strcmp(prefix, "0.0.0.0/0") == 0 || strcmp(prefix, "::/0") == 0;
+}
+
+/* The node as every client (itself and its peers) sees it: tailcfg.Node. */
+static json_t *node_to_json(struct hw_control *c, const struct tn_node *n)
+{
+    int64_t now = hw_now();
+    struct tc_node tn = {0};
+    tn.id = n->row.id;
+    char name[HW_NAME_MAX + 260];
+    if (c->domain && *c->domain)
+        snprintf(name, sizeof name, "%s.%s.", n->row.given_name, c->domain);
+    else
+        snprintf(name, sizeof name, "%s.", n->row.given_name);
+    tn.name = name;
+    tn.user = node_user_id(n);
+    hw_key_parse(HW_KEY_NODE, n->row.node_key, tn.key, NULL);
+    hw_key_parse(HW_KEY_MACHINE, n->row.machine_key, tn.machine, NULL);
+    if (n->row.disco_key[0])
+        hw_key_parse(HW_KEY_DISCO, n->row.disco_key, tn.disco_key, NULL);
+    if (n->row.expiry)
+        tn.key_expiry = tc_time_from_unix(n->row.expiry);
+    char addr[HW_IP_TEXT_MAX + 8];
+    if (n->row.ipv4[0]) {
+        snprintf(addr, sizeof addr, "%s/32", n->row.ipv4);
+        tc_strv_push(&tn.addresses, addr);
+    }
+    if (n->row.ipv6[0]) {
+        snprintf(addr, sizeof addr, "%s/128", n->row.ipv6);
+        tc_strv_push(&tn.addresses, addr);
+    }
+    tc_strv_copy(&tn.allowed_ips, &tn.addresses);
+    for (size_t i = 0; i < n->n_routes; i++) {
+        tc_strv_push(&tn.allowed_ips, n->routes[i]);
+        if (!is_exit_route(n->routes[i]))
+            tc_strv_push(&tn.primary_routes, n->routes[i]);
+    }
+    strv_from_json_array(&tn.endpoints, n->row.endpoints_json);
+    tn.legacy_derp = true;
+    tn.home_derp = n->home_derp;
+    tn.hostinfo = json_or_null(n->row.hostinfo_json);
+    if (!json_is_object(tn.hostinfo)) {
+        json_decref(tn.hostinfo);
+        tn.hostinfo = json_pack("{s:s}", "Hostname", n->row.hostname);
+    }
+    tn.created = tc_time_from_unix(n->row.created_at);
+    tn.cap = n->cap_version;
+    strv_from_json_array(&tn.tags, n->row.tags_json);
+    bool expired = node_expired(n, now);
+    tn.online = n->online ? TC_TRUE : TC_FALSE;
+    if (!n->online && n->row.last_seen)
+        tn.last_seen = tc_time_from_unix(n->row.last_seen);
+    tn.machine_authorized = !expired;
+    tn.expired = expired;
+    tn.cap_map = json_pack("{s:[],s:[],s:[]}", "https://tailscale.com/cap/file-sharing",
+                           "https://tailscale.com/cap/is-admin", "https://tailscale.com/cap/ssh");
+    json_t *out = tc_node_to_json(&tn);
+    tn.name = NULL;   /* borrowed from the stack */
+    tc_node_clear(&tn);
+    return out;
+}
+
+/* Serialised once per change and reused in every message that carries the node. */
+static struct hw_sbuf *node_text(struct hw_control *c, struct tn_node *n)
+{
+    if (!n->peer_json) {
+        json_t *j = node_to_json(c, n);
+        size_t len = 0;
+        char *text = tc_json_dump(j, &len);
+        n->peer_json = hw_sbuf_copy(text, len);
+        free(text);
+        json_decref(j);
+    }
+    return n->peer_json;
+}
+
+static json_t *user_profiles_for(struct tn_node *n)
+{
+    json_t *arr = json_array();
+    struct tc_user_profile owner = {.id = n->row.namespace_id, .login_name = n->ns ? n->ns->name : "",
+                                    .display_name = n->ns ? n->ns->name : ""};
+    json_array_append_new(arr, tc_user_profile_to_json(&owner));
+    struct tc_user_profile tagged = {.id = TAGGED_USER_ID, .login_name = "tagged-devices",
+                                     .display_name = "Tagged devices"};
+    json_array_append_new(arr, tc_user_profile_to_json(&tagged));
+    return arr;
+}
+
+/* ---- message text ----
+ * A message is jansson's dump of its small fields with a large array of cached node
+ * texts spliced in before the closing brace, so a 10,000-peer map costs copies of
+ * cached bytes rather than 10,000 re-serialisations. */
+
+struct textbuf {
+    char *p;
+    size_t len, cap;
+};
+
+static void tb_put(struct textbuf *b, const void *data, size_t len)
+{
+    if (b->len + len + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + len + 1)
+            cap *= 2;
+        char *grown = realloc(b->p, cap);
+        if (!grown) {
+            log_error("out of memory building a map message");
+            abort();
+        }
+        b->p = grown;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, data, len);
+    b->len += len;
+    b->p[b->len] = '\0';
+}
+
+static void tb_puts(struct textbuf *b, const char *s) { tb_put(b, s, strlen(s)); }
+
+/* head: the dumped small fields; then `"key":[items except skip]`. */
+static void compose(struct textbuf *out, const json_t *head, const char *key,
+                    struct tn_node *const *items, size_t n_items, const struct tn_node *skip,
+                    struct hw_control *c)
+{
+    size_t head_len = 0;
+    char *head_text = tc_json_dump(head, &head_len);
+    size_t written = 0;
+    for (size_t i = 0; i < n_items; i++)
+        written += items[i] != skip;
+    if (!key || written == 0) {
+        tb_put(out, head_text, head_len);
+        free(head_text);
+        return;
+    }
+    tb_put(out, head_text, head_len - 1);   /* without the closing brace */
+    if (head_len > 2)
+        tb_puts(out, ",");
+    tb_puts(out, "\"");
+    tb_puts(out, key);
+    tb_puts(out, "\":[");
+    bool first = true;
+    for (size_t i = 0; i < n_items; i++) {
+        if (items[i] == skip)
+            continue;
+        if (!first)
+            tb_puts(out, ",");
+        first = false;
+        struct hw_sbuf *t = node_text(c, items[i]);
+        tb_put(out, t->data, t->len);
+    }
+    tb_puts(out, "]}");
+    free(head_text);
+}
+
+static struct hw_sbuf *frame_text(struct hw_control *c, const struct textbuf *t, bool compress)
+{
+    char err[160];
+    struct hw_sbuf *f = tc_mapframe_encode(c->zenc, t->p, t->len, compress, err, sizeof err);
+    if (!f)
+        log_error("map message of %zu bytes not sent: %s", t->len, err);
+    return f;
+}
+
+/* ---- the full map ---- */
+
+static struct hw_sbuf *build_full_map(struct hw_control *c, struct tn_stream *ms)
+{
+    struct tn_node *self = ms->node;
+    json_t *head = json_object();
+    json_object_set_new(head, "Node", json_loadb((const char *)node_text(c, self)->data,
+                                                 node_text(c, self)->len, 0, NULL));
+    if (c->derp_map)
+        json_object_set(head, "DERPMap", c->derp_map);
+    if (c->dns_config)
+        json_object_set(head, "DNSConfig", c->dns_config);
+    json_object_set_new(head, "Domain", json_string(c->domain ? c->domain : ""));
+    json_object_set(head, "PacketFilters", c->packet_filters);
+    json_object_set_new(head, "UserProfiles", user_profiles_for(self));
+    struct tc_time now = tc_time_now();
+    char when[TC_TIME_TEXT_MAX];
+    tc_time_format(&now, when);
+    json_object_set_new(head, "ControlTime", json_string(when));
+
+    size_t n_peers = self->ns ? self->ns->count : 0;
+    struct tn_node **peers = hw_calloc(n_peers ? n_peers : 1, sizeof *peers);
+    size_t k = 0;
+    for (struct tn_node *p = self->ns ? self->ns->head : NULL; p; p = p->ns_next)
+        peers[k++] = p;
+    struct textbuf t = {0};
+    compose(&t, head, "Peers", peers, k, self, c);
+    struct hw_sbuf *frame = frame_text(c, &t, ms->compress);
+    free(t.p);
+    free(peers);
+    json_decref(head);
+    return frame;
+}
+
+/* ---- deltas ---- */
+
+static void push_to_stream(struct tn_stream *ms, struct hw_sbuf *frame)
+{
+    if (!frame || !ms->st)
+        return;
+    hw_h2_push(ms->st, frame);
+    ms->keepalive_due = hw_now_ms_mono() + KEEPALIVE_MS + (int64_t)randombytes_uniform(KEEPALIVE_JITTER_MS);
+    ts_session_kick(ms->sess);
+}
+
+static bool node_has_live_streams(const struct tn_node *n)
+{
+    for (const struct tn_stream *ms = n->streams; ms; ms = ms->node_next)
+        if (ms->initial_sent)
+            return true;
+    return false;
+}
+
+/* One namespace's pending changes, as messages: the same bytes for every member that
+ * is not itself among the changed nodes, and a variant for each changed member (it must
+ * not receive itself as a peer, and it gets its own Node). */
+static void flush_namespace(struct hw_control *c, struct tn_namespace *ns)
+{
+    size_t n_changed = 0, n_patch = 0;
+    for (struct tn_node *n = ns->pending_head; n; n = n->pending_next) {
+        if (n->pending & TN_PEER_CHANGED)
+            n_changed++;
+        else if (n->pending & TN_PEER_ONLINE)
+            n_patch++;
+    }
+    struct tn_node **changed = hw_calloc(n_changed + 1, sizeof *changed);
+    json_t *patches = json_array();
+    size_t k = 0;
+    for (struct tn_node *n = ns->pending_head; n; n = n->pending_next) {
+        if (n->pending & TN_PEER_CHANGED) {
+            changed[k++] = n;
+        } else if (n->pending & TN_PEER_ONLINE) {
+            struct tc_peer_change pc = {.node_id = n->row.id, .online = n->online ? TC_TRUE : TC_FALSE};
+            if (!n->online && n->row.last_seen) {
+                pc.has_last_seen = true;
+                pc.last_seen = tc_time_from_unix(n->row.last_seen);
+            }
+            json_array_append_new(patches, tc_peer_change_to_json(&pc));
+        }
+    }
+    (void)n_patch;
+
+    struct tc_time now = tc_time_now();
+    char when[TC_TIME_TEXT_MAX];
+    tc_time_format(&now, when);
+    json_t *head = json_object();
+    if (ns->n_removed > 0) {
+        json_t *removed = json_array();
+        for (size_t i = 0; i < ns->n_removed; i++)
+            json_array_append_new(removed, json_integer(ns->removed[i]));
+        json_object_set_new(head, "PeersRemoved", removed);
+    }
+    if (json_array_size(patches) > 0)
+        json_object_set(head, "PeersChangedPatch", patches);
+    json_object_set_new(head, "ControlTime", json_string(when));
+
+    bool anything = ns->n_removed > 0 || json_array_size(patches) > 0 || n_changed > 0;
+    struct hw_sbuf *shared[2] = {NULL, NULL};
+    for (struct tn_node *m = anything ? ns->head : NULL; m; m = m->ns_next) {
+        if (!node_has_live_streams(m) || (m->pending & (TN_PEER_CHANGED | TN_SELF_CHANGED)))
+            continue;
+        for (struct tn_stream *ms = m->streams; ms; ms = ms->node_next) {
+            if (!ms->initial_sent)
+                continue;
+            if (!shared[ms->compress]) {
+                struct textbuf t = {0};
+                compose(&t, head, "PeersChanged", changed, n_changed, NULL, c);
+                shared[ms->compress] = frame_text(c, &t, ms->compress);
+                free(t.p);
+            }
+            push_to_stream(ms, shared[ms->compress]);
+        }
+    }
+    /* Members that changed themselves: their own Node, the others' changes. */
+    for (struct tn_node *m = ns->pending_head; m; m = m->pending_next) {
+        if (!(m->pending & (TN_PEER_CHANGED | TN_SELF_CHANGED)) || !node_has_live_streams(m))
+            continue;
+        json_t *own = json_deep_copy(head);
+        if (m->pending & TN_SELF_CHANGED) {
+            struct hw_sbuf *t = node_text(c, m);
+            json_object_set_new(own, "Node", json_loadb((const char *)t->data, t->len, 0, NULL));
+            json_object_set_new(own, "UserProfiles", user_profiles_for(m));
+        }
+        for (int z = 0; z < 2; z++) {
+            struct hw_sbuf *frame = NULL;
+            for (struct tn_stream *ms = m->streams; ms; ms = ms->node_next) {
+                if (!ms->initial_sent || ms->compress != z)
+                    continue;
+                if (!frame) {
+                    struct textbuf t = {0};
+                    compose(&t, own, "PeersChanged", changed, n_changed, m, c);
+                    frame = frame_text(c, &t, z);
+                    free(t.p);
+                }
+                push_to_stream(ms, frame);
+            }
+            hw_sbuf_unref(frame);
+        }
+        json_decref(own);
+    }
+    hw_sbuf_unref(shared[0]);
+    hw_sbuf_unref(shared[1]);
+    json_decref(head);
+    json_decref(patches);
+    free(changed);
+
+    for (struct tn_node *n = ns->pending_head, *next; n; n = next) {
+        next = n->pending_next;
+        n->pending = 0;
+        n->pending_next = NULL;
+    }
+    ns->pending_head = NULL;
+    ns->n_removed = 0;
+}
+
+static void flush_deltas(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct hw_control *c = arg;
+    c->flush_timer = NULL;
+    for (struct tn_namespace *ns = c->tn.namespaces; ns; ns = ns->next)
+        if (ns->pending_head || ns->n_removed)
+            flush_namespace(c, ns);
+}
+
+static void schedule_flush(struct hw_control *c)
+{
+    if (!c->flush_timer)
+        c->flush_timer = hw_timer_start(c->loop, DELTA_BATCH_MS, flush_deltas, c);
+}
+
+/* ---- answering ---- */
+
+static void respond_json(struct hw_h2_stream *st, int status, json_t *body)
+{
+    size_t len = 0;
+    char *text = tc_json_dump(body, &len);
+    hw_h2_respond(st, status, "application/json; charset=utf-8", text, len);
+    free(text);
+    json_decref(body);
+}
+
+static void respond_text(struct hw_h2_stream *st, int status, const char *text)
+{
+    hw_h2_respond(st, status, "text/plain; charset=utf-8", text, strlen(text));
+}
+
+static void register_answer(struct hw_h2_stream *st, const struct tn_node *n, const char *auth_url,
+                            const char *error, bool key_expired)
+{
+    struct tc_register_response r = {.auth_url = auth_url ? auth_url : "", .error = error ? error : ""};
+    char name[HW_NAME_MAX] = "";
+    if (n) {
+        snprintf(name, sizeof name, "%s", node_is_tagged(n) ? "tagged-devices" : (n->ns ? n->ns->name : ""));
+        r.user_id = r.login_id = node_user_id(n);
+        r.user_display_name = r.login_name = r.login_display_name = name;
+        r.login_provider = "";
+        r.machine_authorized = true;
+        r.node_key_expired = key_expired;
+    }
+    respond_json(st, 200, tc_register_response_to_json(&r));
+}
+
+/* ---- tailnet changes: store first, then memory, then the wire ---- */
+
+static struct tn_node *reload_node(struct hw_control *c, int64_t id)
+{
+    struct hw_node row = {0};
+    struct hw_route *routes = NULL;
+    size_t n_routes = 0;
+    if (hw_db_node_get(c->srv->db, id, &row) != HW_DB_OK)
+        return NULL;
+    hw_db_route_list(c->srv->db, id, &routes, &n_routes);
+    struct tn_node *n = hw_tailnet_apply(&c->tn, &row, routes, n_routes);
+    free(routes);
+    hw_node_clear(&row);
+    schedule_flush(c);
+    return n;
+}
+
+static void close_node_streams(struct tn_node *n, uint32_t code)
+{
+    for (struct tn_stream *ms = n->streams; ms; ms = ms->node_next) {
+        if (ms->st) {
+            hw_h2_reset(ms->st, code);
+            ts_session_kick(ms->sess);
+        }
+    }
+}
+
+static void answer_followups_for(struct hw_control *c, struct tn_node *n)
+{
+    for (struct followup *f = c->followups; f; f = f->next) {
+        if (!f->st || strcmp(f->machine_key, n->row.machine_key) != 0)
+            continue;
+        register_answer(f->st, n, NULL, NULL, false);
+        ts_session_kick(f->sess);
+    }
+}
+
+static void detach_and_remove(struct hw_control *c, struct tn_node *n)
+{
+    close_node_streams(n, 8 /* CANCEL */);
+    for (struct tn_stream *ms = n->streams; ms; ms = ms->node_next)
+        ms->node = NULL;
+    n->streams = NULL;
+    hw_tailnet_remove(&c->tn, n->row.id);
+    schedule_flush(c);
+}
+
+/* A namespace was renamed or destroyed: names show in UserProfiles; a destroyed one
+ * takes its nodes along. */
+static void resync_namespaces(struct hw_control *c)
+{
+    for (struct tn_namespace *ns = c->tn.namespaces; ns; ns = ns->next) {
+        struct hw_namespace row;
+        if (hw_db_namespace_get(c->srv->db, ns->id, &row) != HW_DB_OK) {
+            while (ns->head)
+                detach_and_remove(c, ns->head);
+            continue;
+        }
+        if (strcmp(row.name, ns->name) != 0) {
+            snprintf(ns->name, sizeof ns->name, "%s", row.name);
+            for (struct tn_node *n = ns->head; n; n = n->ns_next)
+                hw_tailnet_mark(n, TN_SELF_CHANGED);
+            schedule_flush(c);
+        }
+    }
+}
+
+struct change {
+    struct hw_control *ctl;
+    enum hw_change_kind kind;
+    int64_t id;
+};
+
+static void apply_change(struct hw_loop *loop, void *arg)
+{
+    struct change *ch = arg;
+    struct hw_control *c = ch->ctl;
+    pthread_mutex_lock(&c->srv->lock);
+    switch (ch->kind) {
+    case HW_CHANGE_NODE_REMOVED: {
+        struct tn_node *n = hw_tailnet_node(&c->tn, ch->id);
+        if (n)
+            detach_and_remove(c, n);
+        break;
+    }
+    case HW_CHANGE_NODE_MOVED: {
+        struct tn_node *n = reload_node(c, ch->id);
+        /* Its whole peer set changed: a fresh map stream is the simplest correct delta. */
+        if (n)
+            close_node_streams(n, 8);
+        break;
+    }
+    case HW_CHANGE_NODE_ADDED: {
+        struct tn_node *n = reload_node(c, ch->id);
+        if (n)
+            answer_followups_for(c, n);
+        break;
+    }
+    case HW_CHANGE_NODE_UPDATED:
+    case HW_CHANGE_ROUTES:
+        reload_node(c, ch->id);
+        break;
+    case HW_CHANGE_NAMESPACE:
+        resync_namespaces(c);
+        break;
+    case HW_CHANGE_POLICY:
+        break;
+    }
+    pthread_mutex_unlock(&c->srv->lock);
+    free(ch);
+}
+
+void hw_control_notify(struct hw_control *c, enum hw_change_kind kind, int64_t id)
+{
+    struct change *ch = hw_malloc(sizeof *ch);
+    ch->ctl = c;
+    ch->kind = kind;
+    ch->id = id;
+    hw_loop_post(c->loop, apply_change, ch);
+}
+
+/* ---- /machine/register ---- */
+
+static void random_id(char *out, size_t len)
+{
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    for (size_t i = 0; i + 1 < len; i++)
+        out[i] = alphabet[randombytes_uniform(sizeof alphabet - 1)];
+    out[len - 1] = '\0';
+}
+
+static int64_t default_expiry(struct hw_control *c, const struct tc_register_request *r, bool tagged)
+{
+    int64_t now = hw_now();
+    if (tagged)
+        return 0;
+    if (r->expiry.set && r->expiry.sec > now)
+        return r->expiry.sec;
+    if (c->srv->cfg->node_expiry_ms > 0)
+        return now + c->srv->cfg->node_expiry_ms / 1000;
+    return 0;
+}
+
+static void set_hostinfo(struct hw_node *row, const struct tc_hostinfo *hi)
+{
+    if (!hi->raw)
+        return;
+    free(row->hostinfo_json);
+    row->hostinfo_json = tc_json_dump(hi->raw, NULL);
+    if (hi->hostname && *hi->hostname)
+        snprintf(row->hostname, sizeof row->hostname, "%s", hi->hostname);
+}
+
+/* Answers the AuthURL of a new pending registration. */
+static void start_interactive(struct hw_control *c, struct hw_h2_stream *st, const char *mkey,
+                              const struct tc_register_request *r)
+{
+    struct hw_pending p = {0};
+    random_id(p.id, 25);
+    snprintf(p.machine_key, sizeof p.machine_key, "%s", mkey);
+    hw_key_format(HW_KEY_NODE, r->node_key, p.node_key);
+    snprintf(p.hostname, sizeof p.hostname, "%s",
+             r->hostinfo.hostname && *r->hostinfo.hostname ? r->hostinfo.hostname : "node");
+    p.hostinfo_json = r->hostinfo.raw ? tc_json_dump(r->hostinfo.raw, NULL) : NULL;
+    p.created_at = hw_now();
+    p.expires_at = p.created_at + PENDING_REGISTRATION_S;
+    int rc = hw_db_pending_insert(c->srv->db, &p);
+    free(p.hostinfo_json);
+    if (rc != HW_DB_OK) {
+        log_error("register: storing a pending registration failed: %s", hw_db_errmsg(c->srv->db));
+        register_answer(st, NULL, NULL, "the server could not store the login request; try again", false);
+        return;
+    }
+    char *url = hw_sprintf("%s/register/%s", c->srv->cfg->server_url, p.id);
+    log_info("register: %s (%s) waits for `hwctl nodes register --key %s -n NAMESPACE`", p.hostname,
+             mkey, p.id);
+    register_answer(st, NULL, url, NULL, false);
+    free(url);
+}
+
+static void hold_followup(struct hw_control *c, struct ts_session *sess, struct hw_h2_stream *st,
+                          const struct hw_pending *p)
+{
+    struct followup *f = hw_calloc(1, sizeof *f);
+    f->kind = STREAM_FOLLOWUP;
+    f->ctl = c;
+    f->st = st;
+    f->sess = sess;
+    snprintf(f->reg_id, sizeof f->reg_id, "%s", p->id);
+    snprintf(f->machine_key, sizeof f->machine_key, "%s", p->machine_key);
+    snprintf(f->node_key, sizeof f->node_key, "%s", p->node_key);
+    f->deadline = p->expires_at;
+    f->next = c->followups;
+    if (c->followups)
+        c->followups->prev = f;
+    c->followups = f;
+    hw_h2_set_user(st, f);
+}
+
+/* Creates or re-keys the machine's node for a valid pre-auth key, in one transaction
+ * with marking a single-use key used. */
+static struct tn_node *register_with_key(struct hw_control *c, const char *mkey,
+                                         const struct tc_register_request *r,
+                                         const struct hw_preauth_key *key, char *err, size_t err_len)
+{
+    struct hw_db *db = c->srv->db;
+    bool tagged = key->tags_json && strlen(key->tags_json) > 2;
+    struct hw_node row = {0};
+    struct tn_node *existing = hw_tailnet_by_machine_key(&c->tn, mkey);
+    if (hw_db_begin(db) != HW_DB_OK) {
+        snprintf(err, err_len, "the server's database is busy; try again");
+        return NULL;
+    }
+    int rc;
+    if (existing) {
+        hw_db_node_get(db, existing->row.id, &row);
+        hw_key_format(HW_KEY_NODE, r->node_key, row.node_key);
+        row.namespace_id = key->namespace_id;
+        row.ephemeral = key->ephemeral;
+        row.expiry = default_expiry(c, r, tagged);
+        row.auth_key_id = key->id;
+        if (tagged) {
+            free(row.tags_json);
+            row.tags_json = hw_strdup(key->tags_json);
+        }
+        set_hostinfo(&row, &r->hostinfo);
+        rc = hw_db_node_update(db, &row);
+    } else {
+        snprintf(row.machine_key, sizeof row.machine_key, "%s", mkey);
+        hw_key_format(HW_KEY_NODE, r->node_key, row.node_key);
+        snprintf(row.hostname, sizeof row.hostname, "%s",
+                 r->hostinfo.hostname && *r->hostinfo.hostname ? r->hostinfo.hostname : "node");
+        set_hostinfo(&row, &r->hostinfo);
+        row.namespace_id = key->namespace_id;
+        row.ephemeral = key->ephemeral;
+        row.expiry = default_expiry(c, r, tagged);
+        row.auth_key_id = key->id;
+        row.tags_json = tagged ? hw_strdup(key->tags_json) : NULL;
+        snprintf(row.register_method, sizeof row.register_method, "authkey");
+        char base[HW_NAME_MAX];
+        hw_given_name_from_hostname(row.hostname, base);
+        if (hw_ipalloc_pick(db, c->srv->cfg, row.ipv4, row.ipv6, err, err_len) < 0 ||
+            hw_given_name_unique(db, base, 0, row.given_name) != HW_DB_OK) {
+            hw_db_rollback(db);
+            hw_node_clear(&row);
+            if (!*err)
+                snprintf(err, err_len, "the server could not name the node; try again");
+            return NULL;
+        }
+        rc = hw_db_node_insert(db, &row);
+    }
+    if (rc == HW_DB_OK && !key->reusable)
+        rc = hw_db_preauth_mark_used(db, key->id);
+    if (rc != HW_DB_OK || hw_db_commit(db) != HW_DB_OK) {
+        log_error("register: storing node for %s failed: %s", mkey, hw_db_errmsg(db));
+        hw_db_rollback(db);
+        hw_node_clear(&row);
+        snprintf(err, err_len, "the server could not store the node; try again");
+        return NULL;
+    }
+    int64_t id = row.id;
+    hw_node_clear(&row);
+    struct tn_node *n = reload_node(c, id);
+    if (n)
+        log_info("register: node %lld %s joined namespace %s with a pre-auth key (%s %s)",
+                 (long long)id, n->row.given_name, n->ns ? n->ns->name : "?", n->row.ipv4, n->row.ipv6);
+    return n;
+}
+
+static const char *registration_id_of(const char *followup_url)
+{
+    const char *p = strstr(followup_url, "/register/");
+    return p ? p + strlen("/register/") : NULL;
+}
+
+static void handle_register(struct hw_control *c, struct ts_session *sess, struct hw_h2_stream *st)
+{
+    size_t len;
+    const uint8_t *body = hw_h2_body(st, &len);
+    struct tc_register_request r;
+    char err[TC_ERRLEN];
+    if (tc_register_request_parse(body, len, &r, err, sizeof err) < 0) {
+        respond_text(st, 400, err);
+        return;
+    }
+    const char *mkey = ts_session_machine_key(sess);
+    char nodekey[HW_KEY_TEXT_MAX];
+    hw_key_format(HW_KEY_NODE, r.node_key, nodekey);
+    if (r.version < MIN_CAPVER) {
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "this Tailscale client is too old for this server (capability version %d; "
+                 "v1.66 or later is needed): please update it", r.version);
+        register_answer(st, NULL, NULL, msg, false);
+        tc_register_request_free(&r);
+        return;
+    }
+    pthread_mutex_lock(&c->srv->lock);
+    int64_t now = hw_now();
+    struct tn_node *n = hw_tailnet_by_node_key(&c->tn, nodekey);
+    if (n && strcmp(n->row.machine_key, mkey) != 0) {
+        register_answer(st, NULL, NULL, "this node key belongs to another machine", false);
+        goto done;
+    }
+
+    /* Logout: an expiry in the past. */
+    if (r.expiry.set && r.expiry.sec < now && n) {
+        if (n->row.ephemeral) {
+            int64_t id = n->row.id;
+            hw_db_node_delete(c->srv->db, id);
+            log_info("register: ephemeral node %lld logged out and was removed", (long long)id);
+            register_answer(st, n, NULL, NULL, true);
+            detach_and_remove(c, n);
+        } else {
+            if (!node_expired(n, now))
+                hw_db_node_set_expiry(c->srv->db, n->row.id, now);
+            n = reload_node(c, n->row.id);
+            log_info("register: node %lld logged out", n ? (long long)n->row.id : 0LL);
+            register_answer(st, n, NULL, NULL, true);
+        }
+        goto done;
+    }
+
+    /* A known, valid key and no new credentials: a restart or a refresh. */
+    if (n && !r.auth_key) {
+        if (node_expired(n, now))
+            register_answer(st, n, NULL, NULL, true);
+        else
+            register_answer(st, n, NULL, NULL, false);
+        goto done;
+    }
+
+    /* Key rotation of a node that has not expired: the machine key (proven by Noise)
+     * vouches for the new node key. An expired node goes through login below. */
+    if (!n && !r.auth_key && !tc_key_is_zero(r.old_node_key)) {
+        char oldkey[HW_KEY_TEXT_MAX];
+        hw_key_format(HW_KEY_NODE, r.old_node_key, oldkey);
+        struct tn_node *old = hw_tailnet_by_node_key(&c->tn, oldkey);
+        if (old && strcmp(old->row.machine_key, mkey) == 0 && !node_expired(old, now)) {
+            struct hw_node row = {0};
+            if (hw_db_node_get(c->srv->db, old->row.id, &row) == HW_DB_OK) {
+                snprintf(row.node_key, sizeof row.node_key, "%s", nodekey);
+                if (hw_db_node_update(c->srv->db, &row) == HW_DB_OK) {
+                    n = reload_node(c, row.id);
+                    log_info("register: node %lld rotated its node key", (long long)row.id);
+                    register_answer(st, n, NULL, NULL, false);
+                    hw_node_clear(&row);
+                    goto done;
+                }
+            }
+            hw_node_clear(&row);
+        }
+    }
+
+    /* The follow-up of an interactive login: wait for the admin. */
+    if (r.followup && *r.followup && !r.auth_key) {
+        const char *id = registration_id_of(r.followup);
+        struct hw_pending p = {0};
+        struct tn_node *by_machine = hw_tailnet_by_machine_key(&c->tn, mkey);
+        if (by_machine && strcmp(by_machine->row.node_key, nodekey) == 0 && !node_expired(by_machine, now)) {
+            register_answer(st, by_machine, NULL, NULL, false);
+            goto done;
+        }
+        if (id && hw_db_pending_get(c->srv->db, id, &p) == HW_DB_OK &&
+            strcmp(p.machine_key, mkey) == 0 && p.expires_at > now) {
+            hold_followup(c, sess, st, &p);
+            hw_pending_clear(&p);
+            goto done;
+        }
+        hw_pending_clear(&p);
+        /* Unknown or expired: a new URL (the client shows it again). */
+    }
+
+    if (r.auth_key) {
+        struct hw_preauth_key key = {0};
+        const char *problem = NULL;
+        if (hw_db_preauth_lookup(c->srv->db, r.auth_key, &key) != HW_DB_OK)
+            problem = "invalid pre-auth key: check the key, or create one with `hwctl preauthkeys create`";
+        else if (key.expiration && key.expiration <= now)
+            problem = "the pre-auth key has expired: create a new one with `hwctl preauthkeys create`";
+        else if (key.used && !key.reusable) {
+            /* A container restarting with the same single-use key and state keeps its node. */
+            struct tn_node *same = hw_tailnet_by_machine_key(&c->tn, mkey);
+            if (same && same->row.auth_key_id == key.id && strcmp(same->row.node_key, nodekey) == 0 &&
+                !node_expired(same, now)) {
+                register_answer(st, same, NULL, NULL, false);
+                hw_preauth_key_clear(&key);
+                goto done;
+            }
+            problem = "the pre-auth key was already used (it is single-use): create a new one, "
+                      "or a reusable one with `hwctl preauthkeys create --reusable`";
+        }
+        if (problem) {
+            log_info("register: %s refused: %s", mkey, problem);
+            register_answer(st, NULL, NULL, problem, false);
+            hw_preauth_key_clear(&key);
+            goto done;
+        }
+        char why[200] = "";
+        struct tn_node *created = register_with_key(c, mkey, &r, &key, why, sizeof why);
+        hw_preauth_key_clear(&key);
+        if (!created)
+            register_answer(st, NULL, NULL, why, false);
+        else
+            register_answer(st, created, NULL, NULL, false);
+        goto done;
+    }
+
+    start_interactive(c, st, mkey, &r);
+done:
+    pthread_mutex_unlock(&c->srv->lock);
+    tc_register_request_free(&r);
+}
+
+/* ---- /machine/map ---- */
+
+static char *endpoints_json(const struct tc_map_request *r)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < r->n_endpoints; i++)
+        json_array_append_new(arr, json_string(r->endpoints[i]));
+    char *text = tc_json_dump(arr, NULL);
+    json_decref(arr);
+    return text;
+}
+
+static bool same_text(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+/* Stores what the client tells about itself; returns true when peers must hear of it. */
+static bool update_from_map_request(struct hw_control *c, struct tn_node *n, const struct tc_map_request *r)
+{
+    struct hw_node row = {0};
+    if (hw_db_node_get(c->srv->db, n->row.id, &row) != HW_DB_OK)
+        return false;
+    bool changed = false;
+    char disco[HW_KEY_TEXT_MAX] = "";
+    if (!tc_key_is_zero(r->disco_key))
+        hw_key_format(HW_KEY_DISCO, r->disco_key, disco);
+    if (disco[0] && strcmp(disco, row.disco_key) != 0) {
+        snprintf(row.disco_key, sizeof row.disco_key, "%s", disco);
+        changed = true;
+    }
+    if (r->hostinfo.raw) {
+        char *hi = tc_json_dump(r->hostinfo.raw, NULL);
+        if (!same_text(hi, row.hostinfo_json)) {
+            free(row.hostinfo_json);
+            row.hostinfo_json = hi;
+            hi = NULL;
+            if (r->hostinfo.hostname && *r->hostinfo.hostname)
+                snprintf(row.hostname, sizeof row.hostname, "%s", r->hostinfo.hostname);
+            changed = true;
+        }
+        free(hi);
+        const char **adv = r->hostinfo.routable_ips;
+        hw_db_route_set_advertised(c->srv->db, n->row.id, adv, r->hostinfo.n_routable_ips);
+    }
+    if (r->n_endpoints > 0) {
+        char *ep = endpoints_json(r);
+        if (!same_text(ep, row.endpoints_json)) {
+            free(row.endpoints_json);
+            row.endpoints_json = ep;
+            ep = NULL;
+            changed = true;
+        }
+        free(ep);
+    }
+    int home = r->hostinfo.raw ? r->hostinfo.preferred_derp : n->home_derp;
+    bool derp_changed = home != n->home_derp;
+    int capver = r->version;
+    if (changed) {
+        row.last_seen = hw_now();
+        if (hw_db_node_update(c->srv->db, &row) != HW_DB_OK)
+            log_error("map: storing node %lld failed: %s", (long long)row.id, hw_db_errmsg(c->srv->db));
+    }
+    hw_node_clear(&row);
+    if (changed || derp_changed || capver != n->cap_version) {
+        struct tn_node *fresh = reload_node(c, n->row.id);
+        if (fresh) {
+            fresh->home_derp = home;
+            fresh->cap_version = capver;
+            hw_tailnet_invalidate(fresh);
+        }
+        return true;
+    }
+    return false;
+}
+
+static void stream_link(struct hw_control *c, struct tn_stream *ms)
+{
+    ms->node_next = ms->node->streams;
+    ms->node->streams = ms;
+    ms->all_next = c->streams;
+    if (c->streams)
+        c->streams->all_prev = ms;
+    c->streams = ms;
+    c->n_streams++;
+}
+
+static void stream_unlink(struct hw_control *c, struct tn_stream *ms)
+{
+    if (ms->node) {
+        for (struct tn_stream **pp = &ms->node->streams; *pp; pp = &(*pp)->node_next) {
+            if (*pp == ms) {
+                *pp = ms->node_next;
+                break;
+            }
+        }
+    }
+    if (ms->all_prev)
+        ms->all_prev->all_next = ms->all_next;
+    else
+        c->streams = ms->all_next;
+    if (ms->all_next)
+        ms->all_next->all_prev = ms->all_prev;
+    c->n_streams--;
+}
+
+static void set_online(struct hw_control *c, struct tn_node *n, bool online)
+{
+    if (n->online == online)
+        return;
+    n->online = online;
+    if (!online) {
+        n->row.last_seen = hw_now();
+        hw_db_node_touch(c->srv->db, n->row.id, n->row.last_seen);
+    }
+    hw_tailnet_invalidate(n);
+    hw_tailnet_mark(n, TN_PEER_ONLINE);
+    schedule_flush(c);
+}
+
+static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_h2_stream *st)
+{
+    size_t len;
+    const uint8_t *body = hw_h2_body(st, &len);
+    struct tc_map_request r;
+    char err[TC_ERRLEN];
+    if (tc_map_request_parse(body, len, &r, err, sizeof err) < 0) {
+        respond_text(st, 400, err);
+        return;
+    }
+    if (r.version < MIN_CAPVER) {
+        respond_text(st, 400, "this Tailscale client is too old for this server: please update it to v1.66 or later");
+        tc_map_request_free(&r);
+        return;
+    }
+    char nodekey[HW_KEY_TEXT_MAX];
+    hw_key_format(HW_KEY_NODE, r.node_key, nodekey);
+    pthread_mutex_lock(&c->srv->lock);
+    struct tn_node *n = hw_tailnet_by_node_key(&c->tn, nodekey);
+    if (!n || strcmp(n->row.machine_key, ts_session_machine_key(sess)) != 0) {
+        respond_text(st, 404, "node not found: log in again");
+        goto done;
+    }
+    int64_t id = n->row.id;
+    update_from_map_request(c, n, &r);
+    n = hw_tailnet_node(&c->tn, id);
+    if (!n) {
+        respond_text(st, 404, "node not found: log in again");
+        goto done;
+    }
+    if (!r.stream) {
+        hw_h2_respond(st, 200, NULL, NULL, 0);
+        goto done;
+    }
+    struct tn_stream *ms = hw_calloc(1, sizeof *ms);
+    ms->kind = STREAM_MAP;
+    ms->ctl = c;
+    ms->node = n;
+    ms->st = st;
+    ms->sess = sess;
+    ms->compress = r.compress && strcmp(r.compress, "zstd") == 0;
+    hw_h2_set_user(st, ms);
+    stream_link(c, ms);
+    hw_h2_respond_streaming(st, 200, "application/octet-stream");
+    set_online(c, n, true);
+    struct hw_sbuf *full = build_full_map(c, ms);
+    ms->initial_sent = true;
+    push_to_stream(ms, full);
+    hw_sbuf_unref(full);
+done:
+    pthread_mutex_unlock(&c->srv->lock);
+    tc_map_request_free(&r);
+}
+
+/* ---- dispatch ---- */
+
+void hw_control_request(struct hw_control *c, struct ts_session *s, struct hw_h2_stream *st)
+{
+    const char *path = hw_h2_path(st);
+    const char *method = hw_h2_method(st);
+    if (strcmp(path, "/machine/register") == 0 && strcmp(method, "POST") == 0)
+        handle_register(c, s, st);
+    else if (strcmp(path, "/machine/map") == 0 && strcmp(method, "POST") == 0)
+        handle_map(c, s, st);
+    else if (strcmp(path, "/machine/audit-log") == 0)
+        hw_h2_respond(st, 200, NULL, NULL, 0);
+    else if (strncmp(path, "/machine/", 9) == 0)
+        respond_text(st, 501, "not supported by this control server\n");
+    else
+        respond_text(st, 404, "not found\n");
+}
+
+void hw_control_stream_closed(struct hw_control *c, struct hw_h2_stream *st)
+{
+    void *user = hw_h2_get_user(st);
+    if (!user)
+        return;
+    enum stream_kind kind = *(enum stream_kind *)user;
+    pthread_mutex_lock(&c->srv->lock);
+    if (kind == STREAM_FOLLOWUP) {
+        struct followup *f = user;
+        if (f->prev)
+            f->prev->next = f->next;
+        else
+            c->followups = f->next;
+        if (f->next)
+            f->next->prev = f->prev;
+        free(f);
+    } else {
+        struct tn_stream *ms = user;
+        struct tn_node *n = ms->node;
+        stream_unlink(c, ms);
+        free(ms);
+        /* The node goes offline only if no stream comes back within the grace period
+         * (the sweep decides). */
+        if (n && !n->streams)
+            n->row.last_seen = hw_now();
+    }
+    pthread_mutex_unlock(&c->srv->lock);
+}
+
+/* ---- periodic work: keep-alives, offline nodes, ephemeral nodes, stale logins ---- */
+
+static void sweep(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct hw_control *c = arg;
+    int64_t now_ms = hw_now_ms_mono();
+    int64_t now = hw_now();
+    pthread_mutex_lock(&c->srv->lock);
+    for (struct tn_stream *ms = c->streams; ms; ms = ms->all_next) {
+        if (ms->initial_sent && ms->st && now_ms >= ms->keepalive_due)
+            push_to_stream(ms, c->keepalive[ms->compress]);
+    }
+    int64_t ephemeral_timeout = c->srv->cfg->ephemeral_node_inactivity_timeout_ms / 1000;
+    for (size_t i = 0; i < c->tn.by_id_cap; i++) {
+        struct tn_node *n = c->tn.by_id[i];
+        if (!n || n->streams)
+            continue;
+        if (n->online && now - n->row.last_seen >= OFFLINE_GRACE_MS / 1000)
+            set_online(c, n, false);
+        if (n->row.ephemeral && !n->online && n->row.last_seen &&
+            now - n->row.last_seen >= ephemeral_timeout) {
+            log_info("ephemeral node %lld (%s) offline for %llds: removed", (long long)n->row.id,
+                     n->row.given_name, (long long)(now - n->row.last_seen));
+            hw_db_node_delete(c->srv->db, n->row.id);
+            detach_and_remove(c, n);
+        }
+    }
+    for (struct followup *f = c->followups; f; f = f->next) {
+        if (f->st && now >= f->deadline) {
+            register_answer(f->st, NULL, NULL,
+                            "the login was not approved in time: run `tailscale up` again", false);
+            ts_session_kick(f->sess);
+            f->st = NULL;
+        }
+    }
+    if (now % 60 == 0)
+        hw_db_pending_delete_expired(c->srv->db, now);
+    pthread_mutex_unlock(&c->srv->lock);
+    c->sweep_timer = hw_timer_start(loop, SWEEP_MS, sweep, c);
+}
+
+/* ---- setup ---- */
+
+static void url_host_port(const char *url, char *host, size_t host_len, int *port)
+{
+    const char *p = strstr(url, "://");
+    bool https = strncmp(url, "https", 5) == 0;
+    p = p ? p + 3 : url;
+    *port = https ? 443 : 80;
+    size_t n = strcspn(p, "/");
+    char hostport[300];
+    snprintf(hostport, sizeof hostport, "%.*s", (int)n, p);
+    char *colon = hostport[0] == '[' ? strstr(hostport, "]:") : strrchr(hostport, ':');
+    if (colon) {
+        if (hostport[0] == '[')
+            colon++;
+        *port = atoi(colon + 1);
+        *colon = '\0';
+    }
+    char *h = hostport;
+    if (*h == '[') {
+        h++;
+        char *end = strchr(h, ']');
+        if (end)
+            *end = '\0';
+    }
+    snprintf(host, host_len, "%s", h);
+}
+
+static json_t *build_derp_map(const struct hw_config *cfg)
+{
+    struct tc_derp_map m = {0};
+    if (cfg->derp_server_enabled && cfg->derp_server_auto_add_region) {
+        char host[300];
+        int port;
+        url_host_port(cfg->server_url, host, sizeof host, &port);
+        struct tc_derp_region *r = tc_derp_map_add_region(&m, cfg->derp_server_region_id,
+                                                          cfg->derp_server_region_code,
+                                                          cfg->derp_server_region_name);
+        char name[32];
+        snprintf(name, sizeof name, "%d", cfg->derp_server_region_id);
+        struct tc_derp_node *dn = tc_derp_region_add_node(r, name, host);
+        dn->derp_port = port;
+        const char *stun = cfg->derp_server_stun_listen_addr;
+        const char *colon = stun ? strrchr(stun, ':') : NULL;
+        dn->stun_port = colon ? atoi(colon + 1) : 3478;
+        if (cfg->derp_server_ipv4)
+            dn->ipv4 = hw_strdup(cfg->derp_server_ipv4);
+        if (cfg->derp_server_ipv6)
+            dn->ipv6 = hw_strdup(cfg->derp_server_ipv6);
+    }
+    json_t *j = tc_derp_map_to_json(&m);
+    tc_derp_map_clear(&m);
+    return j;
+}
+
+static json_t *build_dns_config(const struct hw_config *cfg)
+{
+    struct tc_dns_config d = {0};
+    for (size_t i = 0; i < cfg->n_dns_nameservers_global; i++)
+        tc_strv_push(&d.resolvers, cfg->dns_nameservers_global[i]);
+    for (size_t i = 0; i < cfg->n_dns_nameservers_split; i++) {
+        struct tc_strv servers = {0};
+        for (size_t j = 0; j < cfg->dns_nameservers_split[i].n_servers; j++)
+            tc_strv_push(&servers, cfg->dns_nameservers_split[i].servers[j]);
+        tc_dns_config_add_route(&d, cfg->dns_nameservers_split[i].domain, &servers);
+        tc_strv_clear(&servers);
+    }
+    if (cfg->dns_magic_dns && cfg->dns_base_domain) {
+        d.proxied = true;
+        tc_strv_push(&d.domains, cfg->dns_base_domain);
+        tc_dns_config_add_magic_reverse_routes(&d);
+    }
+    for (size_t i = 0; i < cfg->n_dns_search_domains; i++)
+        tc_strv_push(&d.domains, cfg->dns_search_domains[i]);
+    for (size_t i = 0; i < cfg->n_dns_extra_records; i++)
+        tc_dns_config_add_record(&d, cfg->dns_extra_records[i].name, cfg->dns_extra_records[i].type,
+                                 cfg->dns_extra_records[i].value);
+    json_t *j = tc_dns_config_to_json(&d);
+    tc_dns_config_clear(&d);
+    return j;
+}
+
+struct hw_control *hw_control_new(struct hw_server *srv, struct hw_loop *loop)
+{
+    struct hw_control *c = hw_calloc(1, sizeof *c);
+    c->srv = srv;
+    c->loop = loop;
+    hw_tailnet_init(&c->tn);
+    pthread_mutex_lock(&srv->lock);
+    int rc = hw_tailnet_load(&c->tn, srv->db);
+    pthread_mutex_unlock(&srv->lock);
+    if (rc < 0) {
+        log_error("loading the tailnet from the database failed: %s", hw_db_errmsg(srv->db));
+        hw_tailnet_free(&c->tn);
+        free(c);
+        return NULL;
+    }
+    c->zenc = tc_zenc_new(TC_ZSTD_LEVEL_FAST);
+    c->keepalive[0] = tc_mapframe_keepalive(c->zenc, false);
+    c->keepalive[1] = tc_mapframe_keepalive(c->zenc, true);
+    c->derp_map = build_derp_map(srv->cfg);
+    c->dns_config = build_dns_config(srv->cfg);
+    c->domain = hw_strdup(srv->cfg->dns_base_domain ? srv->cfg->dns_base_domain : "");
+    c->packet_filters = json_pack("{s:o}", "base", tc_filter_allow_all());
+    c->sweep_timer = hw_timer_start(loop, SWEEP_MS, sweep, c);
+    log_info("tailnet loaded: %zu nodes", c->tn.n_nodes);
+    return c;
+}
+
+void hw_control_free(struct hw_control *c)
+{
+    if (!c)
+        return;
+    if (c->sweep_timer)
+        hw_timer_cancel(c->loop, c->sweep_timer);
+    if (c->flush_timer)
+        hw_timer_cancel(c->loop, c->flush_timer);
+    for (struct followup *f = c->followups, *next; f; f = next) {
+        next = f->next;
+        free(f);
+    }
+    for (struct tn_stream *ms = c->streams, *next; ms; ms = next) {
+        next = ms->all_next;
+        free(ms);
+    }
+    hw_sbuf_unref(c->keepalive[0]);
+    hw_sbuf_unref(c->keepalive[1]);
+    json_decref(c->derp_map);
+    json_decref(c->dns_config);
+    json_decref(c->packet_filters);
+    free(c->domain);
+    tc_zenc_free(c->zenc);
+    hw_tailnet_free(&c->tn);
+    free(c);
+}

@@ -1,0 +1,29 @@
+#ifndef HW_SERVER_CONTROL_H
+#define HW_SERVER_CONTROL_H
+
+/* The control protocol's requests inside ts2021 sessions: /machine/register and
+ * /machine/map (streams, deltas, keep-alives), and polite answers for the other
+ * other machine paths. Runs on the event-loop thread. */
+
+#include <stdint.h>
+
+#include "server/server.h"
+
+struct hw_control;
+struct hw_h2_stream;
+struct ts_session;
+struct hw_loop;
+
+struct hw_control *hw_control_new(struct hw_server *srv, struct hw_loop *loop);
+void hw_control_free(struct hw_control *c);
+
+/* A complete request arrived on one of a session's streams. */
+void hw_control_request(struct hw_control *c, struct ts_session *s, struct hw_h2_stream *st);
+/* The stream is gone (finished, reset, or its session closed). */
+void hw_control_stream_closed(struct hw_control *c, struct hw_h2_stream *st);
+
+/* Thread-safe: a change was committed to the store (admin API); the loop applies it to
+ * the live tailnet and pushes the deltas. */
+void hw_control_notify(struct hw_control *c, enum hw_change_kind kind, int64_t id);
+
+#endif

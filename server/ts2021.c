@@ -1,0 +1,535 @@
+#include "server/ts2021.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <microhttpd.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/loop.h"
+#include "common/util.h"
+#include "proto/h2conn.h"
+#include "proto/keys.h"
+#include "proto/noise.h"
+#include "server/control.h"
+
+#define UPGRADE_TOKEN "tailscale-control-protocol"
+/* Headscale's limit on a request body inside Noise; register and map bodies are a few KiB. */
+#define MAX_REQUEST_BODY (1u << 20)
+/* Stop asking HTTP/2 for more output while this much ciphertext waits for the socket. */
+#define OUTPUT_HIGH_WATER (512u * 1024)
+#define READ_CHUNK 16384
+
+struct hw_ts2021 {
+    struct hw_loop *loop;
+    struct hw_control *control;
+    uint8_t server_private[32];
+    struct ts_session *sessions;
+    size_t n_sessions;
+    struct ts_session *dirty;       /* sessions to flush at the end of this loop turn */
+    bool flush_scheduled;
+};
+
+struct ts_session {
+    struct hw_ts2021 *ts;
+    int fd;
+    struct MHD_UpgradeResponseHandle *urh;
+    struct hw_noise_session noise;
+    struct hw_noise_reader reader;
+    struct hw_h2 *h2;
+    char machine_key[HW_KEY_TEXT_MAX];
+    /* Plaintext gathered into one record before sealing, so many small HTTP/2 frames do
+     * not each cost a record header and tag. */
+    uint8_t staged[HW_NOISE_MAX_PLAINTEXT];
+    size_t staged_len;
+    uint8_t *out;                   /* sealed bytes not yet accepted by the socket */
+    size_t out_len, out_off, out_cap;
+    bool want_write;
+    bool closing;
+    bool is_dirty;
+    struct ts_session *dirty_next;
+    struct ts_session *prev, *next;
+};
+
+/* Handed from the libmicrohttpd thread to the loop. */
+struct upgrade_handoff {
+    struct hw_ts2021 *ts;
+    struct hw_noise_session noise;
+    uint8_t response[HW_NOISE_RESPONSE_LEN];
+    char *refusal;                  /* when set: send it as a 0x03 message, then close */
+    bool handshake_failed;          /* close right after the 101 */
+    int fd;
+    struct MHD_UpgradeResponseHandle *urh;
+    uint8_t *extra;
+    size_t extra_len;
+};
+
+static void session_close(struct ts_session *s, const char *why);
+static void session_flush(struct ts_session *s);
+
+const char *ts_session_machine_key(struct ts_session *s) { return s->machine_key; }
+uint16_t ts_session_version(struct ts_session *s) { return s->noise.version; }
+size_t hw_ts2021_session_count(struct hw_ts2021 *ts) { return ts->n_sessions; }
+
+struct ts_session *ts_session_of_stream(struct hw_h2_stream *st)
+{
+    return st ? hw_h2_conn_arg(hw_h2_stream_conn(st)) : NULL;
+}
+
+/* ---- output: HTTP/2 plaintext -> records -> socket ---- */
+
+static int out_reserve(struct ts_session *s, size_t more)
+{
+    if (s->out_off > 0 && s->out_off == s->out_len)
+        s->out_off = s->out_len = 0;
+    if (s->out_len + more <= s->out_cap)
+        return 0;
+    if (s->out_off > 0) {
+        memmove(s->out, s->out + s->out_off, s->out_len - s->out_off);
+        s->out_len -= s->out_off;
+        s->out_off = 0;
+        if (s->out_len + more <= s->out_cap)
+            return 0;
+    }
+    size_t cap = s->out_cap ? s->out_cap : 8192;
+    while (cap < s->out_len + more)
+        cap *= 2;
+    uint8_t *grown = realloc(s->out, cap);
+    if (!grown)
+        return -1;
+    s->out = grown;
+    s->out_cap = cap;
+    return 0;
+}
+
+static int out_append_raw(struct ts_session *s, const uint8_t *data, size_t len)
+{
+    if (out_reserve(s, len) < 0)
+        return -1;
+    memcpy(s->out + s->out_len, data, len);
+    s->out_len += len;
+    return 0;
+}
+
+static int seal_staged(struct ts_session *s)
+{
+    if (s->staged_len == 0)
+        return 0;
+    if (out_reserve(s, s->staged_len + HW_NOISE_RECORD_OVERHEAD) < 0)
+        return -1;
+    if (hw_noise_seal_record(&s->noise.s2c, s->staged, s->staged_len, s->out + s->out_len) < 0)
+        return -1;
+    s->out_len += s->staged_len + HW_NOISE_RECORD_OVERHEAD;
+    s->staged_len = 0;
+    return 0;
+}
+
+static int stage_plaintext(struct ts_session *s, const uint8_t *data, size_t len)
+{
+    while (len > 0) {
+        size_t room = sizeof s->staged - s->staged_len;
+        size_t take = len < room ? len : room;
+        memcpy(s->staged + s->staged_len, data, take);
+        s->staged_len += take;
+        data += take;
+        len -= take;
+        if (s->staged_len == sizeof s->staged && seal_staged(s) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int h2_write(struct hw_h2 *h2, const uint8_t *data, size_t len, void *arg)
+{
+    return stage_plaintext(arg, data, len);
+}
+
+static bool h2_write_blocked(struct hw_h2 *h2, void *arg)
+{
+    struct ts_session *s = arg;
+    return s->out_len - s->out_off > OUTPUT_HIGH_WATER;
+}
+
+static void set_interest(struct ts_session *s, bool want_write)
+{
+    if (want_write == s->want_write)
+        return;
+    s->want_write = want_write;
+    hw_loop_modify(s->ts->loop, s->fd, HW_EV_READ | (want_write ? HW_EV_WRITE : 0));
+}
+
+/* Writes what the socket takes now. Returns -1 when the connection is broken. */
+static int write_out(struct ts_session *s)
+{
+    while (s->out_off < s->out_len) {
+        ssize_t n = send(s->fd, s->out + s->out_off, s->out_len - s->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            s->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            set_interest(s, true);
+            return 0;
+        }
+        return -1;
+    }
+    s->out_off = s->out_len = 0;
+    set_interest(s, false);
+    return 0;
+}
+
+/* Pumps HTTP/2, seals, writes; closes the session on any failure or when both sides
+ * are done. */
+static void session_flush(struct ts_session *s)
+{
+    if (s->closing)
+        return;
+    if (hw_h2_pump(s->h2) < 0) {
+        session_close(s, hw_h2_last_error(s->h2));
+        return;
+    }
+    if (seal_staged(s) < 0) {
+        session_close(s, "sealing a record failed (cipher exhausted)");
+        return;
+    }
+    if (write_out(s) < 0) {
+        session_close(s, strerror(errno));
+        return;
+    }
+    if (hw_h2_finished(s->h2) && s->out_len == s->out_off)
+        session_close(s, "HTTP/2 finished");
+}
+
+static void flush_dirty(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct hw_ts2021 *ts = arg;
+    ts->flush_scheduled = false;
+    struct ts_session *list = ts->dirty;
+    ts->dirty = NULL;
+    while (list) {
+        struct ts_session *s = list;
+        list = s->dirty_next;
+        s->is_dirty = false;
+        s->dirty_next = NULL;
+        if (s->closing)
+            session_close(s, NULL);   /* deferred free: see session_close */
+        else
+            session_flush(s);
+    }
+}
+
+static void mark_dirty(struct ts_session *s)
+{
+    if (s->is_dirty)
+        return;
+    s->is_dirty = true;
+    s->dirty_next = s->ts->dirty;
+    s->ts->dirty = s;
+    if (!s->ts->flush_scheduled) {
+        s->ts->flush_scheduled = true;
+        hw_timer_start(s->ts->loop, 0, flush_dirty, s->ts);
+    }
+}
+
+void ts_session_kick(struct ts_session *s)
+{
+    if (!s->closing)
+        mark_dirty(s);
+}
+
+/* ---- input ---- */
+
+static int on_plaintext(void *arg, const uint8_t *pt, size_t len)
+{
+    struct ts_session *s = arg;
+    if (hw_h2_feed(s->h2, pt, len) < 0)
+        return -2;
+    return 0;
+}
+
+static void on_socket(struct hw_loop *loop, int fd, int events, void *arg)
+{
+    struct ts_session *s = arg;
+    if (events & HW_EV_WRITE) {
+        if (write_out(s) < 0) {
+            session_close(s, strerror(errno));
+            return;
+        }
+        if (!s->want_write)
+            session_flush(s);   /* drained below the high-water mark: let HTTP/2 go on */
+        if (s->closing)
+            return;
+    }
+    if (!(events & HW_EV_READ))
+        return;
+    uint8_t buf[READ_CHUNK];
+    /* A bounded number of reads per wake-up keeps one busy client from starving others. */
+    for (int round = 0; round < 4; round++) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n == 0) {
+            session_close(s, "client closed the connection");
+            return;
+        }
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            session_close(s, strerror(errno));
+            return;
+        }
+        int rc = hw_noise_reader_feed(&s->reader, buf, (size_t)n, on_plaintext, s);
+        if (rc == -1) {
+            session_close(s, s->reader.error);
+            return;
+        }
+        if (rc < 0) {
+            hw_h2_pump(s->h2);   /* let a GOAWAY out if nghttp2 queued one */
+            seal_staged(s);
+            write_out(s);
+            session_close(s, hw_h2_last_error(s->h2));
+            return;
+        }
+        if ((size_t)n < sizeof buf)
+            break;
+    }
+    session_flush(s);
+}
+
+/* ---- HTTP/2 callbacks into the control layer ---- */
+
+static void h2_on_request(struct hw_h2 *h2, struct hw_h2_stream *st, void *arg)
+{
+    struct ts_session *s = arg;
+    hw_control_request(s->ts->control, s, st);
+}
+
+static void h2_on_close(struct hw_h2 *h2, struct hw_h2_stream *st, uint32_t code, void *arg)
+{
+    struct ts_session *s = arg;
+    hw_control_stream_closed(s->ts->control, st);
+}
+
+static const struct hw_h2_callbacks session_h2_callbacks = {
+    .on_request = h2_on_request,
+    .on_close = h2_on_close,
+    .write = h2_write,
+    .write_blocked = h2_write_blocked,
+};
+
+/* ---- session lifetime ---- */
+
+static void session_unlink(struct ts_session *s)
+{
+    struct hw_ts2021 *ts = s->ts;
+    if (s->prev)
+        s->prev->next = s->next;
+    else if (ts->sessions == s)
+        ts->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    ts->n_sessions--;
+}
+
+static void session_free(struct ts_session *s)
+{
+    hw_noise_reader_wipe(&s->reader);
+    hw_noise_session_wipe(&s->noise);
+    free(s->out);
+    free(s);
+}
+
+/* Closing happens in two steps: the first call tears the connection down (streams
+ * closed through the control layer, socket given back to libmicrohttpd); the memory
+ * is freed at the end of the loop turn, because the caller's stack may still hold s. */
+static void session_close(struct ts_session *s, const char *why)
+{
+    if (s->closing) {
+        if (!why && !s->is_dirty)
+            session_free(s);
+        return;
+    }
+    s->closing = true;
+    if (why)
+        log_debug("ts2021 session %.13s…: closed: %s", s->machine_key, why);
+    hw_loop_remove(s->ts->loop, s->fd);
+    session_unlink(s);
+    hw_h2_free(s->h2);
+    s->h2 = NULL;
+    MHD_upgrade_action(s->urh, MHD_UPGRADE_ACTION_CLOSE);
+    s->fd = -1;
+    mark_dirty(s);
+}
+
+static void start_session(struct hw_loop *loop, void *arg)
+{
+    struct upgrade_handoff *h = arg;
+    struct hw_ts2021 *ts = h->ts;
+    int flags = fcntl(h->fd, F_GETFL);
+    fcntl(h->fd, F_SETFL, flags | O_NONBLOCK);
+
+    if (h->handshake_failed || h->refusal) {
+        if (h->refusal) {
+            uint8_t msg[512];
+            size_t n = hw_noise_error_message(h->refusal, msg, sizeof msg);
+            ssize_t sent = send(h->fd, msg, n, MSG_NOSIGNAL);
+            (void)sent;
+        }
+        MHD_upgrade_action(h->urh, MHD_UPGRADE_ACTION_CLOSE);
+        goto done;
+    }
+
+    struct ts_session *s = hw_calloc(1, sizeof *s);
+    s->ts = ts;
+    s->fd = h->fd;
+    s->urh = h->urh;
+    s->noise = h->noise;
+    hw_key_format(HW_KEY_MACHINE, s->noise.peer, s->machine_key);
+    hw_noise_reader_init(&s->reader, &s->noise.c2s);
+    s->h2 = hw_h2_new_server(&session_h2_callbacks, s, MAX_REQUEST_BODY);
+    s->next = ts->sessions;
+    if (ts->sessions)
+        ts->sessions->prev = s;
+    ts->sessions = s;
+    ts->n_sessions++;
+
+    /* The handshake response goes out in clear, then (as Tailscale's and Headscale's
+     * servers do) the early payload with a fresh challenge key, sealed like all later
+     * bytes. */
+    out_append_raw(s, h->response, sizeof h->response);
+    uint8_t challenge_priv[32], challenge_pub[32];
+    hw_key_generate(challenge_priv);
+    hw_key_public(challenge_priv, challenge_pub);
+    sodium_memzero(challenge_priv, sizeof challenge_priv);
+    size_t early_len;
+    uint8_t *early = hw_noise_early_payload(challenge_pub, &early_len);
+    stage_plaintext(s, early, early_len);
+    free(early);
+    seal_staged(s);
+
+    if (hw_loop_add(loop, s->fd, HW_EV_READ, on_socket, s) < 0) {
+        session_close(s, "cannot watch the socket");
+        goto done;
+    }
+    log_debug("ts2021 session from %s (protocol %u)", s->machine_key, s->noise.version);
+    if (h->extra_len > 0 &&
+        hw_noise_reader_feed(&s->reader, h->extra, h->extra_len, on_plaintext, s) < 0) {
+        session_close(s, "bad bytes right after the upgrade");
+        goto done;
+    }
+    session_flush(s);
+done:
+    sodium_memzero(&h->noise, sizeof h->noise);
+    free(h->refusal);
+    free(h->extra);
+    free(h);
+}
+
+static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls,
+                        const char *extra_in, size_t extra_in_size, MHD_socket sock,
+                        struct MHD_UpgradeResponseHandle *urh)
+{
+    struct upgrade_handoff *h = cls;
+    h->fd = sock;
+    h->urh = urh;
+    if (extra_in_size > 0) {
+        h->extra = hw_malloc(extra_in_size);
+        memcpy(h->extra, extra_in, extra_in_size);
+        h->extra_len = extra_in_size;
+    }
+    hw_loop_post(h->ts->loop, start_session, h);
+}
+
+static enum MHD_Result answer_text(struct MHD_Connection *conn, unsigned status, const char *text)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+    MHD_add_response_header(r, "Content-Type", "text/plain; charset=utf-8");
+    enum MHD_Result ret = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+int hw_ts2021_handle(struct hw_ts2021 *ts, struct MHD_Connection *conn, const char *method)
+{
+    const char *upgrade = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Upgrade");
+    if (!upgrade)
+        return answer_text(conn, MHD_HTTP_BAD_REQUEST,
+                           "missing Upgrade header: /ts2021 is Tailscale's control protocol "
+                           "(a reverse proxy in front of headwater must pass Upgrade and Connection)\n");
+    if (strcasecmp(upgrade, "websocket") == 0)
+        return answer_text(conn, MHD_HTTP_BAD_REQUEST,
+                           "the WebSocket form of /ts2021 (browser clients) is not supported by this server\n");
+    if (strcmp(upgrade, UPGRADE_TOKEN) != 0)
+        return answer_text(conn, MHD_HTTP_BAD_REQUEST, "unknown Upgrade protocol\n");
+    const char *b64 = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Tailscale-Handshake");
+    uint8_t init[HW_NOISE_INITIATION_LEN + 64];
+    size_t init_len = 0;
+    if (!b64 || sodium_base642bin(init, sizeof init, b64, strlen(b64), NULL, &init_len, NULL,
+                                  sodium_base64_VARIANT_ORIGINAL) != 0)
+        return answer_text(conn, MHD_HTTP_BAD_REQUEST,
+                           "missing or invalid X-Tailscale-Handshake header\n");
+
+    struct upgrade_handoff *h = hw_calloc(1, sizeof *h);
+    h->ts = ts;
+    h->fd = -1;
+    struct hw_noise_handshake hs = {0};
+    if (hw_noise_server_respond(&hs, ts->server_private, init, init_len, NULL, h->response,
+                                &h->noise) != HW_NOISE_OK) {
+        /* Like Tailscale's server: the upgrade happens, then either the refusal text
+         * (malformed initiation) or silence (failed authentication). */
+        if (hs.refuse)
+            h->refusal = hw_strdup(hs.error);
+        else
+            h->handshake_failed = true;
+        log_info("ts2021: handshake from a client failed: %s", hs.error);
+    }
+    hw_noise_handshake_wipe(&hs);
+
+    struct MHD_Response *r = MHD_create_response_for_upgrade(on_upgraded, h);
+    if (!r) {
+        sodium_memzero(&h->noise, sizeof h->noise);
+        free(h->refusal);
+        free(h);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_UPGRADE, UPGRADE_TOKEN);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "upgrade");
+    enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_SWITCHING_PROTOCOLS, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+struct hw_ts2021 *hw_ts2021_new(struct hw_loop *loop, struct hw_control *control,
+                                const uint8_t server_private[32])
+{
+    struct hw_ts2021 *ts = hw_calloc(1, sizeof *ts);
+    ts->loop = loop;
+    ts->control = control;
+    memcpy(ts->server_private, server_private, 32);
+    return ts;
+}
+
+void hw_ts2021_free(struct hw_ts2021 *ts)
+{
+    if (!ts)
+        return;
+    while (ts->sessions)
+        session_close(ts->sessions, "server shutting down");
+    struct ts_session *list = ts->dirty;
+    while (list) {
+        struct ts_session *next = list->dirty_next;
+        session_free(list);
+        list = next;
+    }
+    sodium_memzero(ts->server_private, sizeof ts->server_private);
+    free(ts);
+}
