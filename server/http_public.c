@@ -21,6 +21,7 @@
 #include "server/register_page.h"
 #include "server/server.h"
 #include "server/ts2021.h"
+#include "server/verify.h"
 
 /* Bounds for the public side. Clients hold few plain-HTTP connections (/key, then the
  * /ts2021 upgrade); the limits keep a flood from exhausting descriptors or memory. */
@@ -251,6 +252,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
         return (enum MHD_Result)hw_ts2021_handle(s->ts2021, conn, method);
     }
+    if (strcmp(url, "/verify") == 0)
+        return (enum MHD_Result)hw_verify_handle(s, conn, method, upload_data, upload_data_size,
+                                                 req_cls);
     if (strncmp(url, "/register/", 10) == 0 && strcmp(method, MHD_HTTP_METHOD_GET) == 0)
         return (enum MHD_Result)hw_register_page(s, conn, url + 10);
     /* None of these pages reads a body: answer on the first call, when the headers are
@@ -275,6 +279,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return reply_text(conn, MHD_HTTP_NOT_FOUND, "404 page not found\n");
 }
 
+/* Only /verify keeps per-request state (its body). */
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode code)
+{
+    if (*req_cls)
+        hw_verify_request_done(*req_cls);
+    *req_cls = NULL;
+}
+
 int hw_http_public_start(struct hw_server *s, char *err, size_t err_len)
 {
     /* One internal epoll thread: the handlers here are short, and long-lived traffic
@@ -284,6 +297,7 @@ int hw_http_public_start(struct hw_server *s, char *err, size_t err_len)
     s->public_http = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s,
         MHD_OPTION_EXTERNAL_LOGGER, hw_mhd_logger, (void *)"public http",
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)PUBLIC_CONNECTION_LIMIT,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)PUBLIC_PER_IP_LIMIT,
