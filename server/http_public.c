@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -75,7 +76,27 @@ int hw_split_host_port(const char *addr, char *host, size_t host_len, char *port
     return 0;
 }
 
-int hw_listen_tcp(const char *addr, char *err, size_t err_len)
+static void sockname_text(int fd, char *out, size_t out_len)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+            port = ntohs(a->sin6_port);
+        }
+    }
+    snprintf(out, out_len, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+}
+
+int hw_listen_tcp(const char *addr, char *bound, size_t bound_len, char *err, size_t err_len)
 {
     char host[256], port[16], why[200];
     if (hw_split_host_port(addr, host, sizeof host, port, sizeof port, why, sizeof why) < 0) {
@@ -127,6 +148,7 @@ int hw_listen_tcp(const char *addr, char *err, size_t err_len)
         snprintf(err, err_len, "cannot listen on %s: %s", addr, strerror(saved));
         return -1;
     }
+    sockname_text(fd, bound, bound_len);
     return fd;
 }
 
