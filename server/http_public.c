@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,14 +155,18 @@ int hw_listen_tcp(const char *addr, char *bound, size_t bound_len, char *err, si
 
 /* ---- pages ---- */
 
-typedef enum MHD_Result (*page_fn)(struct hw_server *s, struct MHD_Connection *conn);
+/* Called once the headers are in (none of these requests has a body). method is
+ * already checked against the page's own list. */
+typedef enum MHD_Result (*page_fn)(struct hw_server *s, struct MHD_Connection *conn,
+                                   const char *method);
 
 static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status, const char *text)
 {
     return hw_http_reply(conn, status, "text/plain; charset=utf-8", text, strlen(text));
 }
 
-static enum MHD_Result page_health(struct hw_server *s, struct MHD_Connection *conn)
+static enum MHD_Result page_health(struct hw_server *s, struct MHD_Connection *conn,
+                                   const char *method)
 {
     /* Like Headscale: pass only when the store answers a query, so a load balancer
      * stops sending clients to a server whose disk went away. */
@@ -176,7 +181,8 @@ static enum MHD_Result page_health(struct hw_server *s, struct MHD_Connection *c
                               "application/health+json; charset=utf-8");
 }
 
-static enum MHD_Result page_key(struct hw_server *s, struct MHD_Connection *conn)
+static enum MHD_Result page_key(struct hw_server *s, struct MHD_Connection *conn,
+                                const char *method)
 {
     const char *v = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "v");
     if (!v || !*v)
@@ -224,7 +230,8 @@ static char *html_escape(const char *in)
     return out;
 }
 
-static enum MHD_Result page_root(struct hw_server *s, struct MHD_Connection *conn)
+static enum MHD_Result page_root(struct hw_server *s, struct MHD_Connection *conn,
+                                 const char *method)
 {
     char *url = html_escape(s->cfg->server_url ? s->cfg->server_url : "");
     char *page = hw_sprintf(
@@ -240,22 +247,49 @@ static enum MHD_Result page_root(struct hw_server *s, struct MHD_Connection *con
     return rc;
 }
 
-static enum MHD_Result page_robots(struct hw_server *s, struct MHD_Connection *conn)
+static enum MHD_Result page_robots(struct hw_server *s, struct MHD_Connection *conn,
+                                   const char *method)
 {
     return reply_text(conn, MHD_HTTP_OK, "User-agent: *\nDisallow: /\n");
 }
 
-/* Exact paths. /ts2021 (Noise upgrade) joins this table with a page_fn that answers
- * with MHD_create_response_for_upgrade; the daemon already runs with MHD_ALLOW_UPGRADE. */
+/* Exact paths, each with the methods it answers. /ts2021 (Noise upgrade, "POST, GET")
+ * joins this table with a page_fn that answers with MHD_create_response_for_upgrade; the
+ * daemon already runs with MHD_ALLOW_UPGRADE. */
 static const struct {
     const char *path;
+    const char *methods;
     page_fn fn;
 } pages[] = {
-    {"/", page_root},
-    {"/health", page_health},
-    {"/key", page_key},
-    {"/robots.txt", page_robots},
+    {"/", "GET, HEAD", page_root},
+    {"/health", "GET, HEAD", page_health},
+    {"/key", "GET, HEAD", page_key},
+    {"/robots.txt", "GET, HEAD", page_robots},
 };
+
+static bool method_listed(const char *methods, const char *method)
+{
+    size_t n = strlen(method);
+    for (const char *p = methods; (p = strstr(p, method)) != NULL; p += n) {
+        if ((p == methods || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    }
+    return false;
+}
+
+static enum MHD_Result reply_405(struct MHD_Connection *conn, const char *allow)
+{
+    static const char text[] = "method not allowed\n";
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
@@ -268,19 +302,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     for (size_t i = 0; i < HW_ARRAY_LEN(pages); i++) {
         if (strcmp(url, pages[i].path) != 0)
             continue;
-        if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
-            struct MHD_Response *resp = MHD_create_response_from_buffer(
-                strlen("method not allowed\n"), (void *)"method not allowed\n",
-                MHD_RESPMEM_PERSISTENT);
-            if (!resp)
-                return MHD_NO;
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
-            enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
-            MHD_destroy_response(resp);
-            return rc;
-        }
-        return pages[i].fn(s, conn);
+        if (!method_listed(pages[i].methods, method))
+            return reply_405(conn, pages[i].methods);
+        return pages[i].fn(s, conn, method);
     }
     return reply_text(conn, MHD_HTTP_NOT_FOUND, "404 page not found\n");
 }
