@@ -20,12 +20,16 @@
 #include "common/util.h"
 #include "common/version.h"
 #include "server/httputil.h"
+#include "server/register_page.h"
 #include "server/server.h"
+#include "server/ts2021.h"
 
 /* Bounds for the public side. Clients hold few plain-HTTP connections (/key, then the
  * /ts2021 upgrade); the limits keep a flood from exhausting descriptors or memory. */
-#define PUBLIC_CONNECTION_LIMIT 4096
-#define PUBLIC_PER_IP_LIMIT 256      /* generous: many clients can share one NAT address */
+/* Upgraded /ts2021 connections stay counted by libmicrohttpd for their whole life: the
+ * limits must hold a large tailnet, and many devices can share one (CG)NAT address. */
+#define PUBLIC_CONNECTION_LIMIT 65536
+#define PUBLIC_PER_IP_LIMIT 16384
 #define PUBLIC_IDLE_TIMEOUT_S 30
 #define PUBLIC_CONN_MEMORY (32 * 1024)
 
@@ -297,6 +301,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   void **req_cls)
 {
     struct hw_server *s = cls;
+    if (strcmp(url, "/ts2021") == 0) {
+        /* The client sends no body (Content-Length: 0): answer on the first call. */
+        if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && strcmp(method, MHD_HTTP_METHOD_GET) != 0)
+            return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+        return (enum MHD_Result)hw_ts2021_handle(s->ts2021, conn, method);
+    }
+    if (strncmp(url, "/register/", 10) == 0 && strcmp(method, MHD_HTTP_METHOD_GET) == 0)
+        return (enum MHD_Result)hw_register_page(s, conn, url + 10);
     /* None of these pages reads a body: answer on the first call, when the headers are
      * in. libmicrohttpd then closes the connection instead of reading an unread body. */
     for (size_t i = 0; i < HW_ARRAY_LEN(pages); i++) {

@@ -17,7 +17,9 @@
 #include "common/loop.h"
 #include "common/util.h"
 #include "server/http_public.h"
+#include "server/control.h"
 #include "server/keyfile.h"
+#include "server/ts2021.h"
 
 static const char *change_name(enum hw_change_kind kind)
 {
@@ -35,8 +37,9 @@ static const char *change_name(enum hw_change_kind kind)
 
 void hw_server_changed(struct hw_server *s, enum hw_change_kind kind, int64_t id)
 {
-    (void)s;
     log_debug("change: %s, id %lld", change_name(kind), (long long)id);
+    if (s->control)
+        hw_control_notify(s->control, kind, id);
 }
 
 int hw_server_check_config(const struct hw_config *cfg, char *err, size_t err_len)
@@ -177,6 +180,14 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
     log_info("noise key %s (%s), public key mkey:%s", cfg->noise_private_key_path,
              created ? "created" : "loaded", pub_hex);
 
+    s->control = hw_control_new(s, s->loop);
+    if (!s->control) {
+        snprintf(err, err_len, "cannot load the tailnet from %s (see the log above)",
+                 cfg->database_sqlite_path);
+        goto fail;
+    }
+    s->ts2021 = hw_ts2021_new(s->loop, s->control, s->noise_private);
+
     if (hw_http_public_start(s, err, err_len) < 0 || hw_admin_api_start(s, err, err_len) < 0)
         goto fail;
     log_info("listening on http://%s (clients use server_url %s)", bound,
@@ -197,8 +208,12 @@ void hw_server_run(struct hw_server *s)
 
 void hw_server_stop(struct hw_server *s)
 {
-    /* Listeners first: requests in progress finish under the lock and their changes
-     * are committed before the store closes. */
+    /* Noise sessions first: their sockets are upgraded libmicrohttpd connections, which
+     * must be handed back before that daemon stops. Then the listeners: requests in
+     * progress finish under the lock and their changes are committed before the store
+     * closes. */
+    hw_ts2021_free(s->ts2021);
+    s->ts2021 = NULL;
     hw_http_public_stop(s);
     hw_admin_api_stop(s);
     if (s->public_fd >= 0)
@@ -215,6 +230,8 @@ void hw_server_stop(struct hw_server *s)
         free(s->admin_socket_path);
         s->admin_socket_path = NULL;
     }
+    hw_control_free(s->control);
+    s->control = NULL;
     if (s->db) {
         hw_db_close(s->db);
         s->db = NULL;

@@ -14,6 +14,8 @@
 
 struct MHD_Daemon;
 struct hw_loop;
+struct hw_control;
+struct hw_ts2021;
 
 /* What changed, so the map streamer can push the smallest delta to the right sessions. */
 enum hw_change_kind {
@@ -44,6 +46,10 @@ struct hw_server {
     int admin_fd;                  /* bound unix socket until MHD owns it, else -1 */
     char *admin_socket_path;       /* set while the socket file is ours to remove */
     uint64_t admin_socket_dev, admin_socket_ino;
+
+    /* The control protocol on the loop: Noise sessions and the live tailnet. */
+    struct hw_control *control;
+    struct hw_ts2021 *ts2021;
 };
 
 /* Checks what the server needs beyond what the config reader checks (listen_addr form,
@@ -62,8 +68,8 @@ void hw_server_run(struct hw_server *s);
  * socket file. Safe after a failed or partial start. */
 void hw_server_stop(struct hw_server *s);
 
-/* Called (with lock held) after a change is committed to the store. Until the map
- * streamer exists it only logs at debug level. */
+/* Called (with lock held) after a change is committed to the store: the live tailnet
+ * catches up on the loop thread and connected clients get the delta. */
 void hw_server_changed(struct hw_server *s, enum hw_change_kind kind, int64_t id);
 
 #endif
