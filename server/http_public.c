@@ -257,9 +257,15 @@ static enum MHD_Result page_robots(struct hw_server *s, struct MHD_Connection *c
     return reply_text(conn, MHD_HTTP_OK, "User-agent: *\nDisallow: /\n");
 }
 
-/* Exact paths, each with the methods it answers. /ts2021 (Noise upgrade, "POST, GET")
- * joins this table with a page_fn that answers with MHD_create_response_for_upgrade; the
- * daemon already runs with MHD_ALLOW_UPGRADE. */
+static enum MHD_Result page_ts2021(struct hw_server *s, struct MHD_Connection *conn,
+                                   const char *method)
+{
+    /* The client sends no body (Content-Length: 0): the upgrade is answered on the first
+     * call, and the socket then leaves libmicrohttpd for the event loop. */
+    return (enum MHD_Result)hw_ts2021_handle(s->ts2021, conn, method);
+}
+
+/* Exact paths, each with the methods it answers. */
 static const struct {
     const char *path;
     const char *methods;
@@ -269,6 +275,7 @@ static const struct {
     {"/health", "GET, HEAD", page_health},
     {"/key", "GET, HEAD", page_key},
     {"/robots.txt", "GET, HEAD", page_robots},
+    {"/ts2021", "POST, GET", page_ts2021},   /* native upgrade / WebSocket */
 };
 
 static bool method_listed(const char *methods, const char *method)
@@ -301,12 +308,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   void **req_cls)
 {
     struct hw_server *s = cls;
-    if (strcmp(url, "/ts2021") == 0) {
-        /* The client sends no body (Content-Length: 0): answer on the first call. */
-        if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && strcmp(method, MHD_HTTP_METHOD_GET) != 0)
-            return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
-        return (enum MHD_Result)hw_ts2021_handle(s->ts2021, conn, method);
-    }
     if (strncmp(url, "/register/", 10) == 0 && strcmp(method, MHD_HTTP_METHOD_GET) == 0)
         return (enum MHD_Result)hw_register_page(s, conn, url + 10);
     /* None of these pages reads a body: answer on the first call, when the headers are
