@@ -164,12 +164,14 @@ static void fill_tc_node(struct hw_control *c, const struct tn_node *n, struct t
     }
     strv_from_json_array(&tn->endpoints, n->row.endpoints_json);
     tn->legacy_derp = true;
-    tn->home_derp = n->home_derp;
     tn->hostinfo = json_or_null(n->row.hostinfo_json);
     if (!json_is_object(tn->hostinfo)) {
         json_decref(tn->hostinfo);
         tn->hostinfo = json_pack("{s:s}", "Hostname", n->row.hostname);
     }
+    /* The home region peers reach it through, as the node last reported it. */
+    tn->home_derp = (int)json_integer_value(
+        json_object_get(json_object_get(tn->hostinfo, "NetInfo"), "PreferredDERP"));
     tn->created = tc_time_from_unix(n->row.created_at);
     tn->cap = n->cap_version;
     strv_from_json_array(&tn->tags, n->row.tags_json);
@@ -864,13 +866,32 @@ static bool same_text(const char *a, const char *b)
     return strcmp(a ? a : "", b ? b : "") == 0;
 }
 
-/* Stores what the client tells about itself; returns true when peers must hear of it. */
+/* The streaming request's Hostinfo often lacks NetInfo (it comes in the lite updates
+ * that follow), and upstream clients treat a missing NetInfo as "unchanged": keep the
+ * stored one rather than forgetting the node's home DERP region. */
+static char *merged_hostinfo(json_t *incoming, const char *stored_text)
+{
+    json_t *hi = json_deep_copy(incoming);
+    if (!json_object_get(hi, "NetInfo")) {
+        json_t *stored = json_or_null(stored_text);
+        json_t *netinfo = json_object_get(stored, "NetInfo");
+        if (json_is_object(netinfo))
+            json_object_set(hi, "NetInfo", netinfo);
+        json_decref(stored);
+    }
+    char *text = tc_json_dump(hi, NULL);
+    json_decref(hi);
+    return text;
+}
+
+/* Stores what the client tells about itself (one transaction, and none at all when
+ * nothing changed: lite updates are frequent); returns true when peers must hear of it. */
 static bool update_from_map_request(struct hw_control *c, struct tn_node *n, const struct tc_map_request *r)
 {
     struct hw_node row = {0};
     if (hw_db_node_get(c->srv->db, n->row.id, &row) != HW_DB_OK)
         return false;
-    bool changed = false;
+    bool changed = false, hostinfo_changed = false;
     char disco[HW_KEY_TEXT_MAX] = "";
     if (!tc_key_is_zero(r->disco_key))
         hw_key_format(HW_KEY_DISCO, r->disco_key, disco);
@@ -879,18 +900,16 @@ static bool update_from_map_request(struct hw_control *c, struct tn_node *n, con
         changed = true;
     }
     if (r->hostinfo.raw) {
-        char *hi = tc_json_dump(r->hostinfo.raw, NULL);
+        char *hi = merged_hostinfo(r->hostinfo.raw, row.hostinfo_json);
         if (!same_text(hi, row.hostinfo_json)) {
             free(row.hostinfo_json);
             row.hostinfo_json = hi;
             hi = NULL;
             if (r->hostinfo.hostname && *r->hostinfo.hostname)
                 snprintf(row.hostname, sizeof row.hostname, "%s", r->hostinfo.hostname);
-            changed = true;
+            changed = hostinfo_changed = true;
         }
         free(hi);
-        const char **adv = r->hostinfo.routable_ips;
-        hw_db_route_set_advertised(c->srv->db, n->row.id, adv, r->hostinfo.n_routable_ips);
     }
     if (r->n_endpoints > 0) {
         char *ep = endpoints_json(r);
@@ -902,23 +921,33 @@ static bool update_from_map_request(struct hw_control *c, struct tn_node *n, con
         }
         free(ep);
     }
-    int home = r->hostinfo.raw ? r->hostinfo.preferred_derp : n->home_derp;
-    bool derp_changed = home != n->home_derp;
-    int capver = r->version;
     if (changed) {
         row.last_seen = hw_now();
-        if (hw_db_node_update(c->srv->db, &row) != HW_DB_OK)
+        int rc = hw_db_begin(c->srv->db);
+        if (rc == HW_DB_OK)
+            rc = hw_db_node_update(c->srv->db, &row);
+        /* Advertised routes live in Hostinfo.RoutableIPs. */
+        if (rc == HW_DB_OK && hostinfo_changed)
+            rc = hw_db_route_set_advertised(c->srv->db, n->row.id, r->hostinfo.routable_ips,
+                                            r->hostinfo.n_routable_ips);
+        if (rc == HW_DB_OK)
+            rc = hw_db_commit(c->srv->db);
+        if (rc != HW_DB_OK) {
+            hw_db_rollback(c->srv->db);
             log_error("map: storing node %lld failed: %s", (long long)row.id, hw_db_errmsg(c->srv->db));
+            changed = false;
+        }
     }
     hw_node_clear(&row);
-    if (changed || derp_changed || capver != n->cap_version) {
+    if (changed) {
         struct tn_node *fresh = reload_node(c, n->row.id);
-        if (fresh) {
-            fresh->home_derp = home;
-            fresh->cap_version = capver;
-            hw_tailnet_invalidate(fresh);
-        }
+        if (fresh)
+            fresh->cap_version = r->version;
         return true;
+    }
+    if (r->version != n->cap_version) {
+        n->cap_version = r->version;
+        hw_tailnet_invalidate(n);
     }
     return false;
 }
