@@ -499,27 +499,39 @@ static bool parse_http_url(const char *t, struct url_parts *out)
     return true;
 }
 
+/* "192.0.2.1:53" or "[2001:db8::1]:53" */
+static bool is_ip_port(const char *t)
+{
+    const char *colon = strrchr(t, ':');
+    if (!colon || !is_host_port(t))
+        return false;
+    if (t[0] == '[')
+        return true;   /* is_host_port checked the bracketed IPv6 address */
+    return is_ip(AF_INET, t, (size_t)(colon - t));
+}
+
 /* What Tailscale clients take as a resolver: an address, an address with a port, or a
  * DNS-over-HTTPS (or, to an exit node, DNS-over-HTTP) URL. */
 static bool is_nameserver(const char *t)
 {
     struct url_parts url;
-    return is_ip(AF_INET, t, strlen(t)) || is_ip(AF_INET6, t, strlen(t)) ||
-           (is_host_port(t) && (t[0] == '[' || isdigit((unsigned char)t[0]))) ||
+    return is_ip(AF_INET, t, strlen(t)) || is_ip(AF_INET6, t, strlen(t)) || is_ip_port(t) ||
            parse_http_url(t, &url);
 }
 
 struct prefix_range {
     int family;
-    const char *text;          /* for messages */
     unsigned char base[16];
     int bits;
+    const char *form;          /* for messages */
 };
 
 /* The only address ranges Tailscale clients accept for tailnet addresses. */
-static const struct prefix_range tailscale_v4 = {AF_INET, "100.64.0.0/10", {100, 64}, 10};
+static const struct prefix_range tailscale_v4 = {
+    AF_INET, {100, 64}, 10, "an IPv4 prefix inside 100.64.0.0/10"};
 static const struct prefix_range tailscale_v6 = {
-    AF_INET6, "fd7a:115c:a1e0::/48", {0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0}, 48};
+    AF_INET6, {0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0}, 48,
+    "an IPv6 prefix inside fd7a:115c:a1e0::/48"};
 
 enum prefix_verdict { PREFIX_BAD, PREFIX_OK, PREFIX_HOST_BITS };
 
@@ -760,16 +772,10 @@ static void prefixes_come_from_file(struct loader *L)
     set_string(&L->cfg->prefix_v6, NULL);
 }
 
-static const char *prefix_form(const struct prefix_range *range)
-{
-    return range == &tailscale_v4 ? "an IPv4 prefix inside 100.64.0.0/10"
-                                  : "an IPv6 prefix inside fd7a:115c:a1e0::/48";
-}
-
 static void apply_prefix(struct loader *L, const struct entry *e)
 {
     const struct prefix_range *range = (e->spec->flags & KEY_IPV6) ? &tailscale_v6 : &tailscale_v4;
-    const char *t = scalar_value(L, e->line, e->path, prefix_form(range), e->value);
+    const char *t = scalar_value(L, e->line, e->path, range->form, e->value);
     char canonical[PREFIX_TEXT_MAX];
     if (!t)
         return;
@@ -778,7 +784,7 @@ static void apply_prefix(struct loader *L, const struct entry *e)
         return;   /* "" turns the family off, as in Headscale */
     switch (parse_prefix(t, range, canonical, sizeof canonical)) {
     case PREFIX_BAD:
-        expected(L, e->line, e->path, prefix_form(range), e->value);
+        expected(L, e->line, e->path, range->form, e->value);
         return;
     case PREFIX_HOST_BITS:
         warning_at(L, e->line, "%s: \"%s\" has host bits set; using %s", e->path, t, canonical);

@@ -42,7 +42,11 @@ const char *hw_db_errmsg(struct hw_db *db);
 int hw_db_schema_version(struct hw_db *db);   /* highest applied migration */
 int hw_db_latest_version(void);               /* highest migration this build knows */
 
-int hw_db_begin(struct hw_db *db);            /* BEGIN IMMEDIATE */
+/* BEGIN IMMEDIATE; called inside an open transaction it opens a savepoint instead, and
+ * the matching commit/rollback releases or undoes just that part. So functions that need
+ * a transaction of their own (namespace destroy with force, route_set_advertised,
+ * hw_nodes_register_pending) also work inside a caller's transaction. */
+int hw_db_begin(struct hw_db *db);
 int hw_db_commit(struct hw_db *db);
 void hw_db_rollback(struct hw_db *db);
 
@@ -104,8 +108,34 @@ int hw_db_node_set_given_name(struct hw_db *db, int64_t id, const char *given_na
 int hw_db_node_set_namespace(struct hw_db *db, int64_t id, int64_t namespace_id);
 int hw_db_node_set_tags(struct hw_db *db, int64_t id, const char *tags_json);
 int hw_db_node_touch(struct hw_db *db, int64_t id, int64_t last_seen);
+/* Addresses are stored in canonical text: insert/update rewrite n->ipv4/ipv6 to it
+ * ("fd7a:115c:a1e0:0::1" becomes "fd7a:115c:a1e0::1"); an unparsable address or one of
+ * the wrong family is HW_DB_INVALID.
+ * ip_taken: true when a node holds ip (either family), and also when the check itself
+ * failed, so an allocator never hands out an address it could not verify; false for a
+ * string that is not an address (hw_db_errmsg says so). */
 bool hw_db_ip_taken(struct hw_db *db, const char *ip);
 bool hw_db_given_name_taken(struct hw_db *db, const char *given_name, int64_t except_node_id);
+/* Given names starting with `prefix` (e.g. "laptop-") held by nodes other than
+ * except_node_id, in one index range query: lets the namer pick the lowest free
+ * suffix without one query per candidate. Free with hw_db_string_list_free. */
+int hw_db_given_names_with_prefix(struct hw_db *db, const char *prefix, int64_t except_node_id,
+                                  char ***out, size_t *n_out);
+void hw_db_string_list_free(char **list, size_t n);
+
+/* ---- address allocation support (the policy lives in server/nodes.c) ---- */
+/* Lowest address in [from, to] (both of one family) that no node holds; HW_DB_NOT_FOUND
+ * when every one is held. Walks the held addresses in order on an index from `from`, so
+ * it costs the run of consecutive held addresses after `from`, not the tailnet size. */
+int hw_db_ip_first_free(struct hw_db *db, const char *from, const char *to,
+                        char out[HW_IP_TEXT_MAX]);
+/* The sequential allocator's memory, per family (4 or 6): every address in [base, next)
+ * is known not to be free (held by a node or reserved). Triggers pull `next` back when a
+ * node gives an address up (delete or address change), so the claim stays true whoever
+ * changes nodes. get: HW_DB_NOT_FOUND when never set. set: the family is base's. */
+int hw_db_ip_cursor_get(struct hw_db *db, int family, char base_out[HW_IP_TEXT_MAX],
+                        char next_out[HW_IP_TEXT_MAX]);
+int hw_db_ip_cursor_set(struct hw_db *db, const char *base, const char *next);
 
 /* ---- routes (advertised by a node, enabled by the admin) ---- */
 struct hw_route {
@@ -159,7 +189,9 @@ int hw_db_preauth_mark_used(struct hw_db *db, int64_t id);
 /* namespace_id 0 = all. */
 int hw_db_preauth_list(struct hw_db *db, int64_t namespace_id,
                        struct hw_preauth_key **out, size_t *n_out);
-/* Sets expiration to now. key_or_prefix: the full key text or its prefix. */
+/* Sets expiration to now (an already expired key keeps its date). key_or_prefix: the
+ * full key text or its prefix; HW_DB_INVALID when it is neither, HW_DB_NOT_FOUND when
+ * no key (of that namespace, unless 0) has it. */
 int hw_db_preauth_expire(struct hw_db *db, int64_t namespace_id, const char *key_or_prefix);
 
 struct hw_api_key {
@@ -171,6 +203,8 @@ struct hw_api_key {
 };
 int hw_db_apikey_create(struct hw_db *db, int64_t expiration,
                         char key_text_out[HW_SECRET_TEXT_MAX], struct hw_api_key *out);
+/* HW_DB_OK and last_seen set to now for a valid key; HW_DB_NOT_FOUND for an unknown or
+ * wrong one; HW_DB_CONFLICT (out filled) when it has expired. */
 int hw_db_apikey_verify(struct hw_db *db, const char *key_text, struct hw_api_key *out);
 int hw_db_apikey_list(struct hw_db *db, struct hw_api_key **out, size_t *n_out);
 int hw_db_apikey_expire(struct hw_db *db, const char *key_or_prefix);
@@ -190,6 +224,7 @@ void hw_pending_clear(struct hw_pending *p);
 int hw_db_pending_insert(struct hw_db *db, const struct hw_pending *p);
 int hw_db_pending_get(struct hw_db *db, const char *id, struct hw_pending *out);
 int hw_db_pending_delete(struct hw_db *db, const char *id);
+/* Removes registrations with 0 < expires_at <= now; returns how many, or an error. */
 int hw_db_pending_delete_expired(struct hw_db *db, int64_t now);
 
 #endif

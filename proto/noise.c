@@ -22,6 +22,8 @@ static const char prologue_prefix[] = "Tailscale Control Protocol v";
 
 enum { STAGE_IDLE = 0, STAGE_WAIT_RESPONSE, STAGE_DONE, STAGE_FAILED };
 
+#define ERROR_TEXT_SHOWN 128
+
 /* ---- primitives: BLAKE2s and HMAC-BLAKE2s from OpenSSL, fetched once ---- */
 
 static EVP_MD *blake2s_md;
@@ -225,6 +227,9 @@ int hw_noise_client_start(struct hw_noise_handshake *hs, uint16_t version,
     reset(hs);
     if (primitives_ready() < 0)
         return fail(hs, false, "OpenSSL lacks BLAKE2S-256 or HMAC");
+    /* A zero private key is a key that was never loaded, not a key. */
+    if (hw_key_is_zero(machine_priv))
+        return fail(hs, false, "machine private key is not set");
     hs->version = version;
     memcpy(hs->rs, server_pub, 32);
     memcpy(hs->s_priv, machine_priv, 32);
@@ -307,11 +312,14 @@ int hw_noise_client_finish(struct hw_noise_handshake *hs, const uint8_t *in, siz
     uint8_t type = in[0];
     size_t mlen = get_u16be(in + 1);
     if (type == HW_NOISE_MSG_ERROR) {
-        if (len < HW_NOISE_HEADER_LEN + mlen)
+        /* The text may announce up to 64 KiB; its start is all anyone reads, and waiting
+         * for no more than that keeps a small receive buffer sufficient. */
+        size_t shown = mlen < ERROR_TEXT_SHOWN ? mlen : ERROR_TEXT_SHOWN;
+        if (len < HW_NOISE_HEADER_LEN + shown)
             return HW_NOISE_AGAIN;
         char text[160];
-        quote(text, sizeof text, in + HW_NOISE_HEADER_LEN, mlen);
-        *used = HW_NOISE_HEADER_LEN + mlen;
+        quote(text, sizeof text, in + HW_NOISE_HEADER_LEN, shown);
+        *used = HW_NOISE_HEADER_LEN + shown;
         return fail(hs, false, "server error: %s", text);
     }
     if (type != HW_NOISE_MSG_RESPONSE)
@@ -373,6 +381,8 @@ int hw_noise_server_respond(struct hw_noise_handshake *hs, const uint8_t server_
         return fail(hs, true, "wrong handshake initiation length");
     if (primitives_ready() < 0)
         return fail(hs, false, "OpenSSL lacks BLAKE2S-256 or HMAC");
+    if (hw_key_is_zero(server_priv))
+        return fail(hs, false, "server private key is not set");
 
     /* The prologue uses the version the client claims, with no negotiation: if anyone
      * altered the cleartext version on the way, the hashes diverge and the tags fail. */

@@ -83,7 +83,8 @@ int hw_noise_client_start(struct hw_noise_handshake *hs, uint16_t version,
 /* Feed the bytes the server sent after its HTTP 101 (all of them so far). AGAIN: the
  * response is not complete yet, call again with more. OK: *used bytes were the response;
  * the bytes after them are transport records (the server corks the early payload behind it). ERROR:
- * hs->error says why; a 0x03 message from the server reads `server error: "<text>"`. */
+ * hs->error says why; a 0x03 message from the server reads `server error: "<text>"`
+ * (its first 128 bytes, escaped; no more than those are waited for). */
 int hw_noise_client_finish(struct hw_noise_handshake *hs, const uint8_t *in, size_t len,
                            size_t *used, struct hw_noise_session *out);
 

@@ -220,6 +220,7 @@ struct tn_node *hw_tailnet_apply(struct hw_tailnet *tn, const struct hw_node *ro
     bool is_new = n == NULL;
     if (is_new) {
         n = hw_calloc(1, sizeof *n);
+        n->row.id = row->id;
         index_by_id(tn, n);
         tn->n_nodes++;
     } else {

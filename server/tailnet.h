@@ -28,7 +28,6 @@ struct tn_node {
     struct hw_node row;            /* as stored */
     struct tn_namespace *ns;
     struct tn_node *ns_prev, *ns_next;
-    int home_derp;                 /* Hostinfo.NetInfo.PreferredDERP, 0 = unknown */
     int cap_version;               /* last MapRequest.Version */
     bool online;                   /* has at least one map stream */
     char **routes;                 /* enabled and advertised prefixes (AllowedIPs beyond addresses) */

@@ -494,6 +494,9 @@ int hw_ts2021_handle(struct hw_ts2021 *ts, struct MHD_Connection *conn, const ch
     }
     hw_noise_handshake_wipe(&hs);
 
+    /* The session lives on the loop from now on; its liveness is the map keep-alives,
+     * not libmicrohttpd's idle timer. */
+    MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
     struct MHD_Response *r = MHD_create_response_for_upgrade(on_upgraded, h);
     if (!r) {
         sodium_memzero(&h->noise, sizeof h->noise);
