@@ -38,6 +38,8 @@ CLIENT_SRCS := $(wildcard client/*.c)
 # hwclient without its main(): the benchmarks and unit tests drive its connections too.
 CLIENT_LIB_SRCS := $(filter-out client/main.c,$(CLIENT_SRCS))
 BENCH_SRCS  := $(wildcard bench/*.c)
+# Helper programs the integration tests run (not tests themselves).
+TOOL_SRCS   := $(wildcard tests/tools/*.c)
 UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -54,9 +56,10 @@ PROGRAMS += $(BUILD)/hwclient
 endif
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+TOOL_BINS  := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRCS))
 
 .PHONY: all deps run test asan unit bench install clean check-deps
-all: check-deps $(PROGRAMS) $(UNIT_BINS) $(BENCH_BINS)
+all: check-deps $(PROGRAMS) $(UNIT_BINS) $(BENCH_BINS) $(TOOL_BINS)
 
 check-deps:
 	@pkg-config --exists $(PKGS) 2>/dev/null || { \
@@ -102,6 +105,10 @@ $(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(CLIENT_LIB) $(BUILD)/lib/libhwser
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/bench/%: $(call obj,bench/%.c) $(CLIENT_LIB) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tools/%: $(call obj,tests/tools/%.c) $(CLIENT_LIB) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -94,6 +94,7 @@ struct hwc_conn {
     struct hw_timer *deadline;
     struct hw_timer *notify; /* delivers on_ready / on_fail outside of other calls */
     bool ready_pending;
+    bool in_input; /* inside nghttp2's input processing, which must not be re-entered */
     char error[320];
 };
 
@@ -559,7 +560,9 @@ h2_error:
 
 static void process_records(struct hwc_conn *c, const uint8_t *data, size_t len)
 {
+    c->in_input = true;
     int rc = hw_noise_reader_feed(c->reader, data, len, on_plaintext, c);
+    c->in_input = false;
     if (rc == -1)
         fail(c, "Noise from %s: %s", c->url.base, c->reader->error);
     if (c->stage == ST_FAILED)
@@ -830,6 +833,8 @@ struct hwc_req *hwc_conn_post(struct hwc_conn *c, const char *path, const void *
     if (c->reqs)
         c->reqs->prev = r;
     c->reqs = r;
+    if (c->in_input)
+        return r; /* process_records sends it when nghttp2 returns */
     if (hw_h2_pump(c->h2) < 0)
         fail(c, "HTTP/2 to %s: %s", c->url.base, hw_h2_last_error(c->h2));
     else
@@ -845,9 +850,33 @@ void hwc_req_cancel(struct hwc_req *r)
     struct hwc_conn *c = r->conn;
     if (c->stage == ST_READY) {
         hw_h2_reset(r->st, 8 /* CANCEL */);
+        if (c->in_input)
+            return;
         if (hw_h2_pump(c->h2) < 0)
             fail(c, "HTTP/2 to %s: %s", c->url.base, hw_h2_last_error(c->h2));
         else
             flush_out(c);
     }
+}
+
+int hwc_conn_send_raw(struct hwc_conn *c, const void *data, size_t len, bool sealed)
+{
+    if (c->stage != ST_READY)
+        return -1;
+    if (sealed) {
+        if (h2_write(c->h2, data, len, c) < 0)
+            return -1;
+        flush_out(c);
+        return 0;
+    }
+    if (c->out_len + len > c->out_cap) {
+        c->out = realloc(c->out, c->out_len + len);
+        if (!c->out)
+            abort();
+        c->out_cap = c->out_len + len;
+    }
+    memcpy(c->out + c->out_len, data, len);
+    c->out_len += len;
+    flush_out(c);
+    return 0;
 }

@@ -63,4 +63,9 @@ struct hwc_req *hwc_conn_post(struct hwc_conn *c, const char *path, const void *
 /* Resets the stream; no callback of it runs afterwards. */
 void hwc_req_cancel(struct hwc_req *r);
 
+/* For the wire tests (tests/tools/hwprobe.c): bytes that bypass HTTP/2, sealed into
+ * Noise records when sealed, else written to the socket as they are. -1 when the
+ * connection is not ready. */
+int hwc_conn_send_raw(struct hwc_conn *c, const void *data, size_t len, bool sealed);
+
 #endif

@@ -83,6 +83,9 @@ struct daemon {
     char login_error[512];       /* a refused login: no more attempts until restart */
     bool logged_out;
     bool ever_running;
+    /* The auth key logs in once per process. After that a node the admin deleted or
+     * expired must not come back by itself: it waits for an interactive login. */
+    bool authkey_spent;
     int backoff;
 
     /* Work requested from inside request callbacks, done by reconcile() from a timer. */
@@ -327,7 +330,7 @@ static void handle_register(struct daemon *d, const struct tc_register_response 
         return;
     }
     if (resp->auth_url && *resp->auth_url) {
-        if (d->mode == LOGIN_REFRESH && d->opts->authkey) {
+        if (d->mode == LOGIN_REFRESH && d->opts->authkey && !d->authkey_spent) {
             /* The server no longer knows this node: log in again with the key we were given. */
             log_info("login: the server does not know this node: logging in with the auth key");
             new_pending_key(d);
@@ -365,6 +368,7 @@ static void handle_register(struct daemon *d, const struct tc_register_response 
     }
     d->have_node = true;
     d->need_register = false;
+    d->authkey_spent = true;
     d->auth_url[0] = '\0';
     d->backoff = 0;
     log_info("login: logged in as %s (user %lld)%s",
@@ -437,7 +441,7 @@ static void send_register(struct daemon *d)
     };
     switch (d->mode) {
     case LOGIN_NEW:
-        b.auth_key = d->opts->authkey;
+        b.auth_key = d->authkey_spent ? NULL : d->opts->authkey;
         break;
     case LOGIN_FOLLOWUP:
         b.followup = d->auth_url;
