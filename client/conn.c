@@ -880,3 +880,5 @@ int hwc_conn_send_raw(struct hwc_conn *c, const void *data, size_t len, bool sea
     flush_out(c);
     return 0;
 }
+
+int hwc_conn_fd(const struct hwc_conn *c) { return c->fd; }

@@ -67,5 +67,8 @@ void hwc_req_cancel(struct hwc_req *r);
  * Noise records when sealed, else written to the socket as they are. -1 when the
  * connection is not ready. */
 int hwc_conn_send_raw(struct hwc_conn *c, const void *data, size_t len, bool sealed);
+/* The socket (-1 when none), for the same tests: after on_fail it is still open and
+ * tells whether the server really closed its end. */
+int hwc_conn_fd(const struct hwc_conn *c);
 
 #endif

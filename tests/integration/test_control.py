@@ -409,7 +409,16 @@ def advertised_routes_reach_the_server():
         def advertised():
             n = net.nodes()["router"]
             return sorted(n["routes"]["advertised"]) == ["10.20.0.0/16", "192.168.7.0/24"]
-        wait_until(advertised, 5, "the advertised routes in hwctl nodes list")
+        try:
+            wait_until(advertised, 3, "the advertised routes in hwctl nodes list")
+        except AssertionError:
+            hi = net.server.sqlite("SELECT hostinfo FROM nodes WHERE id = ?", (nid,))
+            raise AssertionError(
+                "SERVER BUG: a node that registers with Hostinfo.RoutableIPs = [10.20.0.0/16, "
+                "192.168.7.0/24] (stored hostinfo: %s) has no advertised routes in `hwctl nodes "
+                "list` / `hwctl routes list`: server/control.c stores the routes only when a map "
+                "request's Hostinfo differs from the stored one, and register_with_key() already "
+                "stored this Hostinfo without its routes" % (hi[0][0] if hi else None))
         _, out, _ = net.hwctl("routes", "list", "-i", nid)
         contains(out, "10.20.0.0/16")
 
