@@ -4,6 +4,7 @@
  *   derp_pair idle     -s HOST:PORT -n CLIENTS [-hold SECONDS]
  *   derp_pair nothere|ping|peergone|dup|garbage|slowreader  -s HOST:PORT
  *   (pairs with -s2 HOST:PORT puts the second client of each pair on another relay)
+ * -key HEX gives the first client of a scenario that private key (admission tests).
  * TLS: -tls [-ca FILE] [-pin SHA256HEX] [-sni NAME]; without -ca or -pin the system
  * roots must vouch for the certificate.
  *
@@ -42,6 +43,7 @@ struct opts {
     const char *server, *server2;
     bool tls;
     const char *ca, *pin, *sni;
+    const char *key;          /* hex private key for the first client of a scenario */
     int n, k, size, window, hold;
 };
 
@@ -339,7 +341,15 @@ static struct dc *dc_new_or_die(const char *server)
 {
     struct dc *c = hw_malloc(sizeof *c);
     char why[256];
-    if (dc_open(c, server, NULL, NULL, why, sizeof why) < 0)
+    uint8_t priv[32];
+    const uint8_t *use = NULL;
+    if (O.key) {
+        if (hw_hex_decode(O.key, priv, 32) != 32)
+            die("-key wants 64 hex digits");
+        use = priv;
+        O.key = NULL;   /* only the first client */
+    }
+    if (dc_open(c, server, use, NULL, why, sizeof why) < 0)
         die("%s", why);
     return c;
 }
@@ -772,6 +782,7 @@ int main(int argc, char **argv)
         OPT("-ca", O.ca = v);
         OPT("-pin", O.pin = v);
         OPT("-sni", O.sni = v);
+        OPT("-key", O.key = v);
 #undef OPT
         if (!strcmp(a, "-tls")) {
             O.tls = true;
