@@ -137,6 +137,8 @@ install: all
 	done
 	install -m 0644 packaging/headwater.sysusers $(DESTDIR)/usr/lib/sysusers.d/headwater.conf
 	install -m 0644 packaging/headwater.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/headwater.conf
+	install -m 0644 packaging/hwrelay.sysusers $(DESTDIR)/usr/lib/sysusers.d/hwrelay.conf
+	install -m 0644 packaging/hwrelay.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/hwrelay.conf
 	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/headwater/
 
 clean:
