@@ -149,12 +149,15 @@ def namespaces_destroy():
 def namespaces_invalid_names():
     with Server() as s:
         for bad in ["Bad_Name", "-lead", "trail-", "a" * 64, "dot.ted", "UPPER"]:
-            rc, line = one_line(s, "namespaces", "create", bad)
+            rc, line = one_line(s, "namespaces", "create", "--", bad)
             eq(rc, 1, "exit status for %r" % bad)
             check(line.startswith('hwctl: invalid namespace name "%s"' % bad),
                   "message for %r: %s" % (bad, line))
         rc, line = one_line(s, "namespaces", "create", "Bad_Name")
         contains(line, "a-z", "the rule is stated")
+        rc, line = one_line(s, "namespaces", "create", "-lead")
+        eq((rc, line), (2, "hwctl: namespaces create: unknown option -l: see 'hwctl namespaces "
+                           "create --help'"), "a leading dash needs --")
         s.hwctl("namespaces", "create", "a" * 63)
         s.hwctl("namespaces", "create", "x-1")
         rc, line = one_line(s, "namespaces", "create", "x-1")
@@ -400,7 +403,9 @@ def _run_on_tty(argv, answer, timeout=20):
             break
     rc = p.wait(timeout=timeout * hwtest.SLOW)
     os.close(master)
-    return rc, out.decode(errors="replace")
+    text = out.decode(errors="replace")
+    hwtest._check_sanitizer(text, " ".join(argv))
+    return rc, text
 
 
 @case
