@@ -24,6 +24,9 @@ def table(out):
     header = [c.strip() for c in lines[0].split(" | ")]
     rows = []
     for l in lines[1:]:
+        check(l == l.rstrip(), "trailing blanks in %r" % l)
+        if l.endswith(" |"):
+            l += " "                 # an empty last cell
         cells = [c.strip() for c in l.split(" | ")]
         eq(len(cells), len(header), "cells in table row %r" % l)
         rows.append(dict(zip(header, cells)))
@@ -32,7 +35,7 @@ def table(out):
 
 def aligned(out):
     """Every row has its column separators at the same offsets as the header."""
-    lines = [l for l in out.splitlines() if l.strip()]
+    lines = [l + " " if l.endswith(" |") else l for l in out.splitlines() if l.strip()]
     seps = [[i for i in range(len(l)) if l.startswith(" | ", i)] for l in lines]
     for l, s in zip(lines, seps):
         eq(s, seps[0], "separator offsets in %r (header %r)" % (l, lines[0]))
@@ -215,6 +218,11 @@ def nodes_register_and_list():
         eq(n["online"], False, "online")
         eq(n["routes"], {"advertised": [], "enabled": []}, "routes")
         eq(s.hwctl_json("namespaces", "list")[0]["node_count"], 1, "node_count")
+        _, out, _ = s.hwctl("nodes", "list", "-o", "yaml")
+        for part in ["- id: %d\n" % n["id"], "  name: my-laptop\n", "  ip_addresses:\n"
+                     '  - "%s"\n' % v4, "  ephemeral: false\n", "  last_seen: null\n",
+                     "  routes:\n    advertised: []\n    enabled: []\n", "  tags: []\n"]:
+            contains(out, part, "nodes list -o yaml")
         # The registration id is used up.
         rc, line = one_line(s, "nodes", "register", "-n", "default", "--key", "reg-abc123")
         eq(rc, 1, "exit status")
