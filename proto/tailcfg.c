@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/sbuf.h"
 #include "common/util.h"
 
 /* ---- errors ------------------------------------------------------------------------- */
@@ -775,7 +776,7 @@ json_t *tc_register_request_to_json(const struct tc_register_request_build *b)
     set_int(o, "Version", b->version);
     set_key(o, "NodeKey", "nodekey", b->node_key);
     set_key(o, "OldNodeKey", "nodekey", b->old_node_key ? b->old_node_key : zero);
-    if (b->nl_key)
+    if (b->nl_key && *b->nl_key)
         set_str(o, "NLKey", b->nl_key);
     else
         set_key(o, "NLKey", "nlpub", zero);
@@ -1308,10 +1309,21 @@ bad:
 
 /* ---- DERP map ------------------------------------------------------------------------------ */
 
+/* Go's encoding/json writes map keys sorted as strings ("1000" before "901"); doing
+ * the same makes our bytes comparable with a Go server's. */
 static int cmp_region(const void *a, const void *b)
 {
     const struct tc_derp_region *x = a, *y = b;
-    return (x->region_id > y->region_id) - (x->region_id < y->region_id);
+    char kx[16], ky[16];
+    snprintf(kx, sizeof kx, "%d", x->region_id);
+    snprintf(ky, sizeof ky, "%d", y->region_id);
+    return strcmp(kx, ky);
+}
+
+static int cmp_route(const void *a, const void *b)
+{
+    const struct tc_dns_route *const *x = a, *const *y = b;
+    return strcmp((*x)->suffix, (*y)->suffix);
 }
 
 json_t *tc_derp_map_to_json(const struct tc_derp_map *m)
@@ -1568,9 +1580,14 @@ json_t *tc_dns_config_to_json(const struct tc_dns_config *c)
     if (c->resolvers.n)
         set_new(o, "Resolvers", resolvers_json(&c->resolvers));
     if (c->n_routes) {
+        const struct tc_dns_route **sorted = hw_calloc(c->n_routes, sizeof(*sorted));
+        for (size_t i = 0; i < c->n_routes; i++)
+            sorted[i] = &c->routes[i];
+        qsort(sorted, c->n_routes, sizeof(*sorted), cmp_route);
         json_t *routes = json_object();
         for (size_t i = 0; i < c->n_routes; i++)
-            set_new(routes, c->routes[i].suffix, resolvers_json(&c->routes[i].resolvers));
+            set_new(routes, sorted[i]->suffix, resolvers_json(&sorted[i]->resolvers));
+        free(sorted);
         set_new(o, "Routes", routes);
     }
     if (c->fallback_resolvers.n)
@@ -1691,6 +1708,21 @@ json_t *tc_filter_allow_all(void)
     return rules;
 }
 
+json_t *tc_filter_allow_among(const struct tc_strv *ips)
+{
+    struct tc_filter_rule rule = {.src_ips = *ips};
+    rule.dst_ports = ips->n ? hw_calloc(ips->n, sizeof(*rule.dst_ports)) : NULL;
+    rule.n_dst_ports = ips->n;
+    for (size_t i = 0; i < ips->n; i++)
+        rule.dst_ports[i] = (struct tc_port_range){.ip = ips->v[i], .first = 0, .last = 65535};
+    json_t *rules = json_array();
+    /* With no members the rule would match nothing; send an empty list instead. */
+    if (ips->n)
+        json_array_append_new(rules, tc_filter_rule_to_json(&rule));
+    free(rule.dst_ports);
+    return rules;
+}
+
 int tc_filter_rules_check(const json_t *rules, const char *ctx, char *err, size_t errlen)
 {
     struct pc p = {err, errlen, ctx};
@@ -1788,6 +1820,8 @@ json_t *tc_map_response_to_json(const struct tc_map_response *m)
         set_ref_omit(o, "UserProfiles", m->user_profiles);
     if (m->health && json_array_size(m->health))
         set_ref_omit(o, "Health", m->health);
+    if (m->display_messages && json_object_size(m->display_messages))
+        set_ref_omit(o, "DisplayMessages", m->display_messages);
     set_ref_omit(o, "SSHPolicy", m->ssh_policy);
     set_time_omit(o, "ControlTime", &m->control_time);
     set_ref_omit(o, "TKAInfo", m->tka_info);
@@ -1990,4 +2024,65 @@ void tc_map_update_free(struct tc_map_update *u)
     tc_derp_map_clear(&u->derp_map);
     json_decref(u->root);
     memset(u, 0, sizeof(*u));
+}
+
+/* ---- pre-serialised peers ---------------------------------------------------------------- */
+
+struct hw_sbuf *tc_node_serialize(const struct tc_node *n)
+{
+    json_t *j = tc_node_to_json(n);
+    size_t len;
+    char *text = tc_json_dump(j, &len);
+    struct hw_sbuf *b = hw_sbuf_copy(text, len);
+    free(text);
+    json_decref(j);
+    return b;
+}
+
+char *tc_map_response_dump_with_peers(const struct tc_map_response *m, const char *list,
+                                      struct hw_sbuf *const *frags, size_t n_frags,
+                                      size_t *len_out)
+{
+    json_t *head = tc_map_response_to_json(m);
+    size_t hlen;
+    char *htext = tc_json_dump(head, &hlen);
+    json_decref(head);
+    if (n_frags == 0) {
+        if (len_out)
+            *len_out = hlen;
+        return htext;
+    }
+    /* head is "{}" or "{...}": drop its closing brace, append the list, close again. */
+    json_t *name = json_string(list);
+    char *ntext = json_dumps(name, JSON_ENCODE_ANY);
+    json_decref(name);
+    if (!ntext)
+        abort();
+    size_t nlen = strlen(ntext);
+    size_t total = hlen - 1 + (hlen > 2 ? 1 : 0) + nlen + 2 + 1 + 1;
+    for (size_t i = 0; i < n_frags; i++)
+        total += frags[i]->len + 1;
+    char *out = hw_malloc(total + 1);
+    size_t pos = hlen - 1;
+    memcpy(out, htext, pos);
+    if (hlen > 2)
+        out[pos++] = ',';
+    memcpy(out + pos, ntext, nlen);
+    pos += nlen;
+    out[pos++] = ':';
+    out[pos++] = '[';
+    for (size_t i = 0; i < n_frags; i++) {
+        if (i)
+            out[pos++] = ',';
+        memcpy(out + pos, frags[i]->data, frags[i]->len);
+        pos += frags[i]->len;
+    }
+    out[pos++] = ']';
+    out[pos++] = '}';
+    out[pos] = '\0';
+    free(htext);
+    free(ntext);
+    if (len_out)
+        *len_out = pos;
+    return out;
 }

@@ -12,6 +12,12 @@
  * builds requests and parses responses. Every parser takes a byte bound, checks types
  * strictly and reports the first problem as "Struct.Field: expected ..." in err.
  *
+ * Differences from Go's bytes, none of which a Go decoder can see: real numbers (only
+ * Hostinfo.NetInfo.DERPLatency in practice) are printed by jansson with 17 significant
+ * digits instead of Go's shortest form; bodies carry no trailing newline (Go's
+ * json.Encoder adds one); spliced full maps (tc_map_response_dump_with_peers) put the
+ * peer list last.
+ *
  * Ownership: structs filled by a tc_*_parse function own their strings and json_t
  * references and are released with the matching clear or free function. Structs the
  * caller fills for a to_json builder are only read. */
@@ -136,7 +142,7 @@ void tc_register_request_free(struct tc_register_request *r);
 struct tc_register_request_build {
     int version;
     const uint8_t *node_key, *old_node_key; /* old may be NULL (zero key) */
-    const char *nl_key;                     /* text, NULL -> omitted zero key text */
+    const char *nl_key;                     /* "nlpub:<hex>"; NULL or "" -> zero key */
     const char *auth_key;
     struct tc_time expiry;
     const char *followup;
@@ -376,6 +382,10 @@ json_t *tc_filter_rule_to_json(const struct tc_filter_rule *r);
 /* [{"SrcIPs":["*"],"DstPorts":[{"IP":"*","Ports":{"First":0,"Last":65535}}]}]: every
  * node may reach every port of every other (tailcfg.FilterAllowAll). */
 json_t *tc_filter_allow_all(void);
+/* Isolation inside one namespace (user): every listed address may reach every port of
+ * every other listed address, and nothing else gets in. ips are node addresses
+ * ("100.64.0.1" or prefixes); the result is a rule array like tc_filter_allow_all's. */
+json_t *tc_filter_allow_among(const struct tc_strv *ips);
 /* Checks a rule list's shape as the client's decoder would. */
 int tc_filter_rules_check(const json_t *rules, const char *ctx, char *err, size_t errlen);
 
@@ -420,6 +430,7 @@ struct tc_map_response {
     json_t *packet_filters; /* {"name": rules | null}; what Headscale v0.28 sends */
     json_t *user_profiles;  /* array */
     json_t *health;         /* array of strings */
+    json_t *display_messages; /* {"id": DisplayMessage | null}; "*": null clears */
     json_t *ssh_policy;
     struct tc_time control_time; /* set = sent */
     json_t *tka_info;
@@ -427,6 +438,20 @@ struct tc_map_response {
 };
 
 json_t *tc_map_response_to_json(const struct tc_map_response *m);
+
+/* Full maps for many sessions. Dumping a 10,000-peer MapResponse with jansson costs
+ * ~190 ms per session (12 MB of text); splicing node objects that were serialised once
+ * costs a memcpy. tc_node_serialize gives a node's compact JSON as a shared buffer
+ * (cache it per node version); tc_map_response_dump_with_peers writes m (whose own
+ * peer lists must be empty) followed by "list":[frag,frag,...] as the last member.
+ * Member order is free in JSON and the Go decoder does not care; the result parses
+ * to exactly what tc_map_response_to_json gives with those nodes as Peers. list is
+ * "Peers" or "PeersChanged". Returns malloc'd NUL-terminated text. */
+struct hw_sbuf;
+struct hw_sbuf *tc_node_serialize(const struct tc_node *n);
+char *tc_map_response_dump_with_peers(const struct tc_map_response *m, const char *list,
+                                      struct hw_sbuf *const *frags, size_t n_frags,
+                                      size_t *len_out);
 /* {"KeepAlive":true}: exactly the text the client's fast path compares against. */
 #define TC_KEEPALIVE_JSON "{\"KeepAlive\":true}"
 

@@ -127,77 +127,87 @@ static bool is_exit_route(const char *prefix)
     return strcmp(prefix, "0.0.0.0/0") == 0 || strcmp(prefix, "::/0") == 0;
 }
 
-/* The node as every client (itself and its peers) sees it: tailcfg.Node. */
-static json_t *node_to_json(struct hw_control *c, const struct tn_node *n)
+/* The node as every client (itself and its peers) sees it: tailcfg.Node. name must
+ * outlive tn (it is borrowed). */
+static void fill_tc_node(struct hw_control *c, const struct tn_node *n, struct tc_node *tn,
+                         char *name, size_t name_len)
 {
     int64_t now = hw_now();
-    struct tc_node tn = {0};
-    tn.id = n->row.id;
-    char name[HW_NAME_MAX + 260];
+    memset(tn, 0, sizeof *tn);
+    tn->id = n->row.id;
     if (c->domain && *c->domain)
-        snprintf(name, sizeof name, "%s.%s.", n->row.given_name, c->domain);
+        snprintf(name, name_len, "%s.%s.", n->row.given_name, c->domain);
     else
-        snprintf(name, sizeof name, "%s.", n->row.given_name);
-    tn.name = name;
-    tn.user = node_user_id(n);
-    hw_key_parse(HW_KEY_NODE, n->row.node_key, tn.key, NULL);
-    hw_key_parse(HW_KEY_MACHINE, n->row.machine_key, tn.machine, NULL);
+        snprintf(name, name_len, "%s.", n->row.given_name);
+    tn->name = name;
+    tn->user = node_user_id(n);
+    hw_key_parse(HW_KEY_NODE, n->row.node_key, tn->key, NULL);
+    hw_key_parse(HW_KEY_MACHINE, n->row.machine_key, tn->machine, NULL);
     if (n->row.disco_key[0])
-        hw_key_parse(HW_KEY_DISCO, n->row.disco_key, tn.disco_key, NULL);
+        hw_key_parse(HW_KEY_DISCO, n->row.disco_key, tn->disco_key, NULL);
     if (n->row.expiry)
-        tn.key_expiry = tc_time_from_unix(n->row.expiry);
+        tn->key_expiry = tc_time_from_unix(n->row.expiry);
     char addr[HW_IP_TEXT_MAX + 8];
     if (n->row.ipv4[0]) {
         snprintf(addr, sizeof addr, "%s/32", n->row.ipv4);
-        tc_strv_push(&tn.addresses, addr);
+        tc_strv_push(&tn->addresses, addr);
     }
     if (n->row.ipv6[0]) {
         snprintf(addr, sizeof addr, "%s/128", n->row.ipv6);
-        tc_strv_push(&tn.addresses, addr);
+        tc_strv_push(&tn->addresses, addr);
     }
-    tc_strv_copy(&tn.allowed_ips, &tn.addresses);
+    tc_strv_copy(&tn->allowed_ips, &tn->addresses);
     for (size_t i = 0; i < n->n_routes; i++) {
-        tc_strv_push(&tn.allowed_ips, n->routes[i]);
+        tc_strv_push(&tn->allowed_ips, n->routes[i]);
         if (!is_exit_route(n->routes[i]))
-            tc_strv_push(&tn.primary_routes, n->routes[i]);
+            tc_strv_push(&tn->primary_routes, n->routes[i]);
     }
-    strv_from_json_array(&tn.endpoints, n->row.endpoints_json);
-    tn.legacy_derp = true;
-    tn.home_derp = n->home_derp;
-    tn.hostinfo = json_or_null(n->row.hostinfo_json);
-    if (!json_is_object(tn.hostinfo)) {
-        json_decref(tn.hostinfo);
-        tn.hostinfo = json_pack("{s:s}", "Hostname", n->row.hostname);
+    strv_from_json_array(&tn->endpoints, n->row.endpoints_json);
+    tn->legacy_derp = true;
+    tn->home_derp = n->home_derp;
+    tn->hostinfo = json_or_null(n->row.hostinfo_json);
+    if (!json_is_object(tn->hostinfo)) {
+        json_decref(tn->hostinfo);
+        tn->hostinfo = json_pack("{s:s}", "Hostname", n->row.hostname);
     }
-    tn.created = tc_time_from_unix(n->row.created_at);
-    tn.cap = n->cap_version;
-    strv_from_json_array(&tn.tags, n->row.tags_json);
+    tn->created = tc_time_from_unix(n->row.created_at);
+    tn->cap = n->cap_version;
+    strv_from_json_array(&tn->tags, n->row.tags_json);
     bool expired = node_expired(n, now);
-    tn.online = n->online ? TC_TRUE : TC_FALSE;
+    tn->online = n->online ? TC_TRUE : TC_FALSE;
     if (!n->online && n->row.last_seen)
-        tn.last_seen = tc_time_from_unix(n->row.last_seen);
-    tn.machine_authorized = !expired;
-    tn.expired = expired;
-    tn.cap_map = json_pack("{s:[],s:[],s:[]}", "https://tailscale.com/cap/file-sharing",
-                           "https://tailscale.com/cap/is-admin", "https://tailscale.com/cap/ssh");
-    json_t *out = tc_node_to_json(&tn);
-    tn.name = NULL;   /* borrowed from the stack */
-    tc_node_clear(&tn);
-    return out;
+        tn->last_seen = tc_time_from_unix(n->row.last_seen);
+    tn->machine_authorized = !expired;
+    tn->expired = expired;
+    tn->cap_map = json_pack("{s:[],s:[],s:[]}", "https://tailscale.com/cap/file-sharing",
+                            "https://tailscale.com/cap/is-admin", "https://tailscale.com/cap/ssh");
+}
+
+static void release_tc_node(struct tc_node *tn)
+{
+    tn->name = NULL;   /* borrowed */
+    tc_node_clear(tn);
 }
 
 /* Serialised once per change and reused in every message that carries the node. */
 static struct hw_sbuf *node_text(struct hw_control *c, struct tn_node *n)
 {
     if (!n->peer_json) {
-        json_t *j = node_to_json(c, n);
-        size_t len = 0;
-        char *text = tc_json_dump(j, &len);
-        n->peer_json = hw_sbuf_copy(text, len);
-        free(text);
-        json_decref(j);
+        struct tc_node tn;
+        char name[HW_NAME_MAX + 260];
+        fill_tc_node(c, n, &tn, name, sizeof name);
+        n->peer_json = tc_node_serialize(&tn);
+        release_tc_node(&tn);
     }
     return n->peer_json;
+}
+
+/* The node as a json_t, for the "Node" member (the text is cached; parsing it back is
+ * cheaper than rebuilding, and keeps the two forms identical). */
+static json_t *node_json(struct hw_control *c, struct tn_node *n)
+{
+    struct hw_sbuf *t = node_text(c, n);
+    return json_loadb((const char *)t->data, t->len, 0, NULL);
 }
 
 static json_t *user_profiles_for(struct tn_node *n)
@@ -212,78 +222,28 @@ static json_t *user_profiles_for(struct tn_node *n)
     return arr;
 }
 
-/* ---- message text ----
- * A message is jansson's dump of its small fields with a large array of cached node
- * texts spliced in before the closing brace, so a 10,000-peer map costs copies of
- * cached bytes rather than 10,000 re-serialisations. */
+/* ---- messages ----
+ * The small members come from a tc_map_response; the large peer list is spliced in
+ * from cached node texts, so a 10,000-peer map costs copies of cached bytes rather
+ * than 10,000 re-serialisations. */
 
-struct textbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static void tb_put(struct textbuf *b, const void *data, size_t len)
+static struct hw_sbuf *encode(struct hw_control *c, const struct tc_map_response *m,
+                              const char *list, struct tn_node *const *items, size_t n_items,
+                              const struct tn_node *skip, bool compress)
 {
-    if (b->len + len + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + len + 1)
-            cap *= 2;
-        char *grown = realloc(b->p, cap);
-        if (!grown) {
-            log_error("out of memory building a map message");
-            abort();
-        }
-        b->p = grown;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, data, len);
-    b->len += len;
-    b->p[b->len] = '\0';
-}
-
-static void tb_puts(struct textbuf *b, const char *s) { tb_put(b, s, strlen(s)); }
-
-/* head: the dumped small fields; then `"key":[items except skip]`. */
-static void compose(struct textbuf *out, const json_t *head, const char *key,
-                    struct tn_node *const *items, size_t n_items, const struct tn_node *skip,
-                    struct hw_control *c)
-{
-    size_t head_len = 0;
-    char *head_text = tc_json_dump(head, &head_len);
-    size_t written = 0;
+    struct hw_sbuf **frags = hw_calloc(n_items + 1, sizeof *frags);
+    size_t k = 0;
     for (size_t i = 0; i < n_items; i++)
-        written += items[i] != skip;
-    if (!key || written == 0) {
-        tb_put(out, head_text, head_len);
-        free(head_text);
-        return;
-    }
-    tb_put(out, head_text, head_len - 1);   /* without the closing brace */
-    if (head_len > 2)
-        tb_puts(out, ",");
-    tb_puts(out, "\"");
-    tb_puts(out, key);
-    tb_puts(out, "\":[");
-    bool first = true;
-    for (size_t i = 0; i < n_items; i++) {
-        if (items[i] == skip)
-            continue;
-        if (!first)
-            tb_puts(out, ",");
-        first = false;
-        struct hw_sbuf *t = node_text(c, items[i]);
-        tb_put(out, t->data, t->len);
-    }
-    tb_puts(out, "]}");
-    free(head_text);
-}
-
-static struct hw_sbuf *frame_text(struct hw_control *c, const struct textbuf *t, bool compress)
-{
+        if (items[i] != skip)
+            frags[k++] = node_text(c, items[i]);
+    size_t len = 0;
+    char *text = tc_map_response_dump_with_peers(m, list, frags, k, &len);
+    free(frags);
     char err[160];
-    struct hw_sbuf *f = tc_mapframe_encode(c->zenc, t->p, t->len, compress, err, sizeof err);
+    struct hw_sbuf *f = tc_mapframe_encode(c->zenc, text, len, compress, err, sizeof err);
     if (!f)
-        log_error("map message of %zu bytes not sent: %s", t->len, err);
+        log_error("map message of %zu bytes not sent: %s", len, err);
+    free(text);
     return f;
 }
 
@@ -292,32 +252,26 @@ static struct hw_sbuf *frame_text(struct hw_control *c, const struct textbuf *t,
 static struct hw_sbuf *build_full_map(struct hw_control *c, struct tn_stream *ms)
 {
     struct tn_node *self = ms->node;
-    json_t *head = json_object();
-    json_object_set_new(head, "Node", json_loadb((const char *)node_text(c, self)->data,
-                                                 node_text(c, self)->len, 0, NULL));
-    if (c->derp_map)
-        json_object_set(head, "DERPMap", c->derp_map);
-    if (c->dns_config)
-        json_object_set(head, "DNSConfig", c->dns_config);
-    json_object_set_new(head, "Domain", json_string(c->domain ? c->domain : ""));
-    json_object_set(head, "PacketFilters", c->packet_filters);
-    json_object_set_new(head, "UserProfiles", user_profiles_for(self));
-    struct tc_time now = tc_time_now();
-    char when[TC_TIME_TEXT_MAX];
-    tc_time_format(&now, when);
-    json_object_set_new(head, "ControlTime", json_string(when));
-
+    json_t *node = node_json(c, self);
+    json_t *profiles = user_profiles_for(self);
+    struct tc_map_response m = {
+        .node = node,
+        .derp_map = c->derp_map,
+        .dns_config = c->dns_config,
+        .domain = c->domain,
+        .packet_filters = c->packet_filters,
+        .user_profiles = profiles,
+        .control_time = tc_time_now(),
+    };
     size_t n_peers = self->ns ? self->ns->count : 0;
-    struct tn_node **peers = hw_calloc(n_peers ? n_peers : 1, sizeof *peers);
+    struct tn_node **peers = hw_calloc(n_peers + 1, sizeof *peers);
     size_t k = 0;
     for (struct tn_node *p = self->ns ? self->ns->head : NULL; p; p = p->ns_next)
         peers[k++] = p;
-    struct textbuf t = {0};
-    compose(&t, head, "Peers", peers, k, self, c);
-    struct hw_sbuf *frame = frame_text(c, &t, ms->compress);
-    free(t.p);
+    struct hw_sbuf *frame = encode(c, &m, "Peers", peers, k, self, ms->compress);
     free(peers);
-    json_decref(head);
+    json_decref(node);
+    json_decref(profiles);
     return frame;
 }
 
@@ -369,67 +323,57 @@ static void flush_namespace(struct hw_control *c, struct tn_namespace *ns)
     }
     (void)n_patch;
 
-    struct tc_time now = tc_time_now();
-    char when[TC_TIME_TEXT_MAX];
-    tc_time_format(&now, when);
-    json_t *head = json_object();
-    if (ns->n_removed > 0) {
-        json_t *removed = json_array();
-        for (size_t i = 0; i < ns->n_removed; i++)
-            json_array_append_new(removed, json_integer(ns->removed[i]));
-        json_object_set_new(head, "PeersRemoved", removed);
-    }
-    if (json_array_size(patches) > 0)
-        json_object_set(head, "PeersChangedPatch", patches);
-    json_object_set_new(head, "ControlTime", json_string(when));
+    json_t **patch_items = hw_calloc(json_array_size(patches) + 1, sizeof *patch_items);
+    for (size_t i = 0; i < json_array_size(patches); i++)
+        patch_items[i] = json_array_get(patches, i);
+    struct tc_map_response m = {
+        .peers_removed = ns->removed,
+        .n_peers_removed = ns->n_removed,
+        .peers_changed_patch = patch_items,
+        .n_peers_changed_patch = json_array_size(patches),
+        .control_time = tc_time_now(),
+    };
 
     bool anything = ns->n_removed > 0 || json_array_size(patches) > 0 || n_changed > 0;
     struct hw_sbuf *shared[2] = {NULL, NULL};
-    for (struct tn_node *m = anything ? ns->head : NULL; m; m = m->ns_next) {
-        if (!node_has_live_streams(m) || (m->pending & (TN_PEER_CHANGED | TN_SELF_CHANGED)))
+    for (struct tn_node *mem = anything ? ns->head : NULL; mem; mem = mem->ns_next) {
+        if (!node_has_live_streams(mem) || (mem->pending & (TN_PEER_CHANGED | TN_SELF_CHANGED)))
             continue;
-        for (struct tn_stream *ms = m->streams; ms; ms = ms->node_next) {
+        for (struct tn_stream *ms = mem->streams; ms; ms = ms->node_next) {
             if (!ms->initial_sent)
                 continue;
-            if (!shared[ms->compress]) {
-                struct textbuf t = {0};
-                compose(&t, head, "PeersChanged", changed, n_changed, NULL, c);
-                shared[ms->compress] = frame_text(c, &t, ms->compress);
-                free(t.p);
-            }
+            if (!shared[ms->compress])
+                shared[ms->compress] = encode(c, &m, "PeersChanged", changed, n_changed, NULL, ms->compress);
             push_to_stream(ms, shared[ms->compress]);
         }
     }
     /* Members that changed themselves: their own Node, the others' changes. */
-    for (struct tn_node *m = ns->pending_head; m; m = m->pending_next) {
-        if (!(m->pending & (TN_PEER_CHANGED | TN_SELF_CHANGED)) || !node_has_live_streams(m))
+    for (struct tn_node *mem = ns->pending_head; mem; mem = mem->pending_next) {
+        if (!(mem->pending & (TN_PEER_CHANGED | TN_SELF_CHANGED)) || !node_has_live_streams(mem))
             continue;
-        json_t *own = json_deep_copy(head);
-        if (m->pending & TN_SELF_CHANGED) {
-            struct hw_sbuf *t = node_text(c, m);
-            json_object_set_new(own, "Node", json_loadb((const char *)t->data, t->len, 0, NULL));
-            json_object_set_new(own, "UserProfiles", user_profiles_for(m));
+        struct tc_map_response own = m;
+        json_t *node = NULL, *profiles = NULL;
+        if (mem->pending & TN_SELF_CHANGED) {
+            own.node = node = node_json(c, mem);
+            own.user_profiles = profiles = user_profiles_for(mem);
         }
         for (int z = 0; z < 2; z++) {
             struct hw_sbuf *frame = NULL;
-            for (struct tn_stream *ms = m->streams; ms; ms = ms->node_next) {
+            for (struct tn_stream *ms = mem->streams; ms; ms = ms->node_next) {
                 if (!ms->initial_sent || ms->compress != z)
                     continue;
-                if (!frame) {
-                    struct textbuf t = {0};
-                    compose(&t, own, "PeersChanged", changed, n_changed, m, c);
-                    frame = frame_text(c, &t, z);
-                    free(t.p);
-                }
+                if (!frame)
+                    frame = encode(c, &own, "PeersChanged", changed, n_changed, mem, z);
                 push_to_stream(ms, frame);
             }
             hw_sbuf_unref(frame);
         }
-        json_decref(own);
+        json_decref(node);
+        json_decref(profiles);
     }
     hw_sbuf_unref(shared[0]);
     hw_sbuf_unref(shared[1]);
-    json_decref(head);
+    free(patch_items);
     json_decref(patches);
     free(changed);
 

@@ -18,7 +18,7 @@
 #include "common/util.h"
 #include "server/http_public.h"
 #include "server/control.h"
-#include "server/keyfile.h"
+#include "proto/keys.h"
 #include "server/ts2021.h"
 
 static const char *change_name(enum hw_change_kind kind)
@@ -171,10 +171,12 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
     log_info("database %s (schema version %d)", cfg->database_sqlite_path,
              hw_db_schema_version(s->db));
 
-    bool created;
-    if (hw_keyfile_load_or_create(cfg->noise_private_key_path, s->noise_private, s->noise_public,
-                                  &created, err, err_len) < 0)
+    int key_state = hw_key_load_or_create_private(cfg->noise_private_key_path, s->noise_private,
+                                                  err, err_len);
+    if (key_state < 0)
         goto fail;
+    bool created = key_state == 1;
+    hw_key_public(s->noise_private, s->noise_public);
     char pub_hex[65];
     hw_hex_encode(s->noise_public, 32, pub_hex);
     log_info("noise key %s (%s), public key mkey:%s", cfg->noise_private_key_path,

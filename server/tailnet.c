@@ -220,6 +220,8 @@ struct tn_node *hw_tailnet_apply(struct hw_tailnet *tn, const struct hw_node *ro
     bool is_new = n == NULL;
     if (is_new) {
         n = hw_calloc(1, sizeof *n);
+        n->row.id = row->id;
+        index_by_id(tn, n);
         tn->n_nodes++;
     } else {
         if (strcmp(n->row.node_key, row->node_key) != 0)
@@ -229,9 +231,6 @@ struct tn_node *hw_tailnet_apply(struct hw_tailnet *tn, const struct hw_node *ro
     }
     int64_t old_ns = n->ns ? n->ns->id : 0;
     copy_row(&n->row, row);
-    /* Indexed only now that the row (and so the id) is in place. */
-    if (is_new)
-        index_by_id(tn, n);
     hw_strmap_put(&tn->by_node_key, n->row.node_key, n);
     hw_strmap_put(&tn->by_machine_key, n->row.machine_key, n);
     set_routes(n, routes, n_routes);

@@ -363,6 +363,32 @@ static void encoder_refuses_oversized(void)
     tc_zenc_free(z);
 }
 
+/* Random bytes and mutated real bodies through the decoder: errors, never crashes. */
+static void mutated_streams_never_crash(void)
+{
+    size_t len, count;
+    uint8_t *body = node1_body(&len, &count);
+    uint32_t seed = 777;
+    int failed = 0;
+    for (int round = 0; round < 300; round++) {
+        uint8_t *buf = malloc(len);
+        memcpy(buf, body, len);
+        for (int f = 0; f < 1 + round % 3; f++) {
+            seed = seed * 1103515245u + 12345u;
+            buf[(seed >> 4) % len] ^= (uint8_t)(1u << (seed % 8));
+        }
+        struct tc_mapdec *d = tc_mapdec_new(true, 1u << 20);
+        struct collect c = {0};
+        if (feed_in_chunks(d, buf, len, 1 + round % 977, &c) != 0)
+            failed++;
+        collect_free(&c);
+        tc_mapdec_free(d);
+        free(buf);
+    }
+    free(body);
+    CHECK(failed > 0, "some mutants must be refused");
+}
+
 int main(void)
 {
     g_map = fxj_load("real-client-map.json");
@@ -376,6 +402,7 @@ int main(void)
     RUN(zstd_bombs);
     RUN(callback_can_stop_the_feed);
     RUN(encoder_refuses_oversized);
+    RUN(mutated_streams_never_crash);
     json_decref(g_map);
     return TEST_MAIN_END();
 }
