@@ -39,8 +39,10 @@ static void on_deadline(struct hw_loop *loop, struct hw_timer *t, void *arg)
 {
     struct conn *c = arg;
     c->deadline = NULL;
-    conn_close(c, c->mesh_peer ? "mesh handshake timeout"
-                  : c->state == CONN_WAIT_INFO ? "no ClientInfo within 10s" : "handshake timeout");
+    conn_close(c, c->mesh_peer                  ? "mesh handshake timeout"
+                  : c->state == CONN_WAIT_INFO  ? "no ClientInfo within 10s"
+                  : c->state == CONN_VERIFYING ? "admission check not answered within 10s"
+                                               : "handshake timeout");
 }
 
 void conn_accept(struct relay *r, int lfd, bool tls, bool http_port)
@@ -236,8 +238,8 @@ static int flush_out(struct conn *c)
     } else {
         int64_t limit = c->can_mesh ? MESH_WRITE_TIMEOUT_MS : c->relay->cfg.write_timeout_ms;
         if (!c->stall_timer && limit > 0) {
-            if (c->last_write_progress == 0)
-                c->last_write_progress = hw_now_ms_mono();
+            /* The output was flowing until now, so the stall starts here. */
+            c->last_write_progress = hw_now_ms_mono();
             c->stall_timer = hw_timer_start(c->relay->loop, limit, on_stall, c);
         }
     }
@@ -255,8 +257,6 @@ void relay_flush_dirty(struct relay *r)
         if (c->state != CONN_CLOSED) {
             if (c->state == CONN_ACTIVE)
                 derp_build_output(c);
-            if (conn_out_pending(c) > 0 && c->last_write_progress == 0)
-                c->last_write_progress = hw_now_ms_mono();
             flush_out(c);
         }
         conn_unref(c);
