@@ -624,7 +624,10 @@ static int mode_ping(void)
 
 static int mode_peergone(void)
 {
-    struct dc *a = dc_new_or_die(O.server), *b = dc_new_or_die(O.server);
+    /* With -s2, B is on the other relay of a mesh and the notice crosses it. */
+    struct dc *a = dc_new_or_die(O.server), *b = dc_new_or_die(O.server2 ? O.server2 : O.server);
+    if (O.server2)
+        usleep(300 * 1000);
     struct hw_derp_frame f;
     if (dc_send_packet(b, a->pub, (const uint8_t *)"hello A", 7) < 0 || dc_expect(a, HW_DERP_RECV_PACKET, &f, 2000) != 1)
         die("A did not receive from B");

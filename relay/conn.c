@@ -27,7 +27,7 @@ static void set_interest(struct conn *c)
     /* While an admission check runs, frames stay in the socket (derper blocks the
      * same way), so nothing after ClientInfo is processed before the verdict. */
     int want = c->state == CONN_VERIFYING ? 0 : HW_EV_READ;
-    if (conn_out_pending(c) > 0)
+    if (conn_out_pending(c) > 0 || c->state == CONN_MESH_CONNECTING)
         want |= HW_EV_WRITE;
     bool ww = (want & HW_EV_WRITE) != 0;
     if (ww != c->want_write || c->state == CONN_VERIFYING)
@@ -39,7 +39,10 @@ static void on_deadline(struct hw_loop *loop, struct hw_timer *t, void *arg)
 {
     struct conn *c = arg;
     c->deadline = NULL;
-    conn_close(c, c->state == CONN_WAIT_INFO ? "no ClientInfo within 10s" : "handshake timeout");
+    conn_close(c, c->mesh_peer                  ? "mesh handshake timeout"
+                  : c->state == CONN_WAIT_INFO  ? "no ClientInfo within 10s"
+                  : c->state == CONN_VERIFYING ? "admission check not answered within 10s"
+                                               : "handshake timeout");
 }
 
 void conn_accept(struct relay *r, int lfd, bool tls, bool http_port)
@@ -98,6 +101,33 @@ void conn_accept(struct relay *r, int lfd, bool tls, bool http_port)
         r->all = c;
         r->n_conns++;
     }
+}
+
+struct conn *conn_new_outgoing(struct relay *r, int fd, SSL *ssl, struct mesh_peer *peer)
+{
+    struct conn *c = hw_calloc(1, sizeof *c);
+    c->relay = r;
+    c->fd = fd;
+    c->id = ++r->next_conn_id;
+    c->refs = 1;
+    c->ssl = ssl;
+    c->via_tls = ssl != NULL;
+    c->mesh_peer = peer;
+    c->can_mesh = true;   /* the longer write timeout of mesh links */
+    c->state = CONN_MESH_CONNECTING;
+    hw_derp_reader_init(&c->reader, HW_DERP_SIDE_CLIENT);
+    if (hw_loop_add(r->loop, fd, HW_EV_WRITE, on_conn_event, c) < 0) {
+        free(c);
+        return NULL;
+    }
+    c->want_write = true;
+    c->deadline = hw_timer_start(r->loop, HANDSHAKE_DEADLINE_MS, on_deadline, c);
+    c->all_next = r->all;
+    if (r->all)
+        r->all->all_prev = c;
+    r->all = c;
+    r->n_conns++;
+    return c;
 }
 
 size_t conn_out_pending(const struct conn *c) { return c->out_len - c->out_off; }
@@ -208,8 +238,8 @@ static int flush_out(struct conn *c)
     } else {
         int64_t limit = c->can_mesh ? MESH_WRITE_TIMEOUT_MS : c->relay->cfg.write_timeout_ms;
         if (!c->stall_timer && limit > 0) {
-            if (c->last_write_progress == 0)
-                c->last_write_progress = hw_now_ms_mono();
+            /* The output was flowing until now, so the stall starts here. */
+            c->last_write_progress = hw_now_ms_mono();
             c->stall_timer = hw_timer_start(c->relay->loop, limit, on_stall, c);
         }
     }
@@ -227,8 +257,6 @@ void relay_flush_dirty(struct relay *r)
         if (c->state != CONN_CLOSED) {
             if (c->state == CONN_ACTIVE)
                 derp_build_output(c);
-            if (conn_out_pending(c) > 0 && c->last_write_progress == 0)
-                c->last_write_progress = hw_now_ms_mono();
             flush_out(c);
         }
         conn_unref(c);
@@ -259,6 +287,9 @@ void conn_close(struct conn *c, const char *reason)
         log_debug("hwrelay: %s closed: %s", c->remote_text, reason);
     if (c->registered)
         derp_unregister(c);
+    c->close_reason = reason;
+    if (c->mesh_peer)
+        mesh_on_close(c);
     c->state = CONN_CLOSED;
     hw_loop_remove(r->loop, c->fd);
     if (c->ssl) {
@@ -365,6 +396,61 @@ void conn_resume_after_verify(struct conn *c)
     free(held);
 }
 
+static void feed_mesh(struct conn *c, const uint8_t *data, size_t len)
+{
+    struct hw_derp_frame f;
+    int rc;
+    while ((rc = hw_derp_reader_next(&c->reader, &data, &len, &f)) == HW_DERP_READ_FRAME) {
+        mesh_on_frame(c, &f);
+        if (c->state != CONN_MESH_RUN)
+            return;
+    }
+    if (rc == HW_DERP_READ_ERROR)
+        conn_close(c, c->reader.error);
+}
+
+static void send_mesh_upgrade(struct conn *c)
+{
+    char *req = mesh_upgrade_request(c);
+    conn_write(c, req, strlen(req));
+    free(req);
+    c->state = CONN_MESH_HEAD;
+}
+
+/* The peer relay's answer to our upgrade: a 101 head, then DERP frames. */
+static void handle_mesh_head(struct conn *c, const uint8_t *data, size_t len)
+{
+    if (c->http_len + len > HTTP_HEAD_MAX) {
+        conn_close(c, "mesh peer's HTTP answer too large");
+        return;
+    }
+    char *grown = realloc(c->http_buf, c->http_len + len + 1);
+    if (!grown)
+        abort();
+    c->http_buf = grown;
+    memcpy(c->http_buf + c->http_len, data, len);
+    c->http_len += len;
+    c->http_buf[c->http_len] = '\0';
+    char *end = strstr(c->http_buf, "\r\n\r\n");
+    if (!end)
+        return;
+    if (strncmp(c->http_buf, "HTTP/1.1 101", 12) != 0) {
+        char *eol = strstr(c->http_buf, "\r\n");
+        *eol = '\0';
+        char *why = hw_sprintf("mesh peer refused the upgrade: %.80s", c->http_buf);
+        conn_close(c, why);
+        free(why);
+        return;
+    }
+    char *buf = c->http_buf;
+    size_t total = c->http_len, head = (size_t)(end + 4 - buf);
+    c->http_buf = NULL;
+    c->http_len = 0;
+    c->state = CONN_MESH_RUN;
+    feed_mesh(c, (const uint8_t *)buf + head, total - head);
+    free(buf);
+}
+
 static void handle_http_bytes(struct conn *c, const uint8_t *data, size_t len)
 {
     if (c->http_len + len > HTTP_HEAD_MAX) {
@@ -411,7 +497,7 @@ static void read_some(struct conn *c)
     for (int i = 0; i < READS_PER_EVENT; i++) {
         if (c->state == CONN_CLOSED || c->state == CONN_VERIFYING)
             return;
-        if (c->state == CONN_TLS_HANDSHAKE) {
+        if (c->state == CONN_TLS_HANDSHAKE || c->state == CONN_MESH_TLS) {
             ERR_clear_error();
             int rc = SSL_do_handshake(c->ssl);
             if (rc != 1) {
@@ -424,7 +510,10 @@ static void read_some(struct conn *c)
                 conn_close(c, "TLS handshake failed");
                 return;
             }
-            c->state = CONN_HTTP;
+            if (c->state == CONN_MESH_TLS)
+                send_mesh_upgrade(c);
+            else
+                c->state = CONN_HTTP;
             set_interest(c);
             continue;
         }
@@ -438,6 +527,12 @@ static void read_some(struct conn *c)
         case CONN_WAIT_INFO:
         case CONN_ACTIVE:
             feed_derp(c, r->rbuf, (size_t)n);
+            break;
+        case CONN_MESH_HEAD:
+            handle_mesh_head(c, r->rbuf, (size_t)n);
+            break;
+        case CONN_MESH_RUN:
+            feed_mesh(c, r->rbuf, (size_t)n);
             break;
         default:
             break;   /* after the reply: the request body or a pipelined request is ignored */
@@ -465,11 +560,30 @@ static void on_conn_event(struct hw_loop *loop, int fd, int events, void *arg)
     struct conn *c = arg;
     struct relay *r = c->relay;
     c->refs++;
-    if ((events & HW_EV_WRITE) && c->state != CONN_TLS_HANDSHAKE)
+    if (c->state == CONN_MESH_CONNECTING) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err != 0) {
+            conn_close(c, err ? strerror(err) : "connect failed");
+        } else if (events & (HW_EV_WRITE | HW_EV_ERROR)) {
+            if (c->ssl) {
+                c->state = CONN_MESH_TLS;
+                set_interest(c);
+                read_some(c);
+            } else {
+                send_mesh_upgrade(c);
+                set_interest(c);
+            }
+        }
+        relay_flush_dirty(r);
+        conn_unref(c);
+        return;
+    }
+    if ((events & HW_EV_WRITE) && c->state != CONN_TLS_HANDSHAKE && c->state != CONN_MESH_TLS)
         flush_out(c);
     if ((events & HW_EV_READ) && c->state != CONN_CLOSED)
         read_some(c);
-    else if ((events & HW_EV_WRITE) && c->state == CONN_TLS_HANDSHAKE)
+    else if ((events & HW_EV_WRITE) && (c->state == CONN_TLS_HANDSHAKE || c->state == CONN_MESH_TLS))
         read_some(c);
     relay_flush_dirty(r);
     conn_unref(c);

@@ -333,6 +333,24 @@ void derp_admit(struct conn *c)
     conn_resume_after_verify(c);
 }
 
+void derp_gone_from_region(struct relay *r, const uint8_t key[32])
+{
+    char hex[65];
+    key_to_hex(key, hex);
+    if (hw_strmap_get(&r->clients, hex) || hw_strmap_get(&r->forwarders, hex))
+        return;
+    struct client_set *s = hw_strmap_del(&r->gone_watchers, hex);
+    if (!s)
+        return;
+    struct gone_note n = {.reason = HW_DERP_GONE_DISCONNECTED};
+    memcpy(n.key, key, 32);
+    for (size_t i = 0; i < s->n; i++) {
+        forget_sender(s->v[i], key, hex);
+        derp_note(s->v[i], &n);
+    }
+    set_free(s);
+}
+
 static void notify_gone_from_region(struct relay *r, const uint8_t key[32], const char *hex)
 {
     struct client_set *s = hw_strmap_del(&r->gone_watchers, hex);

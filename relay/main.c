@@ -448,6 +448,7 @@ int main(int argc, char **argv)
              (unsigned long long)r.packets_relayed, (unsigned long long)r.packets_dropped);
     rc = 0;
 out:
+    r.stopping = true;
     mesh_free(&r);
     while (r.all)
         conn_close(r.all, NULL);

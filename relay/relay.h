@@ -53,6 +53,10 @@ enum conn_state {
     CONN_WAIT_INFO,      /* ServerKey sent, waiting for ClientInfo */
     CONN_VERIFYING,      /* admission controller asked */
     CONN_ACTIVE,         /* registered DERP client */
+    CONN_MESH_CONNECTING, /* outgoing mesh connection: TCP connect in progress */
+    CONN_MESH_TLS,       /* ... TLS client handshake */
+    CONN_MESH_HEAD,      /* ... upgrade request sent, reading the 101 */
+    CONN_MESH_RUN,       /* ... DERP frames from the peer relay */
     CONN_CLOSED,
 };
 
@@ -79,6 +83,7 @@ struct gone_note {
 };
 
 struct relay;
+struct mesh_peer;
 
 struct conn {
     struct relay *relay;
@@ -87,6 +92,7 @@ struct conn {
     int refs;                         /* the loop's, plus one per pending admission check */
     enum conn_state state;
     bool via_tls, is_http_port;
+    struct mesh_peer *mesh_peer;      /* set on our outgoing connection to a mesh peer */
     SSL *ssl;
     bool want_write;                  /* epoll interest currently includes WRITE */
     struct hw_stun_addr remote;
@@ -167,9 +173,10 @@ struct relay {
     struct conn *all;                 /* every open connection */
     struct conn *dirty;               /* connections with output to build */
     size_t n_conns;
+    bool stopping;
     struct hw_strmap clients;         /* keyhex -> struct client_set */
     struct hw_strmap gone_watchers;   /* src keyhex -> struct client_set of receivers */
-    struct hw_strmap forwarders;      /* keyhex -> struct mesh_peer (mesh) */
+    struct hw_strmap forwarders;      /* keyhex -> struct fwd_list: mesh peers that have it */
     struct conn **watchers;           /* mesh peers that sent WatchConns */
     size_t n_watchers, cap_watchers;
     uint8_t *rbuf;                    /* shared read buffer */
@@ -224,8 +231,18 @@ void verify_free(struct relay *r);
 /* Starts the admission check; calls derp_admit() or closes the connection later. */
 void verify_start(struct conn *c);
 
+/* An outgoing connection (mesh): fd is connecting; ssl (client mode) may be NULL. */
+struct conn *conn_new_outgoing(struct relay *r, int fd, SSL *ssl, struct mesh_peer *peer);
+/* derp_server.c: key left the region (no local connection, no mesh route). */
+void derp_gone_from_region(struct relay *r, const uint8_t key[32]);
+
 /* mesh.c */
 int mesh_init(struct relay *r);
+/* Our outgoing mesh connection: the 101 head arrived, a frame arrived, it closed. */
+void mesh_on_frame(struct conn *c, const struct hw_derp_frame *f);
+void mesh_on_close(struct conn *c);
+/* The upgrade request to send once connected (and TLS is up). malloc'd. */
+char *mesh_upgrade_request(struct conn *c);
 void mesh_free(struct relay *r);
 /* Forwards to the mesh peer that has dst, if any. Returns true when sent. */
 bool mesh_forward(struct relay *r, const uint8_t src[32], const uint8_t dst[32],

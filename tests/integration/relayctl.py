@@ -34,9 +34,9 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 class Relay:
-    def __init__(self, *extra, certmode="http", key_json=None, workdir=None, stun=True, env=None):
+    def __init__(self, *extra, certmode="http", key_json=None, workdir=None, stun=True, env=None, port=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="hwrelay-test-")
-        self.port = free_port()
+        self.port = port or free_port()
         self.stun_port = free_port()
         self.addr = "127.0.0.1:%d" % self.port
         self.key_path = os.path.join(self.dir, "hwrelay.key")
@@ -81,6 +81,14 @@ class Relay:
             self.out.flush()
         with open(self.out_path, "rb") as f:
             return f.read().decode(errors="replace")
+
+    def wait_log(self, text, timeout=10.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if text in self.log_text():
+                return True
+            time.sleep(0.1)
+        return False
 
     def rss_kib(self):
         with open("/proc/%d/status" % self.proc.pid) as f:
