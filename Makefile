@@ -8,12 +8,13 @@ DESTDIR ?=
 # Debian packages `make deps` installs when a pkg-config module (or tool) is missing.
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libnghttp2-dev libsodium-dev \
             libssl-dev libjansson-dev libyaml-dev libsqlite3-dev libzstd-dev sqlite3 \
-            libcurl4-openssl-dev python3 iproute2
+            libcurl4-openssl-dev libhttp-parser-dev python3 iproute2
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wformat=2 -Wvla
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -I. -MMD -MP
-LDLIBS  += -lpthread
+# http_parser (HTTP/1.1 for hwrelay) ships no .pc file.
+LDLIBS  += -lpthread -lhttp_parser
 
 ifeq ($(SAN),1)
 BUILD   := build-asan
@@ -150,6 +151,8 @@ install: all
 	done
 	install -m 0644 packaging/headwater.sysusers $(DESTDIR)/usr/lib/sysusers.d/headwater.conf
 	install -m 0644 packaging/headwater.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/headwater.conf
+	install -m 0644 packaging/hwrelay.sysusers $(DESTDIR)/usr/lib/sysusers.d/hwrelay.conf
+	install -m 0644 packaging/hwrelay.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/hwrelay.conf
 	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/headwater/
 
 clean:
