@@ -556,6 +556,35 @@ void hw_control_notify(struct hw_control *c, enum hw_change_kind kind, int64_t i
     hw_loop_post(c->loop, apply_change, ch);
 }
 
+/* Makes the stored advertised routes match Hostinfo.RoutableIPs, writing only when they
+ * differ (map requests are frequent; the routes rarely change). Call in a transaction. */
+static int sync_advertised_routes(struct hw_db *db, int64_t node_id, const struct tc_hostinfo *hi)
+{
+    struct hw_route *routes = NULL;
+    size_t n = 0;
+    int rc = hw_db_route_list(db, node_id, &routes, &n);
+    if (rc != HW_DB_OK)
+        return rc;
+    size_t advertised = 0;
+    bool same = true;
+    for (size_t i = 0; i < n && same; i++) {
+        if (!routes[i].advertised)
+            continue;
+        advertised++;
+        bool found = false;
+        for (size_t j = 0; j < hi->n_routable_ips && !found; j++) {
+            char canon[HW_PREFIX_TEXT_MAX], why[120];
+            found = hw_prefix_canonical(hi->routable_ips[j], canon, why, sizeof why) == 0 &&
+                    strcmp(canon, routes[i].prefix) == 0;
+        }
+        same = found;
+    }
+    free(routes);
+    if (same && advertised == hi->n_routable_ips)
+        return HW_DB_OK;
+    return hw_db_route_set_advertised(db, node_id, hi->routable_ips, hi->n_routable_ips);
+}
+
 /* ---- /machine/register ---- */
 
 static void random_id(char *out, size_t len)
@@ -686,6 +715,8 @@ static struct tn_node *register_with_key(struct hw_control *c, const char *mkey,
         }
         rc = hw_db_node_insert(db, &row);
     }
+    if (rc == HW_DB_OK && r->hostinfo.raw)
+        rc = sync_advertised_routes(db, row.id, &r->hostinfo);
     if (rc == HW_DB_OK && !key->reusable)
         rc = hw_db_preauth_mark_used(db, key->id);
     if (rc != HW_DB_OK || hw_db_commit(db) != HW_DB_OK) {
@@ -921,15 +952,17 @@ static bool update_from_map_request(struct hw_control *c, struct tn_node *n, con
         }
         free(ep);
     }
-    if (changed) {
-        row.last_seen = hw_now();
+    /* Routes are checked on every new stream too: a node registered through an
+     * interactive login has its Hostinfo stored already, so "changed" says nothing. */
+    bool check_routes = r->hostinfo.raw && (hostinfo_changed || r->stream);
+    if (changed || check_routes) {
+        if (changed)
+            row.last_seen = hw_now();
         int rc = hw_db_begin(c->srv->db);
-        if (rc == HW_DB_OK)
+        if (rc == HW_DB_OK && changed)
             rc = hw_db_node_update(c->srv->db, &row);
-        /* Advertised routes live in Hostinfo.RoutableIPs. */
-        if (rc == HW_DB_OK && hostinfo_changed)
-            rc = hw_db_route_set_advertised(c->srv->db, n->row.id, r->hostinfo.routable_ips,
-                                            r->hostinfo.n_routable_ips);
+        if (rc == HW_DB_OK && check_routes)
+            rc = sync_advertised_routes(c->srv->db, n->row.id, &r->hostinfo);
         if (rc == HW_DB_OK)
             rc = hw_db_commit(c->srv->db);
         if (rc != HW_DB_OK) {
@@ -1048,6 +1081,12 @@ static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_
 done:
     pthread_mutex_unlock(&c->srv->lock);
     tc_map_request_free(&r);
+}
+
+bool hw_control_node_online(struct hw_control *c, int64_t node_id)
+{
+    struct tn_node *n = hw_tailnet_node(&c->tn, node_id);
+    return n && n->online;
 }
 
 /* ---- dispatch ---- */
