@@ -10,6 +10,7 @@ import datetime
 import ipaddress
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -470,12 +471,32 @@ def server_restart_sigkill_clients_reconnect():
 
 
 @case
+def silent_server_trips_the_map_watchdog():
+    with Net() as net:
+        key = net.authkey("a")
+        c = net.client("watched", key=key, env={"HWCLIENT_MAP_WATCHDOG_MS": "1500"})
+        c.wait_running()
+        before = connects(c)
+        pid = net.server.proc.pid
+        os.kill(pid, signal.SIGSTOP)  # sockets stay open, nothing comes: only the watchdog sees it
+        try:
+            wait_until(lambda: "map stream: no message for 1.5 s" in c.log_text(), 5,
+                       "the watchdog firing")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        c.wait_for(lambda st: st["ControlConnected"] and connects(c) > before, 20,
+                   "reconnecting after the watchdog")
+        eq(c.status()["BackendState"], "Running", "state after the reconnect")
+
+
+@case
 def client_restart_keeps_its_node():
     with Net() as net:
         key = net.authkey("a")
         a = start_tailnet(net, "a", ["box1", "box2"], key=key)
         nid, ips = a[0].node_id(), sorted(a[0].ips())
-        a[0].down()
+        eq(a[0].terminate(), 0, "exit status after SIGTERM")
+        contains(a[0].log_text(), "stopping: Terminated")
         a[0].key = None  # the stored node key is enough: no auth key, no AuthURL
         a[0].start()
         a[0].wait_running()
@@ -508,6 +529,21 @@ def logout_expires_the_node():
         _, out, _ = a[0].cli("logout")
         contains(out, "already logged out")
         a[0].cli("netmap", ok=False)
+
+
+@case
+def ephemeral_node_is_removed_at_logout():
+    with Net() as net:
+        key = net.authkey("a", extra=["--ephemeral"])
+        c = net.client("temp", key=key, extra=["--ephemeral"])
+        c.wait_running()
+        other = net.client("stays", key=net.authkey("a"))
+        wait_peers(other, ["temp"])
+        check(net.nodes()["temp"]["ephemeral"], "hwctl shows the node ephemeral")
+        c.cli("logout")
+        wait_until(lambda: "temp" not in net.nodes(), 2, "the ephemeral node removed")
+        wait_peers(other, [], timeout=2)
+        eq(c.status()["BackendState"], "NeedsLogin", "state after logout")
 
 
 @case
