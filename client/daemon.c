@@ -371,7 +371,6 @@ static void handle_register(struct daemon *d, const struct tc_register_response 
     d->need_register = false;
     d->authkey_spent = true;
     d->auth_url[0] = '\0';
-    d->backoff = 0;
     log_info("login: logged in as %s (user %lld)%s",
              resp->login_name && *resp->login_name ? resp->login_name : "?", (long long)resp->user_id,
              resp->machine_authorized ? "" : "; the machine awaits the admin's approval");
@@ -790,6 +789,11 @@ static void reconcile(struct daemon *d)
     }
     if (d->logged_out && !d->want_logout)
         return;
+    if (d->want_logout && !d->have_node) {
+        /* Never registered (or waiting for an AuthURL): nothing to tell the server. */
+        finish_logout(d, true, "");
+        return;
+    }
     if (d->retry && !d->want_logout)
         return;
     cancel_timer(d, &d->retry);
@@ -810,11 +814,6 @@ static void reconcile(struct daemon *d)
             hwc_req_cancel(d->map);
             d->map = NULL;
             d->map_live = false;
-        }
-        if (!d->have_node) {
-            /* Never registered: there is nothing to tell the server. */
-            finish_logout(d, true, "");
-            return;
         }
         d->have_pending = false;
         d->mode = LOGIN_LOGOUT;

@@ -580,6 +580,30 @@ def expired_key_is_refused():
 
 
 @case
+def login_server_by_host_name():
+    with Net() as net:
+        # "localhost" goes through the resolver thread, and may give ::1 first, where
+        # nothing listens: the next address must be tried.
+        c = net.client("named", key=net.authkey("a"),
+                       login_server="http://localhost:%d" % net.server.port)
+        c.wait_running()
+        eq(c.status()["ControlURL"], "http://localhost:%d" % net.server.port, "ControlURL")
+
+
+@case
+def logout_while_waiting_for_the_admin():
+    with Net() as net:
+        net.namespace("a")
+        c = net.client("undecided")
+        c.wait_auth_url()
+        _, out, _ = c.cli("logout")
+        eq(out, "Logged out.\n", "logout output")
+        st = c.status()
+        eq((st["BackendState"], st["AuthURL"]), ("NeedsLogin", ""), "state after logout")
+        eq(net.nodes(), {}, "no node")
+
+
+@case
 def unreachable_server_is_retried_then_joined():
     with Net() as net:
         key = net.authkey("a")
