@@ -296,6 +296,42 @@ static struct hw_sbuf *zframe(struct hw_control *c, const void *data, size_t len
     return f;
 }
 
+/* Everything of a first map but the peers. The caller drops m->node and
+ * m->user_profiles (owned references). */
+static struct tc_map_response map_head(struct hw_control *c, struct tn_node *self)
+{
+    return (struct tc_map_response){
+        .node = node_json(c, self),
+        .derp_map = c->derp_map,
+        .dns_config = c->dns_config,
+        .domain = c->domain,
+        .packet_filters = c->packet_filters,
+        .user_profiles = user_profiles_for(self),
+        .control_time = tc_time_now(),
+    };
+}
+
+static void map_head_release(struct tc_map_response *m)
+{
+    json_decref(m->node);
+    json_decref(m->user_profiles);
+}
+
+/* The node's whole map as one message (one zstd frame, or plain JSON). */
+static struct hw_sbuf *whole_map(struct hw_control *c, struct tn_node *self, bool compress)
+{
+    struct tn_namespace *ns = self->ns;
+    struct tn_node **peers = hw_calloc(ns ? ns->count + 1 : 1, sizeof *peers);
+    size_t k = 0;
+    for (struct tn_node *p = ns ? ns->head : NULL; p; p = p->ns_next)
+        peers[k++] = p;
+    struct tc_map_response m = map_head(c, self);
+    struct hw_sbuf *frame = encode(c, &m, "Peers", peers, k, self, compress);
+    map_head_release(&m);
+    free(peers);
+    return frame;
+}
+
 /* Sends the first map of a stream. With zstd (every current client) the message is
  * one frame for the small members, then one frame per block of peers -- reused from the
  * namespace's cache for every block that does not hold the recipient -- and a closing
@@ -305,39 +341,19 @@ static void push_full_map(struct hw_control *c, struct tn_stream *ms)
 {
     struct tn_node *self = ms->node;
     struct tn_namespace *ns = self->ns;
-    json_t *node = node_json(c, self);
-    json_t *profiles = user_profiles_for(self);
-    struct tc_map_response m = {
-        .node = node,
-        .derp_map = c->derp_map,
-        .dns_config = c->dns_config,
-        .domain = c->domain,
-        .packet_filters = c->packet_filters,
-        .user_profiles = profiles,
-        .control_time = tc_time_now(),
-    };
-    bool has_peers = ns && ns->count > 1;
-    if (!ms->compress || !has_peers) {
-        size_t n_peers = ns ? ns->count : 0;
-        struct tn_node **peers = hw_calloc(n_peers + 1, sizeof *peers);
-        size_t k = 0;
-        for (struct tn_node *p = ns ? ns->head : NULL; p; p = p->ns_next)
-            peers[k++] = p;
-        struct hw_sbuf *frame = encode(c, &m, "Peers", peers, k, self, ms->compress);
-        free(peers);
+    if (!ms->compress || !ns || ns->count <= 1) {
+        struct hw_sbuf *frame = whole_map(c, self, ms->compress);
         push_to_stream(ms, frame);
         hw_sbuf_unref(frame);
-        json_decref(node);
-        json_decref(profiles);
         return;
     }
 
+    struct tc_map_response m = map_head(c, self);
     size_t head_len = 0;
     json_t *head_json = tc_map_response_to_json(&m);
     char *head = tc_json_dump(head_json, &head_len);
     json_decref(head_json);
-    json_decref(node);
-    json_decref(profiles);
+    map_head_release(&m);
     /* "{...}" becomes "{...,"Peers":[" */
     static const char peers_key[] = "\"Peers\":[";
     char *open_text = hw_malloc(head_len + sizeof peers_key + 1);
@@ -1183,8 +1199,19 @@ static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_
         respond_text(st, 404, "node not found: log in again");
         goto done;
     }
-    if (!r.stream) {
+    if (!r.stream && r.omit_peers) {
+        /* A lite update: stored above; the client ignores the body. */
         hw_h2_respond(st, 200, NULL, NULL, 0);
+        goto done;
+    }
+    if (!r.stream) {
+        /* One map, then the end of the response (`tailscale debug`-style polls). */
+        struct hw_sbuf *frame = whole_map(c, n, r.compress && strcmp(r.compress, "zstd") == 0);
+        if (frame)
+            hw_h2_respond(st, 200, "application/octet-stream", frame->data, frame->len);
+        else
+            respond_text(st, 500, "the map is too large to send");
+        hw_sbuf_unref(frame);
         goto done;
     }
     struct tn_stream *ms = hw_calloc(1, sizeof *ms);
