@@ -178,6 +178,10 @@ def state_dir_files_and_second_daemon_refused():
 def authkey_registration_three_clients():
     with Net() as net:
         a = start_tailnet(net, "a", ["box1", "box2", "box3"])
+        # a peer is announced when it registers and goes online when its map stream opens
+        for c in a:
+            c.wait_for(lambda st: all(p["Online"] for p in st["Peer"].values()), 2,
+                       "every peer online")
         own = {}
         for c in a:
             st = c.cli_status_json()
