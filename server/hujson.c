@@ -9,9 +9,13 @@
 #include "common/strmap.h"
 #include "common/util.h"
 
-/* Paths longer than this are not indexed; errors under them report the line of the
- * nearest indexed ancestor, which is still the right neighbourhood. */
+/* Paths longer than this, values nested deeper than INDEX_DEPTH and values past the
+ * first INDEX_MAX are not indexed: errors there report the line of the nearest indexed
+ * ancestor, still the right neighbourhood, and a 1 MiB file of tiny values cannot make
+ * the index cost tens of megabytes. Policy errors are at most 5 levels deep. */
 #define PATH_INDEX_MAX 1024
+#define INDEX_DEPTH 8
+#define INDEX_MAX 65536
 
 struct hw_hujson_pos {
     struct hw_strmap lines;   /* path -> (void *)(intptr_t)line */
@@ -271,7 +275,8 @@ static int index_values(const char *t, size_t len, int max_depth, struct hw_hujs
         } else {
             hw_hujson_path_index(comp, sizeof comp, parent, f->index);
         }
-        if (strlen(comp) <= PATH_INDEX_MAX && !hw_strmap_get(&pos->lines, comp))
+        if (depth <= INDEX_DEPTH && hw_strmap_len(&pos->lines) < INDEX_MAX && strlen(comp) <= PATH_INDEX_MAX &&
+            !hw_strmap_get(&pos->lines, comp))
             hw_strmap_put(&pos->lines, comp, (void *)(intptr_t)line);
         if (c == '{' || c == '[') {
             if (depth >= max_depth) {

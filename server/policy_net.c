@@ -617,9 +617,9 @@ static bool same_addrs(const struct nstate *a, const struct nstate *b)
     return true;
 }
 
-static bool same_routes(const struct nstate *a, const struct nstate *b)
+static bool same_subnets(const struct nstate *a, const struct nstate *b)
 {
-    if (a->n_routes != b->n_routes || a->exit != b->exit)
+    if (a->n_routes != b->n_routes)
         return false;
     for (size_t i = 0; i < a->n_routes; i++)
         if (!hw_ipprefix_equal(&a->routes[i], &b->routes[i]))
@@ -627,24 +627,31 @@ static bool same_routes(const struct nstate *a, const struct nstate *b)
     return true;
 }
 
+static bool same_routes(const struct nstate *a, const struct nstate *b)
+{
+    return a->exit == b->exit && same_subnets(a, b);
+}
+
 /* What a node adds to "*" as a source beyond the Tailscale ranges: addresses outside
- * them and its subnet routes. */
+ * them and its subnet routes. Absent nodes add nothing. */
 static bool same_star_part(const struct hw_policy_net *net, const struct nstate *a, const struct nstate *b)
 {
-    if (!same_routes(a, b) && (a->n_routes || b->n_routes))
+    static const struct nstate none = {0};
+    const struct nstate *x = a->present ? a : &none, *y = b->present ? b : &none;
+    if (!same_subnets(x, y))
         return false;
-    struct hw_ip oa[2], ob[2];
-    size_t na = 0, nb = 0;
-    for (uint8_t i = 0; i < a->n_addr; i++)
-        if (!hw_ipset_contains(&net->tailnet, &a->addr[i]))
-            oa[na++] = a->addr[i];
-    for (uint8_t i = 0; i < b->n_addr; i++)
-        if (!hw_ipset_contains(&net->tailnet, &b->addr[i]))
-            ob[nb++] = b->addr[i];
-    if (na != nb)
+    struct hw_ip ox[2], oy[2];
+    size_t nx = 0, ny = 0;
+    for (uint8_t i = 0; i < x->n_addr; i++)
+        if (!hw_ipset_contains(&net->tailnet, &x->addr[i]))
+            ox[nx++] = x->addr[i];
+    for (uint8_t i = 0; i < y->n_addr; i++)
+        if (!hw_ipset_contains(&net->tailnet, &y->addr[i]))
+            oy[ny++] = y->addr[i];
+    if (nx != ny)
         return false;
-    for (size_t i = 0; i < na; i++)
-        if (hw_ip_cmp(&oa[i], &ob[i]) != 0)
+    for (size_t i = 0; i < nx; i++)
+        if (hw_ip_cmp(&ox[i], &oy[i]) != 0)
             return false;
     return true;
 }
@@ -670,13 +677,7 @@ static void invalidate(struct hw_policy_net *net, uint32_t slot, const struct ns
                        const struct nstate *n, const uint64_t *nrow, uint64_t *filters)
 {
     bool addrs = !(o->present && n->present && same_addrs(o, n));
-    bool star = !(o->present && n->present) ? true : !same_star_part(net, o, n);
-    if (!o->present || !n->present) {
-        /* Arrival or departure: only what it brought counts for "*". */
-        const struct nstate *x = o->present ? o : n;
-        struct nstate empty = {.present = true};
-        star = x->present && !same_star_part(net, x, &empty);
-    }
+    bool star = !same_star_part(net, o, n);
     uint32_t nss[2];
     size_t n_nss = 0;
     if (o->present)
@@ -826,8 +827,8 @@ static int parse_node(const struct hw_policy_net *net, const struct hw_policy_no
     struct hw_ipprefix *routes = node->n_routes ? hw_calloc(node->n_routes, sizeof *routes) : NULL;
     for (size_t i = 0; i < node->n_routes; i++) {
         struct hw_ipprefix r;
-        if (!node->routes[i] || hw_ipprefix_parse(node->routes[i], &r) < 0) {
-            snprintf(err, err_len, "node %lld: route \"%s\" is not a CIDR prefix", (long long)node->id,
+        if (!node->routes[i] || hw_ipprefix_parse(node->routes[i], &r) != 0) {
+            snprintf(err, err_len, "node %lld: route \"%s\" is not a canonical CIDR prefix", (long long)node->id,
                      node->routes[i] ? node->routes[i] : "(null)");
             free(routes);
             return -1;

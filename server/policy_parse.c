@@ -197,8 +197,10 @@ struct keyspec {
     char path[PATH_LEN];
 };
 
+/* Keys past the first n_listed are recognised only to be refused with a better message,
+ * so the "known" list leaves them out. */
 static int take_keys(struct pctx *c, const char *path, const json_t *obj, struct keyspec *keys, size_t n_keys,
-                     const char *what, bool skip_hash)
+                     size_t n_listed, const char *what, bool skip_hash)
 {
     const char *k;
     json_t *v;
@@ -212,7 +214,7 @@ static int take_keys(struct pctx *c, const char *path, const json_t *obj, struct
             if (skip_hash && k[0] == '#')
                 continue;   /* headscale-admin keeps notes in "#..." keys */
             char list[256] = "";
-            for (size_t m = 0; m < n_keys; m++)
+            for (size_t m = 0; m < n_listed; m++)
                 snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", m ? ", " : "", keys[m].name);
             return fail(c, kp, "unknown key \"%s\" in %s (known: %s)", k, what, list);
         }
@@ -648,7 +650,7 @@ static int parse_acl(struct pctx *c, const char *path, const json_t *obj, struct
         return -1;
     struct keyspec k[] = {{"action", NULL, ""}, {"src", NULL, ""}, {"dst", NULL, ""}, {"proto", NULL, ""},
                           {"users", NULL, ""}, {"ports", NULL, ""}};
-    if (take_keys(c, path, obj, k, HW_ARRAY_LEN(k), "an ACL", true) < 0)
+    if (take_keys(c, path, obj, k, HW_ARRAY_LEN(k), 4, "an ACL", true) < 0)
         return -1;
     acl->line = hw_hujson_line(c->pos, path);
     if (k[4].value || k[5].value)
@@ -749,7 +751,7 @@ static int parse_ssh_rule(struct pctx *c, const char *path, const json_t *obj, s
         return -1;
     struct keyspec k[] = {{"action", NULL, ""}, {"src", NULL, ""},         {"dst", NULL, ""},
                           {"users", NULL, ""},  {"checkPeriod", NULL, ""}, {"acceptEnv", NULL, ""}};
-    if (take_keys(c, path, obj, k, HW_ARRAY_LEN(k), "an ssh rule", false) < 0)
+    if (take_keys(c, path, obj, k, HW_ARRAY_LEN(k), HW_ARRAY_LEN(k), "an ssh rule", false) < 0)
         return -1;
     r->line = hw_hujson_line(c->pos, path);
     if (!k[0].value)
@@ -826,7 +828,7 @@ static int parse_auto_approvers(struct pctx *c, const char *path, const json_t *
     if (want(c, path, obj, JSON_OBJECT, "an object with \"routes\" and \"exitNode\"") < 0)
         return -1;
     struct keyspec k[] = {{"routes", NULL, ""}, {"exitNode", NULL, ""}};
-    if (take_keys(c, path, obj, k, HW_ARRAY_LEN(k), "autoApprovers", false) < 0)
+    if (take_keys(c, path, obj, k, HW_ARRAY_LEN(k), HW_ARRAY_LEN(k), "autoApprovers", false) < 0)
         return -1;
     if (k[0].value) {
         if (want(c, k[0].path, k[0].value, JSON_OBJECT, "an object of \"prefix\": [approvers]") < 0)
@@ -982,7 +984,7 @@ static int parse_test(struct pctx *c, const char *path, const json_t *obj)
     if (want(c, path, obj, JSON_OBJECT, "an object with src and accept/deny") < 0)
         return -1;
     struct keyspec k[] = {{"src", NULL, ""}, {"proto", NULL, ""}, {"accept", NULL, ""}, {"deny", NULL, ""}};
-    if (take_keys(c, path, obj, k, HW_ARRAY_LEN(k), "a test", false) < 0)
+    if (take_keys(c, path, obj, k, HW_ARRAY_LEN(k), HW_ARRAY_LEN(k), "a test", false) < 0)
         return -1;
     if (!k[0].value)
         return fail(c, path, "\"src\" is missing");
@@ -1058,7 +1060,7 @@ static int parse_document(struct pctx *c, const json_t *root)
             if (strcasecmp(key, unsupported_keys[i]) == 0)
                 return fail(c, kp, "\"%s\" is not supported by Headwater yet (see docs/policy.md)", key);
     }
-    if (take_keys(c, "", root, k, K_COUNT, "the policy", false) < 0)
+    if (take_keys(c, "", root, k, K_COUNT, K_COUNT, "the policy", false) < 0)
         return -1;
     /* Definitions before their users. */
     if (k[K_GROUPS].value && parse_groups(c, k[K_GROUPS].path, k[K_GROUPS].value) < 0)
