@@ -363,6 +363,38 @@ static void acme_auto_approvers(void)
     hw_policy_free(p);
 }
 
+/* The example in docs/policy.md parses, passes its own tests, and means what the
+ * guide says (tests run from the repository root). */
+static void guide_example_parses(void)
+{
+    size_t len;
+    char *doc = NULL;
+    FILE *f = fopen("docs/policy.md", "rb");
+    if (!f)
+        SKIP("docs/policy.md not found from %s", ".");
+    fseek(f, 0, SEEK_END);
+    len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    doc = malloc(len + 1);
+    CHECK(doc && fread(doc, 1, len, f) == len, "read");
+    fclose(f);
+    doc[len] = '\0';
+    char *start = strstr(doc, "```jsonc\n");
+    char *end = start ? strstr(start + 9, "\n```") : NULL;
+    if (!start || !end)
+        free(doc);
+    CHECK(start && end, "no jsonc block in docs/policy.md");
+    start += 9;
+    struct hw_policy *p = hw_policy_parse(start, (size_t)(end - start), "docs/policy.md", err, sizeof err);
+    free(doc);
+    CHECK(p, "%s", err);
+    const char *ns[] = {"alice", "bob", "carol", "dave"};
+    CHECK(hw_policy_check_names(p, ns, 4, err, sizeof err) == 0, "%s", err);
+    const char *web[] = {"tag:web"};
+    CHECK(hw_policy_tag_owned_by_tags(p, "tag:db", web, 1), "as the comment says");
+    hw_policy_free(p);
+}
+
 /* ---- the default: namespaces are the boundary ---- */
 
 static void no_policy_namespace_boundary(void)
@@ -1106,6 +1138,7 @@ int main(void)
     RUN(acme_ssh_policy);
     RUN(acme_tag_owners);
     RUN(acme_auto_approvers);
+    RUN(guide_example_parses);
     RUN(no_policy_namespace_boundary);
     RUN(ports_protocols_and_ipv6_destinations);
     RUN(users_with_and_without_at_and_groups);
