@@ -79,6 +79,13 @@ struct hw_policy_node {
     size_t n_routes;
 };
 
+/* The descriptor of one of the control layer's nodes (server/tailnet.h): tags from
+ * row.tags_json, namespace, addresses, enabled routes. Strings are borrowed from n
+ * except the tag list, which hw_policy_node_release frees. */
+struct tn_node;
+void hw_policy_node_from_tn(const struct tn_node *n, struct hw_policy_node *out);
+void hw_policy_node_release(struct hw_policy_node *out);
+
 /* autoApprovers: is `prefix` (a route the node advertises) approved without the admin?
  * Subnet routes: some autoApprovers.routes entry contains prefix (equal or wider) and
  * names the node (its namespace as a user or group member, or one of its tags). Exit
@@ -115,6 +122,18 @@ int hw_policy_net_set_node(struct hw_policy_net *net, const struct hw_policy_nod
                            struct hw_policy_change *chg, char *err, size_t err_len);
 /* Removes the node (no-op when unknown). chg->lost lists the nodes that saw it. */
 void hw_policy_net_remove_node(struct hw_policy_net *net, int64_t id, struct hw_policy_change *chg);
+
+/* Compile everything at once: a new net holding nodes[0..n). NULL with err set when a
+ * node is malformed. */
+struct hw_policy_net *hw_policy_net_build(const struct hw_policy *p, const struct hw_policy_node *nodes,
+                                          size_t n, char *err, size_t err_len);
+
+/* After a policy reload: what node `id` must hear when moving from `old` (the net
+ * under the previous policy) to `cur` (the same nodes under the new one). gained /
+ * lost: its own peer list's difference; filters: {id} when its packet filter or SSH
+ * policy differs. check_url as for hw_policy_ssh. */
+void hw_policy_net_compare(struct hw_policy_net *old, struct hw_policy_net *cur, int64_t id,
+                           const char *check_url, struct hw_policy_change *out);
 
 /* Does a see b? Symmetric: a node sees every node it may reach and every node that
  * may reach it (the WireGuard peer must exist in both directions). False for unknown

@@ -973,6 +973,54 @@ void hw_policy_net_remove_node(struct hw_policy_net *net, int64_t id, struct hw_
     free(zero);
 }
 
+struct hw_policy_net *hw_policy_net_build(const struct hw_policy *p, const struct hw_policy_node *nodes,
+                                          size_t n, char *err, size_t err_len)
+{
+    struct hw_policy_net *net = hw_policy_net_new(p);
+    for (size_t i = 0; i < n; i++)
+        if (hw_policy_net_set_node(net, &nodes[i], NULL, err, err_len) < 0) {
+            hw_policy_net_free(net);
+            return NULL;
+        }
+    return net;
+}
+
+static bool same_json(json_t *a, json_t *b)
+{
+    bool same = (!a && !b) || (a && b && json_equal(a, b));
+    json_decref(a);
+    json_decref(b);
+    return same;
+}
+
+void hw_policy_net_compare(struct hw_policy_net *old, struct hw_policy_net *cur, int64_t id, const char *check_url,
+                           struct hw_policy_change *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t no, nn;
+    int64_t *po = hw_policy_peers(old, id, &no), *pn = hw_policy_peers(cur, id, &nn);
+    /* Both lists ascend: one merge pass splits them. */
+    size_t i = 0, j = 0;
+    out->gained = hw_malloc((nn + 1) * sizeof *out->gained);
+    out->lost = hw_malloc((no + 1) * sizeof *out->lost);
+    while (i < no || j < nn) {
+        if (j == nn || (i < no && po[i] < pn[j]))
+            out->lost[out->n_lost++] = po[i++];
+        else if (i == no || pn[j] < po[i])
+            out->gained[out->n_gained++] = pn[j++];
+        else
+            i++, j++;
+    }
+    free(po);
+    free(pn);
+    if (!same_json(hw_policy_filter(old, id), hw_policy_filter(cur, id)) ||
+        !same_json(hw_policy_ssh(old, id, check_url), hw_policy_ssh(cur, id, check_url))) {
+        out->filters = hw_malloc(sizeof *out->filters);
+        out->filters[0] = id;
+        out->n_filters = 1;
+    }
+}
+
 /* ---- packet filters ---- */
 
 struct strv {

@@ -11,6 +11,7 @@
 #include "server/hujson.h"
 #include "server/ipset.h"
 #include "server/policy.h"
+#include "server/tailnet.h"
 #include "tests/unit/testlib.h"
 
 static char err[1024];
@@ -1087,6 +1088,70 @@ static void unchanged_node_reports_nothing(void)
     hw_policy_free(p);
 }
 
+static void policy_reload_compare(void)
+{
+    struct hw_policy *p1 = parse(acme_policy);
+    CHECK(p1, "parse");
+    /* The new policy drops the ops-to-everything rule and lets eng reach the db. */
+    struct hw_policy *p2 = parse("{\"groups\": {\"group:eng\": [\"alice@\", \"bob@\"]},"
+                                 "\"tagOwners\": {\"tag:web\": [], \"tag:db\": []},"
+                                 "\"acls\": [{\"action\": \"accept\", \"src\": [\"group:eng\"], "
+                                 "\"dst\": [\"tag:web:80,443\", \"tag:db:5432\"]}]}");
+    CHECK(p2, "parse");
+    struct hw_policy_node nodes[ACME_N];
+    for (size_t i = 0; i < ACME_N; i++)
+        nodes[i] = pnode(&acme_nodes[i]);
+    struct hw_policy_net *old = hw_policy_net_build(p1, nodes, ACME_N, err, sizeof err);
+    struct hw_policy_net *cur = hw_policy_net_build(p2, nodes, ACME_N, err, sizeof err);
+    CHECK(old && cur, "%s", err);
+    struct hw_policy_change chg;
+    hw_policy_net_compare(old, cur, 11, "u", &chg);   /* the database */
+    CHECK_STR(ids_text(chg.gained, chg.n_gained), "1,2,3");
+    CHECK_STR(ids_text(chg.lost, chg.n_lost), "4,5,10");
+    CHECK_STR(ids_text(chg.filters, chg.n_filters), "11");
+    hw_policy_change_clear(&chg);
+    hw_policy_net_compare(cur, cur, 11, "u", &chg);
+    CHECK(chg.n_gained + chg.n_lost + chg.n_filters == 0, "no change against itself");
+    hw_policy_change_clear(&chg);
+    hw_policy_net_free(old);
+    hw_policy_net_free(cur);
+    hw_policy_free(p1);
+    hw_policy_free(p2);
+}
+
+static void descriptor_from_tailnet_node(void)
+{
+    struct tn_namespace ns = {.id = 3, .name = "carol"};
+    struct tn_node n = {0};
+    n.row.id = 13;
+    snprintf(n.row.ipv4, sizeof n.row.ipv4, "100.64.0.13");
+    n.row.tags_json = strdup("[\"tag:router\", \"tag:exit\"]");
+    char *routes[] = {"192.168.10.0/24", "0.0.0.0/0"};
+    n.routes = routes;
+    n.n_routes = 2;
+    n.ns = &ns;
+    struct hw_policy_node pn;
+    hw_policy_node_from_tn(&n, &pn);
+    free(n.row.tags_json);
+    CHECK_INT(pn.id, 13);
+    CHECK_STR(pn.ns, "carol");
+    CHECK_STR(pn.ipv4, "100.64.0.13");
+    CHECK_STR(pn.ipv6, "");
+    CHECK_INT(pn.n_tags, 2);
+    CHECK_STR(pn.tags[1], "tag:exit");
+    CHECK_INT(pn.n_routes, 2);
+    struct hw_policy *p = parse(acme_policy);
+    CHECK(p, "parse");
+    CHECK(hw_policy_auto_approves(p, &pn, "192.168.10.0/24"), "tag:router approves the LAN");
+    CHECK(hw_policy_auto_approves(p, &pn, "0.0.0.0/0"), "tag:exit approves the exit route");
+    hw_policy_free(p);
+    hw_policy_node_release(&pn);
+    n.row.tags_json = NULL;
+    hw_policy_node_from_tn(&n, &pn);
+    CHECK_INT(pn.n_tags, 0);
+    hw_policy_node_release(&pn);
+}
+
 /* ---- scale ---- */
 
 static double now_ms(void)
@@ -1159,6 +1224,8 @@ int main(void)
     RUN(incremental_with_policy);
     RUN(incremental_without_policy);
     RUN(unchanged_node_reports_nothing);
+    RUN(policy_reload_compare);
+    RUN(descriptor_from_tailnet_node);
     RUN(ten_thousand_nodes_compile_quickly);
     return TEST_MAIN_END();
 }
