@@ -33,6 +33,9 @@
 #define HW_POLICY_MAX_BYTES (1u << 20)
 /* Real policies nest 4 deep (autoApprovers.routes.PREFIX[i]). */
 #define HW_POLICY_MAX_DEPTH 16
+/* Entries per "acls", "ssh" and "tests". Every node carries a few bits per rule, and
+ * each test is checked against every rule; real policies have tens to hundreds. */
+#define HW_POLICY_MAX_RULES 4096
 
 struct hw_policy;
 

@@ -1040,6 +1040,15 @@ static const char *const unsupported_keys[] = {
 
 enum { K_GROUPS, K_HOSTS, K_TAGOWNERS, K_ACLS, K_SSH, K_AUTOAPPROVERS, K_TESTS, K_COUNT };
 
+static int want_rules(struct pctx *c, const char *path, const json_t *v, const char *what)
+{
+    if (want(c, path, v, JSON_ARRAY, what) < 0)
+        return -1;
+    if (json_array_size(v) > HW_POLICY_MAX_RULES)
+        return fail(c, path, "%zu entries; at most %d are read", json_array_size(v), HW_POLICY_MAX_RULES);
+    return 0;
+}
+
 static int parse_document(struct pctx *c, const json_t *root)
 {
     struct hw_policy *p = c->p;
@@ -1073,7 +1082,7 @@ static int parse_document(struct pctx *c, const json_t *root)
     char ep[PATH_LEN];
     size_t i;
     if (k[K_ACLS].value) {
-        if (want(c, k[K_ACLS].path, k[K_ACLS].value, JSON_ARRAY, "an array of rules") < 0)
+        if (want_rules(c, k[K_ACLS].path, k[K_ACLS].value, "an array of rules") < 0)
             return -1;
         p->acls = hw_calloc(json_array_size(k[K_ACLS].value) + 1, sizeof *p->acls);
         json_array_foreach(k[K_ACLS].value, i, v) {
@@ -1084,7 +1093,7 @@ static int parse_document(struct pctx *c, const json_t *root)
         }
     }
     if (k[K_SSH].value) {
-        if (want(c, k[K_SSH].path, k[K_SSH].value, JSON_ARRAY, "an array of ssh rules") < 0)
+        if (want_rules(c, k[K_SSH].path, k[K_SSH].value, "an array of ssh rules") < 0)
             return -1;
         p->has_ssh = true;
         p->ssh = hw_calloc(json_array_size(k[K_SSH].value) + 1, sizeof *p->ssh);
@@ -1103,7 +1112,7 @@ static int parse_document(struct pctx *c, const json_t *root)
         for (size_t m = 0; m < p->groups[g].n_users; m++)
             bit_set(p->user_groups + (size_t)p->groups[g].users[m] * p->group_words, g);
     if (k[K_TESTS].value) {
-        if (want(c, k[K_TESTS].path, k[K_TESTS].value, JSON_ARRAY, "an array of tests") < 0)
+        if (want_rules(c, k[K_TESTS].path, k[K_TESTS].value, "an array of tests") < 0)
             return -1;
         json_array_foreach(k[K_TESTS].value, i, v) {
             hw_hujson_path_index(ep, sizeof ep, k[K_TESTS].path, i);

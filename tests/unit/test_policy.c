@@ -724,6 +724,17 @@ static void error_bounds(void)
     free(text);
     CHECK(!p, "over the size bound");
     CHECK_STR(err, "big.hujson:1: 1048577 bytes; the limit is 1048576");
+    size_t cap = 64 + (HW_POLICY_MAX_RULES + 1) * 4;
+    char *many = malloc(cap);
+    CHECK(many, "malloc");
+    char *w = many + sprintf(many, "{\"tests\": [");
+    for (int i = 0; i <= HW_POLICY_MAX_RULES; i++)
+        w += sprintf(w, "%s{}", i ? "," : "");
+    strcpy(w, "]}");
+    p = hw_policy_parse(many, strlen(many), "many.hujson", err, sizeof err);
+    free(many);
+    CHECK(!p, "too many entries");
+    CHECK_STR(err, "many.hujson:1: tests: 4097 entries; at most 4096 are read");
     char deep[200] = "{\"hosts\":";
     for (int i = 0; i < 20; i++)
         strcat(deep, "[");
