@@ -83,6 +83,39 @@ def node_key_rotation_keeps_the_node():
            (before[0]["id"], before[0]["ip_addresses"], k3, False), "same node, fresh key")
 
 
+def post(s, machine_file, path, body):
+    env = dict(os.environ, HWPROBE_MACHINE_KEY=machine_file)
+    out = subprocess.run([HWPROBE, "http://127.0.0.1:%d" % s.port, "post", path, json.dumps(body)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    check(out.returncode == 0, "hwprobe failed: %s" % out.stderr.decode())
+    status, _, rest = out.stdout.decode().partition("\n")
+    return status.strip(), rest
+
+
+@case
+def lite_map_update_is_stored_and_answered_empty():
+    """The non-streaming update tailscaled sends when its endpoints or NetInfo change
+    (OmitPeers true, no Stream): 200 with an empty body, and the server lives on."""
+    with Server() as s:
+        s.hwctl("namespaces", "create", "lab")
+        key = s.hwctl_json("preauthkeys", "create", "-n", "lab")["key"]
+        m = os.path.join(s.dir, "lite.key")
+        k = nodekey()
+        eq(register(s, m, req(k, authkey=key))["Error"], "", "login")
+        body = {"Version": 133, "Compress": "zstd", "KeepAlive": True, "NodeKey": k,
+                "DiscoKey": "discokey:" + os.urandom(32).hex(), "OmitPeers": True,
+                "Hostinfo": {"Hostname": "probe", "OS": "linux",
+                             "NetInfo": {"PreferredDERP": 901, "DERPLatency": {"901-v4": 0.001}}},
+                "Endpoints": ["127.0.0.1:41641"], "EndpointTypes": [2]}
+        for _ in range(3):
+            status, rest = post(s, m, "/machine/map", body)
+            eq((status, rest.strip()), ("HTTP 200", ""), "lite update answer")
+        eq(s.api("GET", "/api/v1/health")[0], 200, "server alive")
+        row = s.sqlite("SELECT endpoints, disco_key FROM nodes")[0]
+        contains(row[0], "127.0.0.1:41641", "endpoints stored")
+        eq(row[1], body["DiscoKey"], "disco key stored")
+
+
 @case
 def too_old_client_gets_a_message():
     with Server() as s:
