@@ -35,6 +35,8 @@
  * not announced as offline-then-online to every peer. */
 #define OFFLINE_GRACE_MS 10000
 #define TAGGED_USER_ID 2147455555   /* Headscale's synthetic owner of tagged nodes */
+/* Bytes a map stream may have queued and unsent: several full 10,000-peer maps. */
+#define STREAM_QUEUE_LIMIT (64u << 20)
 
 enum stream_kind { STREAM_MAP = 1, STREAM_FOLLOWUP };
 
@@ -47,6 +49,7 @@ struct tn_stream {
     struct ts_session *sess;
     bool compress;
     bool initial_sent;
+    bool abandoned;                     /* reset for not reading; waits for its close */
     int64_t keepalive_due;
     struct tn_stream *node_next;        /* in node->streams */
     struct tn_stream *all_prev, *all_next;
@@ -421,8 +424,19 @@ static void push_full_map(struct hw_control *c, struct tn_stream *ms)
 
 static void push_to_stream(struct tn_stream *ms, struct hw_sbuf *frame)
 {
-    if (!frame || !ms->st)
+    if (!frame || !ms->st || ms->abandoned)
         return;
+    /* A client that stops reading must not make the server hold every delta for it
+     * forever: past the limit its stream is reset, and its next poll starts over with
+     * a fresh full map. */
+    if (hw_h2_queued(ms->st) + frame->len > STREAM_QUEUE_LIMIT) {
+        log_warn("map stream of node %lld: %zu bytes not taken by the client: reset",
+                 ms->node ? (long long)ms->node->row.id : 0LL, hw_h2_queued(ms->st));
+        ms->abandoned = true;
+        hw_h2_reset(ms->st, 8 /* CANCEL */);
+        ts_session_kick(ms->sess);
+        return;
+    }
     hw_h2_push(ms->st, frame);
     ms->keepalive_due = hw_now_ms_mono() + KEEPALIVE_MS + (int64_t)randombytes_uniform(KEEPALIVE_JITTER_MS);
     ts_session_kick(ms->sess);
