@@ -219,6 +219,7 @@ struct yparse {
     struct hw_derpmap_source *out;
     struct hw_strmap names; /* node name -> struct name_use */
     struct name_use *uses;  /* every name_use, to free them */
+    int merges;             /* "<<" merges applied so far */
 };
 
 struct name_use {
@@ -379,17 +380,26 @@ struct yentry {
     const yaml_node_t *k, *v;
 };
 
+/* The keys of one mapping, indexed: a regions mapping can hold thousands of keys, and
+ * checking each against all the others would be quadratic. */
 struct yentries {
     struct yentry *v;
     size_t n;
+    struct hw_strmap index; /* key -> entry number + 1 */
 };
+
+static void yentries_free(struct yentries *e)
+{
+    free(e->v);
+    if (e->index.slots)
+        hw_strmap_free(&e->index);
+    memset(e, 0, sizeof *e);
+}
 
 static const struct yentry *yfind(const struct yentries *e, const char *key)
 {
-    for (size_t i = 0; i < e->n; i++)
-        if (!strcmp(e->v[i].key, key))
-            return &e->v[i];
-    return NULL;
+    size_t i = (size_t)(uintptr_t)(e->index.slots ? hw_strmap_get(&e->index, key) : NULL);
+    return i ? &e->v[i - 1] : NULL;
 }
 
 static void yentries_push(struct yentries *e, const char *key, const yaml_node_t *k, const yaml_node_t *v)
@@ -399,10 +409,15 @@ static void yentries_push(struct yentries *e, const char *key, const yaml_node_t
         abort();
     e->v = grown;
     e->v[e->n++] = (struct yentry){key, k, v};
+    if (!e->index.slots)
+        hw_strmap_init(&e->index);
+    hw_strmap_put(&e->index, key, (void *)(uintptr_t)e->n);
 }
 
-/* Merges nest no deeper than this; it also stops an alias that merges itself. */
+/* Merges nest no deeper than this, and a file gets at most MAX_MERGES of them: "<<"
+ * lists of aliases can otherwise multiply the work at every level. */
 #define MAX_MERGE_DEPTH 8
+#define MAX_MERGES 10000
 
 /* The keys of map, each a unique scalar, with "<<" merges (Go's YAML decoder honours
  * them, so node templates written for Headscale work here too): keys written out win
@@ -414,7 +429,7 @@ static void ycollect(struct yparse *P, const yaml_node_t *map, const char *path,
         yerr(P, yline(map), "%s: \"<<\" merges nest too deep", path);
         return;
     }
-    size_t first = out->n;
+    struct yentries own = {0};
     for (yaml_node_pair_t *pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top; pair++) {
         yaml_node_t *k = yaml_document_get_node(P->doc, pair->key);
         yaml_node_t *v = yaml_document_get_node(P->doc, pair->value);
@@ -426,17 +441,17 @@ static void ycollect(struct yparse *P, const yaml_node_t *map, const char *path,
         }
         if (!strcmp(ytext(k), "<<") && k->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)
             continue;
-        bool dup = false;
-        for (size_t i = first; i < out->n && !dup; i++) {
-            if (!strcmp(out->v[i].key, ytext(k))) {
-                yerr(P, yline(k), "%s%s%s: set twice (first at line %d)", path, *path ? "." : "",
-                     ytext(k), yline(out->v[i].k));
-                dup = true;
-            }
-        }
-        if (!dup)
-            yentries_push(out, ytext(k), k, v);
+        const struct yentry *first = yfind(&own, ytext(k));
+        if (first)
+            yerr(P, yline(k), "%s%s%s: set twice (first at line %d)", path, *path ? "." : "",
+                 ytext(k), yline(first->k));
+        else
+            yentries_push(&own, ytext(k), k, v);
     }
+    for (size_t i = 0; i < own.n; i++)
+        if (!yfind(out, own.v[i].key))
+            yentries_push(out, own.v[i].key, own.v[i].k, own.v[i].v);
+    yentries_free(&own);
     for (yaml_node_pair_t *pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top; pair++) {
         yaml_node_t *k = yaml_document_get_node(P->doc, pair->key);
         yaml_node_t *v = yaml_document_get_node(P->doc, pair->value);
@@ -454,12 +469,14 @@ static void ycollect(struct yparse *P, const yaml_node_t *map, const char *path,
                 yexpected(P, m ? m : v, "<<", "a mapping to merge");
                 continue;
             }
-            struct yentries merged = {0};
-            ycollect(P, m, path, depth + 1, &merged);
-            for (size_t j = 0; j < merged.n; j++)
-                if (!yfind(out, merged.v[j].key))
-                    yentries_push(out, merged.v[j].key, merged.v[j].k, merged.v[j].v);
-            free(merged.v);
+            if (++P->merges > MAX_MERGES) {
+                if (P->merges == MAX_MERGES + 1)
+                    yerr(P, yline(m), "%s: more than %d \"<<\" merges in one file", path, MAX_MERGES);
+                return;
+            }
+            /* Keys already present (written out, or from an earlier merge) win, so the
+             * merged mapping's keys are simply added when new. */
+            ycollect(P, m, path, depth + 1, out);
         }
     }
 }
@@ -545,7 +562,7 @@ static void ynode_item(struct yparse *P, const yaml_node_t *v, const char *npath
             yunknown(P, &entries.v[ei], path, node_keys, HW_ARRAY_LEN(node_keys));
         }
     }
-    free(entries.v);
+    yentries_free(&entries);
     if (!n->name || !*n->name) {
         yerr(P, yline(v), "%s: missing name (unique across the map, like \"900a\")", npath);
     } else {
@@ -614,7 +631,7 @@ static void yregion(struct yparse *P, const char *rpath, int id, int key_line, c
             yunknown(P, &entries.v[ei], path, region_keys, HW_ARRAY_LEN(region_keys));
         }
     }
-    free(entries.v);
+    yentries_free(&entries);
     char npath[80];
     snprintf(npath, sizeof npath, "%.60s.nodes", rpath);
     if (!nodes || yis_null(nodes)) {
@@ -672,7 +689,7 @@ static void yregions(struct yparse *P, const yaml_node_t *regions)
             yregion(P, rpath, (int)id, yline(k), val);
         }
     }
-    free(entries.v);
+    yentries_free(&entries);
 }
 
 static void free_name_uses(struct yparse *P)
@@ -725,7 +742,7 @@ int hw_derpmap_parse_yaml(const char *source, const char *text, size_t len,
                 yunknown(&P, &entries.v[ei], path, top_keys, HW_ARRAY_LEN(top_keys));
             }
         }
-        free(entries.v);
+        yentries_free(&entries);
     } else if (root && !yis_null(root)) {
         yexpected(&P, root, "the file", "a mapping with a \"regions\" key");
     }
@@ -966,38 +983,44 @@ struct pick {
     bool *drop;         /* per node: lost its name to a later source */
 };
 
+/* Picks in the order they were made; a replaced or removed pick stays with r = NULL.
+ * pos indexes the live pick of each region id, so a merge of many regions stays linear. */
 struct picks {
     struct pick *v;
     size_t n;
+    uint32_t *pos; /* region id -> index + 1 of its live pick, 0 for none */
 };
+
+/* Region ids are checked to be 1..65535 in both forms before they get here. */
+#define MAX_REGION_ID 65535
 
 static void picks_remove(struct picks *p, int id)
 {
-    for (size_t i = 0; i < p->n; i++) {
-        if (p->v[i].r->region_id == id) {
-            memmove(&p->v[i], &p->v[i + 1], (p->n - i - 1) * sizeof *p->v);
-            p->n--;
-            return;
-        }
-    }
+    if (id < 1 || id > MAX_REGION_ID || !p->pos[id])
+        return;
+    p->v[p->pos[id] - 1].r = NULL;
+    p->pos[id] = 0;
 }
 
 static void picks_add(struct picks *p, struct pick k)
 {
-    picks_remove(p, k.r->region_id);
+    int id = k.r->region_id;
+    if (id < 1 || id > MAX_REGION_ID)
+        return;
+    picks_remove(p, id);
     struct pick *grown = realloc(p->v, (p->n + 1) * sizeof *grown);
     if (!grown)
         abort();
     p->v = grown;
     p->v[p->n++] = k;
+    p->pos[id] = (uint32_t)p->n;
 }
 
 static const struct pick *picks_find(const struct picks *p, int id)
 {
-    for (size_t i = 0; i < p->n; i++)
-        if (p->v[i].r->region_id == id)
-            return &p->v[i];
-    return NULL;
+    if (id < 1 || id > MAX_REGION_ID || !p->pos[id])
+        return NULL;
+    return &p->v[p->pos[id] - 1];
 }
 
 static const char *const embedded_source = "the embedded relay (derp.server)";
@@ -1011,6 +1034,7 @@ static void merge_picks(const struct hw_derpmap_source *const *sources, const ch
                         struct hw_derpmap_diags *diags)
 {
     memset(out, 0, sizeof *out);
+    out->pos = hw_calloc(MAX_REGION_ID + 1, sizeof *out->pos);
     for (size_t i = 0; i < n; i++) {
         const struct hw_derpmap_source *s = sources[i];
         if (!s)
@@ -1032,7 +1056,8 @@ static void merge_picks(const struct hw_derpmap_source *const *sources, const ch
         picks_add(out, (struct pick){&emb->regions[0], n, embedded_source, 0, NULL, NULL});
     }
     for (size_t i = 0; i < out->n; i++)
-        out->v[i].drop = hw_calloc(out->v[i].r->n_nodes + 1, sizeof(bool));
+        if (out->v[i].r)
+            out->v[i].drop = hw_calloc(out->v[i].r->n_nodes + 1, sizeof(bool));
 
     /* Walk from the latest source to the earliest so the first holder of a name is
      * the one that keeps it. */
@@ -1042,7 +1067,7 @@ static void merge_picks(const struct hw_derpmap_source *const *sources, const ch
     for (size_t rank = max_rank + 1; rank-- > 0;) {
         for (size_t i = 0; i < out->n; i++) {
             struct pick *p = &out->v[i];
-            if (p->rank != rank)
+            if (!p->r || p->rank != rank)
                 continue;
             for (size_t j = 0; j < p->r->n_nodes; j++) {
                 const char *nm = p->r->nodes[j].name;
@@ -1052,7 +1077,7 @@ static void merge_picks(const struct hw_derpmap_source *const *sources, const ch
                     continue;
                 }
                 if (holder == p)
-                    continue; /* a source checks its own names; never reached */
+                    continue; /* cannot happen: a source's own names were checked when read */
                 int line = p->node_lines ? p->node_lines[j] : 0;
                 if (strict)
                     diag_add(diags, p->source, line, true,
@@ -1076,6 +1101,7 @@ static void picks_free(struct picks *p)
     for (size_t i = 0; i < p->n; i++)
         free(p->v[i].drop);
     free(p->v);
+    free(p->pos);
     memset(p, 0, sizeof *p);
 }
 
@@ -1100,6 +1126,8 @@ json_t *hw_derpmap_merge(const struct hw_derpmap_source *const *sources, const c
     struct tc_derp_map out = {0};
     for (size_t i = 0; i < picks.n; i++) {
         const struct pick *p = &picks.v[i];
+        if (!p->r)
+            continue;
         size_t kept = 0;
         for (size_t j = 0; j < p->r->n_nodes; j++)
             kept += !p->drop[j];

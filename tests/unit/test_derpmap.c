@@ -489,6 +489,57 @@ static void unreadable_and_oversized_files(void)
     CHECK(ok2, "oversized file");
 }
 
+/* Work stays linear in the size of a file: 20000 regions parse and merge quickly, and
+ * "<<" merges that multiply at every level are cut off. */
+static void large_files_stay_bounded(void)
+{
+    size_t cap = 20000 * 96, len = 0;
+    char *text = hw_malloc(cap);
+    len += (size_t)snprintf(text + len, cap - len, "regions:\n");
+    for (int id = 1; id <= 20000; id++)
+        len += (size_t)snprintf(text + len, cap - len,
+                                "  %d: {nodes: [{name: n%d, hostname: h%d.example.com}]}\n", id, id, id);
+    struct hw_derpmap_source s;
+    struct hw_derpmap_diags d = {0};
+    int64_t t0 = hw_now_ms_mono();
+    int rc = hw_derpmap_parse_yaml("big.yaml", text, len, &s, &d);
+    const struct hw_derpmap_source *srcs[] = {rc == 0 ? &s : NULL, rc == 0 ? &s : NULL};
+    const char *names[] = {"big.yaml", "again.yaml"};
+    json_t *m = hw_derpmap_merge(srcs, names, 2, NULL, &d);
+    int64_t took = hw_now_ms_mono() - t0;
+    size_t n = json_object_size(json_object_get(m, "Regions"));
+    json_decref(m);
+    free(text);
+    if (rc == 0)
+        hw_derpmap_source_clear(&s);
+    size_t n_diags = d.n;
+    hw_derpmap_diags_free(&d);
+    CHECK(rc == 0 && n == 20000 && n_diags == 0, "rc %d, %zu regions, %zu diagnostics", rc, n, n_diags);
+    CHECK(took < 5000, "took %lld ms", (long long)took);
+
+    /* Ten aliases per level, eight levels: 10^8 merges unless cut off. */
+    char *bomb = hw_strdup("t0: &t0 {hostname: x.example.com}\n");
+    for (int level = 1; level <= 8; level++) {
+        char *next = hw_sprintf("%st%d: &t%d {<<: [*t%d, *t%d, *t%d, *t%d, *t%d, *t%d, *t%d, *t%d, "
+                                "*t%d, *t%d]}\n",
+                                bomb, level, level, level - 1, level - 1, level - 1, level - 1,
+                                level - 1, level - 1, level - 1, level - 1, level - 1, level - 1);
+        free(bomb);
+        bomb = next;
+    }
+    char *full = hw_sprintf("%sregions:\n  900:\n    nodes:\n      - <<: *t8\n        name: 900a\n", bomb);
+    free(bomb);
+    t0 = hw_now_ms_mono();
+    rc = parse_yaml(full, &s, &d);
+    took = hw_now_ms_mono() - t0;
+    free(full);
+    const struct hw_derpmap_diag *e = find_diag(&d, "\"<<\" merges in one file");
+    int cut = rc == -1 && e != NULL;
+    hw_derpmap_diags_free(&d);
+    CHECK(cut, "merge bomb not refused");
+    CHECK(took < 2000, "merge bomb took %lld ms", (long long)took);
+}
+
 /* ---- the JSON form ---------------------------------------------------------------------- */
 
 static const char upstream_json[] =
@@ -1491,6 +1542,7 @@ int main(void)
     RUN(every_check_names_its_line);
     RUN(all_errors_are_collected_and_printed);
     RUN(unreadable_and_oversized_files);
+    RUN(large_files_stay_bounded);
     RUN(upstream_json_parses);
     RUN(upstream_json_checks);
     RUN(embedded_region_follows_server_url);
