@@ -30,6 +30,20 @@
 #define MAX_REGION_NAME 256
 #define SHA256_RAW_PREFIX "sha256-raw:"
 
+/* Makes room for one more element in a vector of *cap, doubling: one element at a time
+ * would be quadratic wherever realloc copies (always, under ASan). */
+static void *grow(void *v, size_t n, size_t *cap, size_t elem)
+{
+    if (n < *cap)
+        return v;
+    size_t c = *cap ? *cap * 2 : 8;
+    void *p = realloc(v, c * elem);
+    if (!p)
+        abort();
+    *cap = c;
+    return p;
+}
+
 /* ---- diagnostics ---------------------------------------------------------------------- */
 
 static void diag_vadd(struct hw_derpmap_diags *d, const char *source, int line, bool is_error,
@@ -40,10 +54,7 @@ static void diag_vadd(struct hw_derpmap_diags *d, const char *source, int line, 
     char *msg = NULL;
     if (vasprintf(&msg, fmt, ap) < 0)
         abort();
-    struct hw_derpmap_diag *grown = realloc(d->items, (d->n + 1) * sizeof *grown);
-    if (!grown)
-        abort();
-    d->items = grown;
+    d->items = grow(d->items, d->n, &d->cap, sizeof *d->items);
     d->items[d->n++] = (struct hw_derpmap_diag){hw_strdup(source ? source : ""), line, is_error, msg};
     if (is_error)
         d->n_errors++;
@@ -96,43 +107,62 @@ void hw_derpmap_source_clear(struct hw_derpmap_source *s)
     memset(s, 0, sizeof *s);
 }
 
-/* Appends a region with its line; keeps the line arrays parallel to map.regions. */
+/* The arrays of a map are sized once, from counts known beforehand (the document's, or
+ * the merge's): growing them one element at a time is quadratic wherever realloc
+ * copies, as it always does under ASan. The add functions then fill the next slot. */
+static void reserve_regions(struct tc_derp_map *m, size_t cap)
+{
+    m->regions = hw_calloc(cap ? cap : 1, sizeof *m->regions);
+}
+
+static struct tc_derp_region *next_region(struct tc_derp_map *m, int id, const char *code,
+                                          const char *name)
+{
+    struct tc_derp_region *r = &m->regions[m->n_regions++];
+    memset(r, 0, sizeof *r);
+    r->region_id = id;
+    r->region_code = hw_strdup(code ? code : "");
+    r->region_name = hw_strdup(name ? name : "");
+    return r;
+}
+
+static struct tc_derp_node *next_node(struct tc_derp_region *r)
+{
+    struct tc_derp_node *n = &r->nodes[r->n_nodes++];
+    memset(n, 0, sizeof *n);
+    n->region_id = r->region_id;
+    return n;
+}
+
+/* Room for cap region entries (regions and removals) with their lines. */
+static void source_reserve(struct hw_derpmap_source *s, size_t cap)
+{
+    reserve_regions(&s->map, cap);
+    s->region_lines = hw_calloc(cap ? cap : 1, sizeof *s->region_lines);
+    s->node_lines = hw_calloc(cap ? cap : 1, sizeof *s->node_lines);
+    s->removed = hw_calloc(cap ? cap : 1, sizeof *s->removed);
+}
+
 static struct tc_derp_region *source_add_region(struct hw_derpmap_source *s, int id, int line)
 {
-    struct tc_derp_region *r = tc_derp_map_add_region(&s->map, id, NULL, NULL);
-    size_t n = s->map.n_regions;
-    int *rl = realloc(s->region_lines, n * sizeof *rl);
-    int **nl = realloc(s->node_lines, n * sizeof *nl);
-    if (!rl || !nl)
-        abort();
-    rl[n - 1] = line;
-    nl[n - 1] = NULL;
-    s->region_lines = rl;
-    s->node_lines = nl;
-    return r;
+    s->region_lines[s->map.n_regions] = line;
+    return next_region(&s->map, id, NULL, NULL);
+}
+
+static void source_reserve_nodes(struct hw_derpmap_source *s, struct tc_derp_region *r, size_t cap)
+{
+    r->nodes = hw_calloc(cap ? cap : 1, sizeof *r->nodes);
+    s->node_lines[r - s->map.regions] = hw_calloc(cap ? cap : 1, sizeof(int));
 }
 
 static struct tc_derp_node *source_add_node(struct hw_derpmap_source *s, struct tc_derp_region *r,
                                             int line)
 {
-    size_t ri = (size_t)(r - s->map.regions);
-    struct tc_derp_node *n = tc_derp_region_add_node(r, NULL, NULL);
-    int *nl = realloc(s->node_lines[ri], r->n_nodes * sizeof *nl);
-    if (!nl)
-        abort();
-    nl[r->n_nodes - 1] = line;
-    s->node_lines[ri] = nl;
-    return n;
+    s->node_lines[r - s->map.regions][r->n_nodes] = line;
+    return next_node(r);
 }
 
-static void source_add_removed(struct hw_derpmap_source *s, int id)
-{
-    int *grown = realloc(s->removed, (s->n_removed + 1) * sizeof *grown);
-    if (!grown)
-        abort();
-    s->removed = grown;
-    s->removed[s->n_removed++] = id;
-}
+static void source_add_removed(struct hw_derpmap_source *s, int id) { s->removed[s->n_removed++] = id; }
 
 /* ---- value checks shared by both forms ------------------------------------------------ */
 
@@ -384,7 +414,7 @@ struct yentry {
  * checking each against all the others would be quadratic. */
 struct yentries {
     struct yentry *v;
-    size_t n;
+    size_t n, cap;
     struct hw_strmap index; /* key -> entry number + 1 */
 };
 
@@ -404,10 +434,7 @@ static const struct yentry *yfind(const struct yentries *e, const char *key)
 
 static void yentries_push(struct yentries *e, const char *key, const yaml_node_t *k, const yaml_node_t *v)
 {
-    struct yentry *grown = realloc(e->v, (e->n + 1) * sizeof *grown);
-    if (!grown)
-        abort();
-    e->v = grown;
+    e->v = grow(e->v, e->n, &e->cap, sizeof *e->v);
     e->v[e->n++] = (struct yentry){key, k, v};
     if (!e->index.slots)
         hw_strmap_init(&e->index);
@@ -505,9 +532,6 @@ static void ynode_item(struct yparse *P, const yaml_node_t *v, const char *npath
         return;
     }
     struct tc_derp_node *n = source_add_node(P->out, r, yline(v));
-    free(n->name);
-    free(n->host_name);
-    n->name = n->host_name = NULL;
     int name_line = 0, stun_line = 0;
     struct yentries entries = {0};
     ycollect(P, v, npath, 0, &entries);
@@ -648,6 +672,7 @@ static void yregion(struct yparse *P, const char *rpath, int id, int key_line, c
         yerr(P, yline(nodes), "%s: a region needs at least one node", npath);
         return;
     }
+    source_reserve_nodes(P->out, r, count);
     for (size_t i = 0; i < count; i++) {
         yaml_node_t *item = yaml_document_get_node(P->doc, nodes->data.sequence.items.start[i]);
         char ipath[112];
@@ -667,6 +692,7 @@ static void yregions(struct yparse *P, const yaml_node_t *regions)
     }
     struct yentries entries = {0};
     ycollect(P, regions, "regions", 0, &entries);
+    source_reserve(P->out, entries.n);
     for (size_t ei = 0; ei < entries.n; ei++) {
         const char *key = entries.v[ei].key;
         const yaml_node_t *val = entries.v[ei].v;
@@ -892,6 +918,7 @@ int hw_derpmap_parse_json(const char *source, const char *body, size_t len,
     /* tc_derp_map_parse drops null regions (what a client does); as a source, a null
      * region removes that region from earlier sources, so keep the ids. */
     json_t *regions = json_object_get(root, "Regions");
+    out->removed = hw_calloc(json_object_size(regions) + 1, sizeof *out->removed);
     const char *k;
     json_t *v;
     json_object_foreach(regions, k, v)
@@ -900,8 +927,8 @@ int hw_derpmap_parse_json(const char *source, const char *body, size_t len,
             source_add_removed(out, atoi(k)); /* keys were checked by tc_derp_map_parse */
     }
     json_decref(root);
-    out->region_lines = hw_calloc(out->map.n_regions ? out->map.n_regions : 1, sizeof *out->region_lines);
-    out->node_lines = hw_calloc(out->map.n_regions ? out->map.n_regions : 1, sizeof *out->node_lines);
+    out->region_lines = hw_calloc(out->map.n_regions + 1, sizeof *out->region_lines);
+    out->node_lines = hw_calloc(out->map.n_regions + 1, sizeof *out->node_lines);
     if (check_json_map(source, out, diags) < 0) {
         hw_derpmap_source_clear(out);
         return -1;
@@ -987,7 +1014,7 @@ struct pick {
  * pos indexes the live pick of each region id, so a merge of many regions stays linear. */
 struct picks {
     struct pick *v;
-    size_t n;
+    size_t n, cap;
     uint32_t *pos; /* region id -> index + 1 of its live pick, 0 for none */
 };
 
@@ -1008,10 +1035,7 @@ static void picks_add(struct picks *p, struct pick k)
     if (id < 1 || id > MAX_REGION_ID)
         return;
     picks_remove(p, id);
-    struct pick *grown = realloc(p->v, (p->n + 1) * sizeof *grown);
-    if (!grown)
-        abort();
-    p->v = grown;
+    p->v = grow(p->v, p->n, &p->cap, sizeof *p->v);
     p->v[p->n++] = k;
     p->pos[id] = (uint32_t)p->n;
 }
@@ -1124,6 +1148,7 @@ json_t *hw_derpmap_merge(const struct hw_derpmap_source *const *sources, const c
     merge_picks(sources, names, n, &emb, false, &picks, diags);
 
     struct tc_derp_map out = {0};
+    reserve_regions(&out, picks.n);
     for (size_t i = 0; i < picks.n; i++) {
         const struct pick *p = &picks.v[i];
         if (!p->r)
@@ -1137,8 +1162,9 @@ json_t *hw_derpmap_merge(const struct hw_derpmap_source *const *sources, const c
                      p->r->region_id);
             continue;
         }
-        struct tc_derp_region *r = tc_derp_map_add_region(&out, p->r->region_id, p->r->region_code,
-                                                          p->r->region_name);
+        struct tc_derp_region *r = next_region(&out, p->r->region_id, p->r->region_code,
+                                               p->r->region_name);
+        r->nodes = hw_calloc(kept, sizeof *r->nodes);
         r->latitude = p->r->latitude;
         r->longitude = p->r->longitude;
         r->avoid = p->r->avoid;
@@ -1147,7 +1173,9 @@ json_t *hw_derpmap_merge(const struct hw_derpmap_source *const *sources, const c
             if (p->drop[j])
                 continue;
             const struct tc_derp_node *s = &p->r->nodes[j];
-            struct tc_derp_node *d = tc_derp_region_add_node(r, s->name, s->host_name);
+            struct tc_derp_node *d = next_node(r);
+            d->name = hw_strdup(s->name);
+            d->host_name = hw_strdup(s->host_name);
             copy_str(&d->cert_name, s->cert_name);
             copy_str(&d->ipv4, s->ipv4);
             copy_str(&d->ipv6, s->ipv6);
@@ -1197,7 +1225,7 @@ size_t hw_derpmap_check_paths(const struct hw_config *cfg, struct hw_derpmap_dia
 
 struct fetch_buf {
     char *data;
-    size_t len;
+    size_t len, cap;
     bool too_big;
     atomic_bool *cancel;
 };
@@ -1210,10 +1238,8 @@ static size_t fetch_write(char *ptr, size_t size, size_t nmemb, void *userdata)
         b->too_big = true;
         return 0; /* curl stops with CURLE_WRITE_ERROR */
     }
-    char *grown = realloc(b->data, b->len + n + 1);
-    if (!grown)
-        abort();
-    b->data = grown;
+    while (b->len + n + 1 > b->cap)
+        b->data = grow(b->data, b->cap, &b->cap, 1);
     memcpy(b->data + b->len, ptr, n);
     b->len += n;
     b->data[b->len] = '\0';

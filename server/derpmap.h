@@ -49,6 +49,7 @@ struct hw_derpmap_diags {
     struct hw_derpmap_diag *items;
     size_t n;
     size_t n_errors;
+    size_t cap; /* allocated items; zero-initialise the struct and leave this alone */
 };
 
 /* Prints "SOURCE:LINE: error: message" (or "SOURCE: warning: message" without a line),
