@@ -1438,7 +1438,8 @@ static void read_source(struct hw_derpmap *d, struct src_state *s, bool at_start
     hw_derpmap_diags_free(&diags);
 }
 
-static json_t *merge_now(struct hw_derpmap *d, bool log_conflicts)
+/* The merged map; conflicts between sources go to diags. */
+static json_t *merge_now(struct hw_derpmap *d, struct hw_derpmap_diags *diags)
 {
     const struct hw_derpmap_source **ptrs = hw_calloc(d->n_srcs + 1, sizeof *ptrs);
     const char **names = hw_calloc(d->n_srcs + 1, sizeof *names);
@@ -1446,11 +1447,7 @@ static json_t *merge_now(struct hw_derpmap *d, bool log_conflicts)
         ptrs[i] = d->srcs[i].have_good ? &d->srcs[i].good : NULL;
         names[i] = d->srcs[i].name;
     }
-    struct hw_derpmap_diags diags = {0};
-    json_t *m = hw_derpmap_merge(ptrs, names, d->n_srcs, &d->cfg, &diags);
-    if (log_conflicts)
-        log_diags(HW_LOG_WARN, &diags);
-    hw_derpmap_diags_free(&diags);
+    json_t *m = hw_derpmap_merge(ptrs, names, d->n_srcs, &d->cfg, diags);
     free(ptrs);
     free(names);
     return m;
@@ -1490,11 +1487,12 @@ static void refresh_round(struct hw_derpmap *d)
         read_source(d, &d->srcs[i], false);
     if (atomic_load(&d->cancel))
         return;
-    json_t *m = merge_now(d, false);
+    struct hw_derpmap_diags conflicts = {0};
+    json_t *m = merge_now(d, &conflicts);
     bool changed = !json_equal(m, d->last_merged);
     if (changed) {
-        /* Merge conflicts are logged when they change what clients get, not every round. */
-        json_decref(merge_now(d, true));
+        /* Conflicts are logged when what clients get changes, not every round. */
+        log_diags(HW_LOG_WARN, &conflicts);
         log_info("DERP map changed: %zu regions; pushing it to connected clients",
                  json_object_size(json_object_get(m, "Regions")));
         json_decref(d->last_merged);
@@ -1512,6 +1510,7 @@ static void refresh_round(struct hw_derpmap *d)
     d->rounds++;
     pthread_mutex_unlock(&d->mu);
     json_decref(m);
+    hw_derpmap_diags_free(&conflicts);
 }
 
 static void deadline_after(struct timespec *ts, int64_t ms)
@@ -1596,7 +1595,10 @@ struct hw_derpmap *hw_derpmap_start(const struct hw_config *cfg, struct hw_loop 
 
     for (size_t i = 0; i < d->n_srcs; i++)
         read_source(d, &d->srcs[i], true);
-    d->last_merged = merge_now(d, true);
+    struct hw_derpmap_diags conflicts = {0};
+    d->last_merged = merge_now(d, &conflicts);
+    log_diags(HW_LOG_WARN, &conflicts);
+    hw_derpmap_diags_free(&conflicts);
     d->current = json_incref(d->last_merged);
     size_t n_regions = json_object_size(json_object_get(d->current, "Regions"));
     if (d->n_srcs == 0 && !wants_embedded(cfg))
