@@ -8,12 +8,13 @@ DESTDIR ?=
 # Debian packages `make deps` installs when a pkg-config module (or tool) is missing.
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libnghttp2-dev libsodium-dev \
             libssl-dev libjansson-dev libyaml-dev libsqlite3-dev libzstd-dev sqlite3 \
-            libcurl4-openssl-dev python3 iproute2
+            libcurl4-openssl-dev libhttp-parser-dev python3 iproute2
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wformat=2 -Wvla
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -I. -MMD -MP
-LDLIBS  += -lpthread
+# http_parser (HTTP/1.1 for hwrelay) ships no .pc file.
+LDLIBS  += -lpthread -lhttp_parser
 
 ifeq ($(SAN),1)
 BUILD   := build-asan
@@ -35,12 +36,17 @@ SERVER_SRCS := $(filter-out server/main.c,$(wildcard server/*.c)) $(wildcard api
 HWCTL_SRCS  := $(wildcard api/hwctl*.c)
 RELAY_SRCS  := $(wildcard relay/*.c)
 CLIENT_SRCS := $(wildcard client/*.c)
+# hwclient without its main(): the benchmarks and unit tests drive its connections too.
+CLIENT_LIB_SRCS := $(filter-out client/main.c,$(CLIENT_SRCS))
 BENCH_SRCS  := $(wildcard bench/*.c)
+# Helper programs the integration tests run (not tests themselves).
+TOOL_SRCS   := $(wildcard tests/tools/*.c)
 UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 LIB_OBJS    := $(call obj,$(LIB_SRCS))
 SERVER_OBJS := $(call obj,$(SERVER_SRCS))
+CLIENT_LIB  := $(if $(CLIENT_LIB_SRCS),$(BUILD)/lib/libhwclient.a)
 
 PROGRAMS := $(BUILD)/headwater $(BUILD)/hwctl
 ifneq ($(RELAY_SRCS),)
@@ -51,9 +57,10 @@ PROGRAMS += $(BUILD)/hwclient
 endif
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+TOOL_BINS  := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRCS))
 
 .PHONY: all deps run test asan unit bench install clean check-deps
-all: check-deps $(PROGRAMS) $(UNIT_BINS) $(BENCH_BINS)
+all: check-deps $(PROGRAMS) $(UNIT_BINS) $(BENCH_BINS) $(TOOL_BINS)
 
 check-deps:
 	@pkg-config --exists $(PKGS) 2>/dev/null || { \
@@ -78,6 +85,10 @@ $(BUILD)/lib/libhwserver.a: $(SERVER_OBJS)
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^
 
+$(BUILD)/lib/libhwclient.a: $(call obj,$(CLIENT_LIB_SRCS))
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
 $(BUILD)/headwater: $(call obj,server/main.c) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -87,14 +98,18 @@ $(BUILD)/hwctl: $(call obj,$(HWCTL_SRCS)) $(BUILD)/lib/libhw.a
 $(BUILD)/hwrelay: $(call obj,$(RELAY_SRCS)) $(BUILD)/lib/libhw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/hwclient: $(call obj,$(CLIENT_SRCS)) $(BUILD)/lib/libhw.a
+$(BUILD)/hwclient: $(call obj,client/main.c) $(CLIENT_LIB) $(BUILD)/lib/libhw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(CLIENT_LIB) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bench/%: $(call obj,bench/%.c) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+$(BUILD)/bench/%: $(call obj,bench/%.c) $(CLIENT_LIB) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tools/%: $(call obj,tests/tools/%.c) $(CLIENT_LIB) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -136,6 +151,8 @@ install: all
 	done
 	install -m 0644 packaging/headwater.sysusers $(DESTDIR)/usr/lib/sysusers.d/headwater.conf
 	install -m 0644 packaging/headwater.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/headwater.conf
+	install -m 0644 packaging/hwrelay.sysusers $(DESTDIR)/usr/lib/sysusers.d/hwrelay.conf
+	install -m 0644 packaging/hwrelay.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/hwrelay.conf
 	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/headwater/
 
 clean:

@@ -346,6 +346,12 @@ int admin_field_expiration(struct admin_req *r, const char *name, const char *df
                    "for never", name, text);
         return -1;
     }
+    /* Beyond a century the sum below could overflow; nobody means that but "never". */
+    if (ms > 100LL * 365 * 86400 * 1000) {
+        admin_fail(r, MHD_HTTP_BAD_REQUEST,
+                   "invalid %s \"%s\": longer than 100 years; use 0 for never", name, text);
+        return -1;
+    }
     /* Round up so "1s" never expires in the past of the same second. */
     *expires_at = ms == 0 ? 0 : hw_now() + (ms + 999) / 1000;
     return 1;
@@ -508,7 +514,8 @@ static enum MHD_Result dispatch(struct hw_server *s, struct MHD_Connection *conn
         return reply_error(conn, MHD_HTTP_NOT_FOUND, "no such endpoint: %s %s", method, url);
 
     json_t *body;
-    if (up->len == 0) {
+    /* Only POST carries arguments in its body; whatever else sends one is not read. */
+    if (up->len == 0 || strcmp(method, "POST") != 0) {
         body = json_object();
     } else {
         json_error_t jerr;

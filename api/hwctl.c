@@ -12,6 +12,7 @@
 
 #include "common/config.h"
 #include "common/util.h"
+#include "common/version.h"
 
 #define HWCTL_DEFAULT_CONFIG "/etc/headwater/config.yaml"
 #define HWCTL_DEV_SOCKET "./data/headwater.sock"
@@ -604,13 +605,13 @@ int hwctl_version(struct hwctl_ctx *ctx)
     if (ctx->output != HWCTL_OUT_TABLE) {
         json_t *server = rc == 0 ? json_incref(health)
                                  : json_pack("{s:s, s:s?}", "error", why, "socket", sock);
-        json_t *v = json_pack("{s:s, s:o}", "version", HWCTL_VERSION, "server", server);
+        json_t *v = json_pack("{s:s, s:o}", "version", HW_VERSION, "server", server);
         int prc = hwctl_print_value(ctx, v);
         json_decref(v);
         json_decref(health);
         return prc < 0 ? HWCTL_FAIL : HWCTL_OK;
     }
-    printf("hwctl %s\n", HWCTL_VERSION);
+    printf("hwctl %s\n", HW_VERSION);
     if (rc == 0)
         printf("server: headwater %s (database schema %lld) at %s\n",
                hwctl_jstr(health, "version"), hwctl_jint(health, "schema_version"), sock);

@@ -14,8 +14,6 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define HWCTL_VERSION "0.1.0-dev"
-
 /* Exit statuses: 0 done, 1 refused or failed (server error, unreachable), 2 usage. */
 enum { HWCTL_OK = 0, HWCTL_FAIL = 1, HWCTL_USAGE = 2 };
 

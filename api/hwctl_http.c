@@ -8,6 +8,7 @@
 #include <sys/un.h>
 
 #include "common/util.h"
+#include "common/version.h"
 
 #define HWCTL_MAX_ANSWER (64u << 20)   /* a node list of a very large tailnet fits */
 #define HWCTL_TIMEOUT_MS 60000L
@@ -92,7 +93,7 @@ static int do_call(const char *sock, const char *method, const char *path, json_
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, HWCTL_TIMEOUT_MS);
     curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, HWCTL_CONNECT_TIMEOUT_MS);
-    curl_easy_setopt(curl, CURLOPT_USERAGENT, "hwctl/" HWCTL_VERSION);
+    curl_easy_setopt(curl, CURLOPT_USERAGENT, "hwctl/" HW_VERSION);
     curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, curl_err);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &b);
@@ -164,7 +165,7 @@ static int do_call(const char *sock, const char *method, const char *path, json_
         one_line(b.data ? b.data : "", snippet, sizeof(snippet));
         if (status == 404 || status == 405)
             snprintf(why, why_len, "headwater at %s does not know %s %s (HTTP %ld): is the "
-                     "server older than hwctl " HWCTL_VERSION "?", sock, method, path, status);
+                     "server older than hwctl " HW_VERSION "?", sock, method, path, status);
         else
             snprintf(why, why_len, "headwater answered %s %s with HTTP %ld%s%s", method, path,
                      status, snippet[0] ? ": " : " and no error message", snippet);

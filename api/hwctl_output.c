@@ -51,15 +51,25 @@ static size_t display_width(const char *s)
 
 static void print_row(FILE *out, char *const *cells, const size_t *widths, size_t n)
 {
+    char *line = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&line, &len);
+    if (!m)
+        abort();
     for (size_t i = 0; i < n; i++) {
-        fputs(cells[i], out);
+        fputs(cells[i], m);
         if (i + 1 < n) {
             for (size_t w = display_width(cells[i]); w < widths[i]; w++)
-                fputc(' ', out);
-            fputs(" | ", out);
+                fputc(' ', m);
+            fputs(" | ", m);
         }
     }
-    fputc('\n', out);
+    if (fclose(m) != 0)
+        abort();
+    while (len > 0 && line[len - 1] == ' ')   /* an empty last cell leaves no blanks */
+        line[--len] = '\0';
+    fprintf(out, "%s\n", line);
+    free(line);
 }
 
 void hwctl_table_print(const struct hwctl_table *t, FILE *out)

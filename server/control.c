@@ -71,6 +71,7 @@ struct hw_control {
     struct hw_tailnet tn;
     struct tc_zenc *zenc;
     struct hw_sbuf *keepalive[2];       /* [compressed] */
+    struct hw_sbuf *close_frame;        /* the zstd frame of "]}" ending a blocked full map */
     json_t *derp_map;
     json_t *dns_config;
     json_t *packet_filters;
@@ -127,77 +128,89 @@ static bool is_exit_route(const char *prefix)
     return strcmp(prefix, "0.0.0.0/0") == 0 || strcmp(prefix, "::/0") == 0;
 }
 
-/* The node as every client (itself and its peers) sees it: tailcfg.Node. */
-static json_t *node_to_json(struct hw_control *c, const struct tn_node *n)
+/* The node as every client (itself and its peers) sees it: tailcfg.Node. name must
+ * outlive tn (it is borrowed). */
+static void fill_tc_node(struct hw_control *c, const struct tn_node *n, struct tc_node *tn,
+                         char *name, size_t name_len)
 {
     int64_t now = hw_now();
-    struct tc_node tn = {0};
-    tn.id = n->row.id;
-    char name[HW_NAME_MAX + 260];
+    memset(tn, 0, sizeof *tn);
+    tn->id = n->row.id;
     if (c->domain && *c->domain)
-        snprintf(name, sizeof name, "%s.%s.", n->row.given_name, c->domain);
+        snprintf(name, name_len, "%s.%s.", n->row.given_name, c->domain);
     else
-        snprintf(name, sizeof name, "%s.", n->row.given_name);
-    tn.name = name;
-    tn.user = node_user_id(n);
-    hw_key_parse(HW_KEY_NODE, n->row.node_key, tn.key, NULL);
-    hw_key_parse(HW_KEY_MACHINE, n->row.machine_key, tn.machine, NULL);
+        snprintf(name, name_len, "%s.", n->row.given_name);
+    tn->name = name;
+    tn->user = node_user_id(n);
+    hw_key_parse(HW_KEY_NODE, n->row.node_key, tn->key, NULL);
+    hw_key_parse(HW_KEY_MACHINE, n->row.machine_key, tn->machine, NULL);
     if (n->row.disco_key[0])
-        hw_key_parse(HW_KEY_DISCO, n->row.disco_key, tn.disco_key, NULL);
+        hw_key_parse(HW_KEY_DISCO, n->row.disco_key, tn->disco_key, NULL);
     if (n->row.expiry)
-        tn.key_expiry = tc_time_from_unix(n->row.expiry);
+        tn->key_expiry = tc_time_from_unix(n->row.expiry);
     char addr[HW_IP_TEXT_MAX + 8];
     if (n->row.ipv4[0]) {
         snprintf(addr, sizeof addr, "%s/32", n->row.ipv4);
-        tc_strv_push(&tn.addresses, addr);
+        tc_strv_push(&tn->addresses, addr);
     }
     if (n->row.ipv6[0]) {
         snprintf(addr, sizeof addr, "%s/128", n->row.ipv6);
-        tc_strv_push(&tn.addresses, addr);
+        tc_strv_push(&tn->addresses, addr);
     }
-    tc_strv_copy(&tn.allowed_ips, &tn.addresses);
+    tc_strv_copy(&tn->allowed_ips, &tn->addresses);
     for (size_t i = 0; i < n->n_routes; i++) {
-        tc_strv_push(&tn.allowed_ips, n->routes[i]);
+        tc_strv_push(&tn->allowed_ips, n->routes[i]);
         if (!is_exit_route(n->routes[i]))
-            tc_strv_push(&tn.primary_routes, n->routes[i]);
+            tc_strv_push(&tn->primary_routes, n->routes[i]);
     }
-    strv_from_json_array(&tn.endpoints, n->row.endpoints_json);
-    tn.legacy_derp = true;
-    tn.home_derp = n->home_derp;
-    tn.hostinfo = json_or_null(n->row.hostinfo_json);
-    if (!json_is_object(tn.hostinfo)) {
-        json_decref(tn.hostinfo);
-        tn.hostinfo = json_pack("{s:s}", "Hostname", n->row.hostname);
+    strv_from_json_array(&tn->endpoints, n->row.endpoints_json);
+    tn->legacy_derp = true;
+    tn->hostinfo = json_or_null(n->row.hostinfo_json);
+    if (!json_is_object(tn->hostinfo)) {
+        json_decref(tn->hostinfo);
+        tn->hostinfo = json_pack("{s:s}", "Hostname", n->row.hostname);
     }
-    tn.created = tc_time_from_unix(n->row.created_at);
-    tn.cap = n->cap_version;
-    strv_from_json_array(&tn.tags, n->row.tags_json);
+    /* The home region peers reach it through, as the node last reported it. */
+    tn->home_derp = (int)json_integer_value(
+        json_object_get(json_object_get(tn->hostinfo, "NetInfo"), "PreferredDERP"));
+    tn->created = tc_time_from_unix(n->row.created_at);
+    tn->cap = n->cap_version;
+    strv_from_json_array(&tn->tags, n->row.tags_json);
     bool expired = node_expired(n, now);
-    tn.online = n->online ? TC_TRUE : TC_FALSE;
+    tn->online = n->online ? TC_TRUE : TC_FALSE;
     if (!n->online && n->row.last_seen)
-        tn.last_seen = tc_time_from_unix(n->row.last_seen);
-    tn.machine_authorized = !expired;
-    tn.expired = expired;
-    tn.cap_map = json_pack("{s:[],s:[],s:[]}", "https://tailscale.com/cap/file-sharing",
-                           "https://tailscale.com/cap/is-admin", "https://tailscale.com/cap/ssh");
-    json_t *out = tc_node_to_json(&tn);
-    tn.name = NULL;   /* borrowed from the stack */
-    tc_node_clear(&tn);
-    return out;
+        tn->last_seen = tc_time_from_unix(n->row.last_seen);
+    tn->machine_authorized = !expired;
+    tn->expired = expired;
+    tn->cap_map = json_pack("{s:[],s:[],s:[]}", "https://tailscale.com/cap/file-sharing",
+                            "https://tailscale.com/cap/is-admin", "https://tailscale.com/cap/ssh");
+}
+
+static void release_tc_node(struct tc_node *tn)
+{
+    tn->name = NULL;   /* borrowed */
+    tc_node_clear(tn);
 }
 
 /* Serialised once per change and reused in every message that carries the node. */
 static struct hw_sbuf *node_text(struct hw_control *c, struct tn_node *n)
 {
     if (!n->peer_json) {
-        json_t *j = node_to_json(c, n);
-        size_t len = 0;
-        char *text = tc_json_dump(j, &len);
-        n->peer_json = hw_sbuf_copy(text, len);
-        free(text);
-        json_decref(j);
+        struct tc_node tn;
+        char name[HW_NAME_MAX + 260];
+        fill_tc_node(c, n, &tn, name, sizeof name);
+        n->peer_json = tc_node_serialize(&tn);
+        release_tc_node(&tn);
     }
     return n->peer_json;
+}
+
+/* The node as a json_t, for the "Node" member (the text is cached; parsing it back is
+ * cheaper than rebuilding, and keeps the two forms identical). */
+static json_t *node_json(struct hw_control *c, struct tn_node *n)
+{
+    struct hw_sbuf *t = node_text(c, n);
+    return json_loadb((const char *)t->data, t->len, 0, NULL);
 }
 
 static json_t *user_profiles_for(struct tn_node *n)
@@ -212,113 +225,196 @@ static json_t *user_profiles_for(struct tn_node *n)
     return arr;
 }
 
-/* ---- message text ----
- * A message is jansson's dump of its small fields with a large array of cached node
- * texts spliced in before the closing brace, so a 10,000-peer map costs copies of
- * cached bytes rather than 10,000 re-serialisations. */
+/* ---- messages ----
+ * The small members come from a tc_map_response; the large peer list is spliced in
+ * from cached node texts, so a 10,000-peer map costs copies of cached bytes rather
+ * than 10,000 re-serialisations. */
 
-struct textbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static void tb_put(struct textbuf *b, const void *data, size_t len)
+static struct hw_sbuf *encode(struct hw_control *c, const struct tc_map_response *m,
+                              const char *list, struct tn_node *const *items, size_t n_items,
+                              const struct tn_node *skip, bool compress)
 {
-    if (b->len + len + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + len + 1)
-            cap *= 2;
-        char *grown = realloc(b->p, cap);
-        if (!grown) {
-            log_error("out of memory building a map message");
-            abort();
-        }
-        b->p = grown;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, data, len);
-    b->len += len;
-    b->p[b->len] = '\0';
-}
-
-static void tb_puts(struct textbuf *b, const char *s) { tb_put(b, s, strlen(s)); }
-
-/* head: the dumped small fields; then `"key":[items except skip]`. */
-static void compose(struct textbuf *out, const json_t *head, const char *key,
-                    struct tn_node *const *items, size_t n_items, const struct tn_node *skip,
-                    struct hw_control *c)
-{
-    size_t head_len = 0;
-    char *head_text = tc_json_dump(head, &head_len);
-    size_t written = 0;
+    struct hw_sbuf **frags = hw_calloc(n_items + 1, sizeof *frags);
+    size_t k = 0;
     for (size_t i = 0; i < n_items; i++)
-        written += items[i] != skip;
-    if (!key || written == 0) {
-        tb_put(out, head_text, head_len);
-        free(head_text);
-        return;
-    }
-    tb_put(out, head_text, head_len - 1);   /* without the closing brace */
-    if (head_len > 2)
-        tb_puts(out, ",");
-    tb_puts(out, "\"");
-    tb_puts(out, key);
-    tb_puts(out, "\":[");
-    bool first = true;
-    for (size_t i = 0; i < n_items; i++) {
-        if (items[i] == skip)
-            continue;
-        if (!first)
-            tb_puts(out, ",");
-        first = false;
-        struct hw_sbuf *t = node_text(c, items[i]);
-        tb_put(out, t->data, t->len);
-    }
-    tb_puts(out, "]}");
-    free(head_text);
-}
-
-static struct hw_sbuf *frame_text(struct hw_control *c, const struct textbuf *t, bool compress)
-{
+        if (items[i] != skip)
+            frags[k++] = node_text(c, items[i]);
+    size_t len = 0;
+    char *text = tc_map_response_dump_with_peers(m, list, frags, k, &len);
+    free(frags);
     char err[160];
-    struct hw_sbuf *f = tc_mapframe_encode(c->zenc, t->p, t->len, compress, err, sizeof err);
+    struct hw_sbuf *f = tc_mapframe_encode(c->zenc, text, len, compress, err, sizeof err);
     if (!f)
-        log_error("map message of %zu bytes not sent: %s", t->len, err);
+        log_error("map message of %zu bytes not sent: %s", len, err);
+    free(text);
     return f;
 }
 
 /* ---- the full map ---- */
 
-static struct hw_sbuf *build_full_map(struct hw_control *c, struct tn_stream *ms)
+/* The members of one block (ids with the same id / TN_CHUNK) from `first` on, joined by
+ * commas, without `skip`. NULL when nothing is left; *next gets the next block's first. */
+static char *block_text(struct hw_control *c, struct tn_node *first, const struct tn_node *skip,
+                        bool leading_comma, size_t *len_out, struct tn_node **next)
+{
+    size_t block = (size_t)first->row.id / TN_CHUNK, total = 0, count = 0;
+    struct tn_node *p;
+    for (p = first; p && (size_t)p->row.id / TN_CHUNK == block; p = p->ns_next) {
+        if (p != skip) {
+            total += node_text(c, p)->len + 1;
+            count++;
+        }
+    }
+    *next = p;
+    if (count == 0)
+        return NULL;
+    char *out = hw_malloc(total + 1);
+    size_t pos = 0;
+    bool comma = leading_comma;
+    for (p = first; p != *next; p = p->ns_next) {
+        if (p == skip)
+            continue;
+        if (comma)
+            out[pos++] = ',';
+        comma = true;
+        struct hw_sbuf *t = node_text(c, p);
+        memcpy(out + pos, t->data, t->len);
+        pos += t->len;
+    }
+    *len_out = pos;
+    return out;
+}
+
+static struct hw_sbuf *zframe(struct hw_control *c, const void *data, size_t len, size_t room)
+{
+    char err[160];
+    struct hw_sbuf *f = tc_zstd_frame(c->zenc, data, len, room, err, sizeof err);
+    if (!f) {
+        log_error("compressing a map piece of %zu bytes failed: %s", len, err);
+        abort();   /* only out of memory makes zstd fail on valid input */
+    }
+    return f;
+}
+
+/* Everything of a first map but the peers. The caller drops m->node and
+ * m->user_profiles (owned references). */
+static struct tc_map_response map_head(struct hw_control *c, struct tn_node *self)
+{
+    return (struct tc_map_response){
+        .node = node_json(c, self),
+        .derp_map = c->derp_map,
+        .dns_config = c->dns_config,
+        .domain = c->domain,
+        .packet_filters = c->packet_filters,
+        .user_profiles = user_profiles_for(self),
+        .control_time = tc_time_now(),
+    };
+}
+
+static void map_head_release(struct tc_map_response *m)
+{
+    json_decref(m->node);
+    json_decref(m->user_profiles);
+}
+
+/* The node's whole map as one message (one zstd frame, or plain JSON). */
+static struct hw_sbuf *whole_map(struct hw_control *c, struct tn_node *self, bool compress)
+{
+    struct tn_namespace *ns = self->ns;
+    struct tn_node **peers = hw_calloc(ns ? ns->count + 1 : 1, sizeof *peers);
+    size_t k = 0;
+    for (struct tn_node *p = ns ? ns->head : NULL; p; p = p->ns_next)
+        peers[k++] = p;
+    struct tc_map_response m = map_head(c, self);
+    struct hw_sbuf *frame = encode(c, &m, "Peers", peers, k, self, compress);
+    map_head_release(&m);
+    free(peers);
+    return frame;
+}
+
+/* Sends the first map of a stream. With zstd (every current client) the message is
+ * one frame for the small members, then one frame per block of peers -- reused from the
+ * namespace's cache for every block that does not hold the recipient -- and a closing
+ * frame: a reconnect storm of N nodes costs N small frames plus the few blocks that
+ * changed, not N full compressions of an N-peer map. */
+static void push_full_map(struct hw_control *c, struct tn_stream *ms)
 {
     struct tn_node *self = ms->node;
-    json_t *head = json_object();
-    json_object_set_new(head, "Node", json_loadb((const char *)node_text(c, self)->data,
-                                                 node_text(c, self)->len, 0, NULL));
-    if (c->derp_map)
-        json_object_set(head, "DERPMap", c->derp_map);
-    if (c->dns_config)
-        json_object_set(head, "DNSConfig", c->dns_config);
-    json_object_set_new(head, "Domain", json_string(c->domain ? c->domain : ""));
-    json_object_set(head, "PacketFilters", c->packet_filters);
-    json_object_set_new(head, "UserProfiles", user_profiles_for(self));
-    struct tc_time now = tc_time_now();
-    char when[TC_TIME_TEXT_MAX];
-    tc_time_format(&now, when);
-    json_object_set_new(head, "ControlTime", json_string(when));
+    struct tn_namespace *ns = self->ns;
+    if (!ms->compress || !ns || ns->count <= 1) {
+        struct hw_sbuf *frame = whole_map(c, self, ms->compress);
+        push_to_stream(ms, frame);
+        hw_sbuf_unref(frame);
+        return;
+    }
 
-    size_t n_peers = self->ns ? self->ns->count : 0;
-    struct tn_node **peers = hw_calloc(n_peers ? n_peers : 1, sizeof *peers);
-    size_t k = 0;
-    for (struct tn_node *p = self->ns ? self->ns->head : NULL; p; p = p->ns_next)
-        peers[k++] = p;
-    struct textbuf t = {0};
-    compose(&t, head, "Peers", peers, k, self, c);
-    struct hw_sbuf *frame = frame_text(c, &t, ms->compress);
-    free(t.p);
-    free(peers);
-    json_decref(head);
-    return frame;
+    struct tc_map_response m = map_head(c, self);
+    size_t head_len = 0;
+    json_t *head_json = tc_map_response_to_json(&m);
+    char *head = tc_json_dump(head_json, &head_len);
+    json_decref(head_json);
+    map_head_release(&m);
+    /* "{...}" becomes "{...,"Peers":[" */
+    static const char peers_key[] = "\"Peers\":[";
+    char *open_text = hw_malloc(head_len + sizeof peers_key + 1);
+    size_t open_len = head_len - 1;
+    memcpy(open_text, head, open_len);
+    if (head_len > 2)
+        open_text[open_len++] = ',';
+    memcpy(open_text + open_len, peers_key, sizeof peers_key - 1);
+    open_len += sizeof peers_key - 1;
+    free(head);
+
+    size_t n_blocks = ns->count / TN_CHUNK + 3, n_parts = 0;
+    struct hw_sbuf **parts = hw_calloc(n_blocks + 2, sizeof *parts);
+    parts[n_parts++] = zframe(c, open_text, open_len, 4);
+    free(open_text);
+    bool first = true;
+    for (struct tn_node *p = ns->head; p;) {
+        size_t block = (size_t)p->row.id / TN_CHUNK;
+        bool holds_self = (size_t)self->row.id / TN_CHUNK == block;
+        struct tn_chunk *ch = hw_tailnet_chunk(ns, p->row.id);
+        int variant = first ? 1 : 0;
+        struct tn_node *next;
+        if (!holds_self && ch->frame[variant]) {
+            for (next = p; next && (size_t)next->row.id / TN_CHUNK == block; next = next->ns_next)
+                ;
+            parts[n_parts++] = hw_sbuf_ref(ch->frame[variant]);
+        } else {
+            size_t len = 0;
+            char *text = block_text(c, p, self, !first, &len, &next);
+            if (!text) {
+                p = next;
+                continue;
+            }
+            struct hw_sbuf *f = zframe(c, text, len, 0);
+            free(text);
+            if (!holds_self)
+                ch->frame[variant] = hw_sbuf_ref(f);
+            parts[n_parts++] = f;
+        }
+        if (n_parts == n_blocks + 1) {
+            n_blocks *= 2;
+            struct hw_sbuf **grown = realloc(parts, (n_blocks + 2) * sizeof *parts);
+            if (!grown)
+                abort();
+            parts = grown;
+        }
+        first = false;
+        p = next;
+    }
+    if (!c->close_frame)
+        c->close_frame = zframe(c, "]}", 2, 0);
+    parts[n_parts++] = hw_sbuf_ref(c->close_frame);
+    size_t total = 0;
+    for (size_t i = 0; i < n_parts; i++)
+        total += parts[i]->len;
+    tc_mapframe_put_length(parts[0]->data, total - 4);
+    for (size_t i = 0; i < n_parts; i++) {
+        push_to_stream(ms, parts[i]);
+        hw_sbuf_unref(parts[i]);
+    }
+    free(parts);
 }
 
 /* ---- deltas ---- */
@@ -369,67 +465,57 @@ static void flush_namespace(struct hw_control *c, struct tn_namespace *ns)
     }
     (void)n_patch;
 
-    struct tc_time now = tc_time_now();
-    char when[TC_TIME_TEXT_MAX];
-    tc_time_format(&now, when);
-    json_t *head = json_object();
-    if (ns->n_removed > 0) {
-        json_t *removed = json_array();
-        for (size_t i = 0; i < ns->n_removed; i++)
-            json_array_append_new(removed, json_integer(ns->removed[i]));
-        json_object_set_new(head, "PeersRemoved", removed);
-    }
-    if (json_array_size(patches) > 0)
-        json_object_set(head, "PeersChangedPatch", patches);
-    json_object_set_new(head, "ControlTime", json_string(when));
+    json_t **patch_items = hw_calloc(json_array_size(patches) + 1, sizeof *patch_items);
+    for (size_t i = 0; i < json_array_size(patches); i++)
+        patch_items[i] = json_array_get(patches, i);
+    struct tc_map_response m = {
+        .peers_removed = ns->removed,
+        .n_peers_removed = ns->n_removed,
+        .peers_changed_patch = patch_items,
+        .n_peers_changed_patch = json_array_size(patches),
+        .control_time = tc_time_now(),
+    };
 
     bool anything = ns->n_removed > 0 || json_array_size(patches) > 0 || n_changed > 0;
     struct hw_sbuf *shared[2] = {NULL, NULL};
-    for (struct tn_node *m = anything ? ns->head : NULL; m; m = m->ns_next) {
-        if (!node_has_live_streams(m) || (m->pending & (TN_PEER_CHANGED | TN_SELF_CHANGED)))
+    for (struct tn_node *mem = anything ? ns->head : NULL; mem; mem = mem->ns_next) {
+        if (!node_has_live_streams(mem) || (mem->pending & (TN_PEER_CHANGED | TN_SELF_CHANGED)))
             continue;
-        for (struct tn_stream *ms = m->streams; ms; ms = ms->node_next) {
+        for (struct tn_stream *ms = mem->streams; ms; ms = ms->node_next) {
             if (!ms->initial_sent)
                 continue;
-            if (!shared[ms->compress]) {
-                struct textbuf t = {0};
-                compose(&t, head, "PeersChanged", changed, n_changed, NULL, c);
-                shared[ms->compress] = frame_text(c, &t, ms->compress);
-                free(t.p);
-            }
+            if (!shared[ms->compress])
+                shared[ms->compress] = encode(c, &m, "PeersChanged", changed, n_changed, NULL, ms->compress);
             push_to_stream(ms, shared[ms->compress]);
         }
     }
     /* Members that changed themselves: their own Node, the others' changes. */
-    for (struct tn_node *m = ns->pending_head; m; m = m->pending_next) {
-        if (!(m->pending & (TN_PEER_CHANGED | TN_SELF_CHANGED)) || !node_has_live_streams(m))
+    for (struct tn_node *mem = ns->pending_head; mem; mem = mem->pending_next) {
+        if (!(mem->pending & (TN_PEER_CHANGED | TN_SELF_CHANGED)) || !node_has_live_streams(mem))
             continue;
-        json_t *own = json_deep_copy(head);
-        if (m->pending & TN_SELF_CHANGED) {
-            struct hw_sbuf *t = node_text(c, m);
-            json_object_set_new(own, "Node", json_loadb((const char *)t->data, t->len, 0, NULL));
-            json_object_set_new(own, "UserProfiles", user_profiles_for(m));
+        struct tc_map_response own = m;
+        json_t *node = NULL, *profiles = NULL;
+        if (mem->pending & TN_SELF_CHANGED) {
+            own.node = node = node_json(c, mem);
+            own.user_profiles = profiles = user_profiles_for(mem);
         }
         for (int z = 0; z < 2; z++) {
             struct hw_sbuf *frame = NULL;
-            for (struct tn_stream *ms = m->streams; ms; ms = ms->node_next) {
+            for (struct tn_stream *ms = mem->streams; ms; ms = ms->node_next) {
                 if (!ms->initial_sent || ms->compress != z)
                     continue;
-                if (!frame) {
-                    struct textbuf t = {0};
-                    compose(&t, own, "PeersChanged", changed, n_changed, m, c);
-                    frame = frame_text(c, &t, z);
-                    free(t.p);
-                }
+                if (!frame)
+                    frame = encode(c, &own, "PeersChanged", changed, n_changed, mem, z);
                 push_to_stream(ms, frame);
             }
             hw_sbuf_unref(frame);
         }
-        json_decref(own);
+        json_decref(node);
+        json_decref(profiles);
     }
     hw_sbuf_unref(shared[0]);
     hw_sbuf_unref(shared[1]);
-    json_decref(head);
+    free(patch_items);
     json_decref(patches);
     free(changed);
 
@@ -610,6 +696,35 @@ void hw_control_notify(struct hw_control *c, enum hw_change_kind kind, int64_t i
     hw_loop_post(c->loop, apply_change, ch);
 }
 
+/* Makes the stored advertised routes match Hostinfo.RoutableIPs, writing only when they
+ * differ (map requests are frequent; the routes rarely change). Call in a transaction. */
+static int sync_advertised_routes(struct hw_db *db, int64_t node_id, const struct tc_hostinfo *hi)
+{
+    struct hw_route *routes = NULL;
+    size_t n = 0;
+    int rc = hw_db_route_list(db, node_id, &routes, &n);
+    if (rc != HW_DB_OK)
+        return rc;
+    size_t advertised = 0;
+    bool same = true;
+    for (size_t i = 0; i < n && same; i++) {
+        if (!routes[i].advertised)
+            continue;
+        advertised++;
+        bool found = false;
+        for (size_t j = 0; j < hi->n_routable_ips && !found; j++) {
+            char canon[HW_PREFIX_TEXT_MAX], why[120];
+            found = hw_prefix_canonical(hi->routable_ips[j], canon, why, sizeof why) == 0 &&
+                    strcmp(canon, routes[i].prefix) == 0;
+        }
+        same = found;
+    }
+    free(routes);
+    if (same && advertised == hi->n_routable_ips)
+        return HW_DB_OK;
+    return hw_db_route_set_advertised(db, node_id, hi->routable_ips, hi->n_routable_ips);
+}
+
 /* ---- /machine/register ---- */
 
 static void random_id(char *out, size_t len)
@@ -740,6 +855,8 @@ static struct tn_node *register_with_key(struct hw_control *c, const char *mkey,
         }
         rc = hw_db_node_insert(db, &row);
     }
+    if (rc == HW_DB_OK && r->hostinfo.raw)
+        rc = sync_advertised_routes(db, row.id, &r->hostinfo);
     if (rc == HW_DB_OK && !key->reusable)
         rc = hw_db_preauth_mark_used(db, key->id);
     if (rc != HW_DB_OK || hw_db_commit(db) != HW_DB_OK) {
@@ -920,13 +1037,32 @@ static bool same_text(const char *a, const char *b)
     return strcmp(a ? a : "", b ? b : "") == 0;
 }
 
-/* Stores what the client tells about itself; returns true when peers must hear of it. */
+/* The streaming request's Hostinfo often lacks NetInfo (it comes in the lite updates
+ * that follow), and upstream clients treat a missing NetInfo as "unchanged": keep the
+ * stored one rather than forgetting the node's home DERP region. */
+static char *merged_hostinfo(json_t *incoming, const char *stored_text)
+{
+    json_t *hi = json_deep_copy(incoming);
+    if (!json_object_get(hi, "NetInfo")) {
+        json_t *stored = json_or_null(stored_text);
+        json_t *netinfo = json_object_get(stored, "NetInfo");
+        if (json_is_object(netinfo))
+            json_object_set(hi, "NetInfo", netinfo);
+        json_decref(stored);
+    }
+    char *text = tc_json_dump(hi, NULL);
+    json_decref(hi);
+    return text;
+}
+
+/* Stores what the client tells about itself (one transaction, and none at all when
+ * nothing changed: lite updates are frequent); returns true when peers must hear of it. */
 static bool update_from_map_request(struct hw_control *c, struct tn_node *n, const struct tc_map_request *r)
 {
     struct hw_node row = {0};
     if (hw_db_node_get(c->srv->db, n->row.id, &row) != HW_DB_OK)
         return false;
-    bool changed = false;
+    bool changed = false, hostinfo_changed = false;
     char disco[HW_KEY_TEXT_MAX] = "";
     if (!tc_key_is_zero(r->disco_key))
         hw_key_format(HW_KEY_DISCO, r->disco_key, disco);
@@ -935,18 +1071,16 @@ static bool update_from_map_request(struct hw_control *c, struct tn_node *n, con
         changed = true;
     }
     if (r->hostinfo.raw) {
-        char *hi = tc_json_dump(r->hostinfo.raw, NULL);
+        char *hi = merged_hostinfo(r->hostinfo.raw, row.hostinfo_json);
         if (!same_text(hi, row.hostinfo_json)) {
             free(row.hostinfo_json);
             row.hostinfo_json = hi;
             hi = NULL;
             if (r->hostinfo.hostname && *r->hostinfo.hostname)
                 snprintf(row.hostname, sizeof row.hostname, "%s", r->hostinfo.hostname);
-            changed = true;
+            changed = hostinfo_changed = true;
         }
         free(hi);
-        const char **adv = r->hostinfo.routable_ips;
-        hw_db_route_set_advertised(c->srv->db, n->row.id, adv, r->hostinfo.n_routable_ips);
     }
     if (r->n_endpoints > 0) {
         char *ep = endpoints_json(r);
@@ -958,23 +1092,35 @@ static bool update_from_map_request(struct hw_control *c, struct tn_node *n, con
         }
         free(ep);
     }
-    int home = r->hostinfo.raw ? r->hostinfo.preferred_derp : n->home_derp;
-    bool derp_changed = home != n->home_derp;
-    int capver = r->version;
-    if (changed) {
-        row.last_seen = hw_now();
-        if (hw_db_node_update(c->srv->db, &row) != HW_DB_OK)
+    /* Routes are checked on every new stream too: a node registered through an
+     * interactive login has its Hostinfo stored already, so "changed" says nothing. */
+    bool check_routes = r->hostinfo.raw && (hostinfo_changed || r->stream);
+    if (changed || check_routes) {
+        if (changed)
+            row.last_seen = hw_now();
+        int rc = hw_db_begin(c->srv->db);
+        if (rc == HW_DB_OK && changed)
+            rc = hw_db_node_update(c->srv->db, &row);
+        if (rc == HW_DB_OK && check_routes)
+            rc = sync_advertised_routes(c->srv->db, n->row.id, &r->hostinfo);
+        if (rc == HW_DB_OK)
+            rc = hw_db_commit(c->srv->db);
+        if (rc != HW_DB_OK) {
+            hw_db_rollback(c->srv->db);
             log_error("map: storing node %lld failed: %s", (long long)row.id, hw_db_errmsg(c->srv->db));
+            changed = false;
+        }
     }
     hw_node_clear(&row);
-    if (changed || derp_changed || capver != n->cap_version) {
+    if (changed) {
         struct tn_node *fresh = reload_node(c, n->row.id);
-        if (fresh) {
-            fresh->home_derp = home;
-            fresh->cap_version = capver;
-            hw_tailnet_invalidate(fresh);
-        }
+        if (fresh)
+            fresh->cap_version = r->version;
         return true;
+    }
+    if (r->version != n->cap_version) {
+        n->cap_version = r->version;
+        hw_tailnet_invalidate(n);
     }
     return false;
 }
@@ -1053,8 +1199,19 @@ static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_
         respond_text(st, 404, "node not found: log in again");
         goto done;
     }
-    if (!r.stream) {
+    if (!r.stream && r.omit_peers) {
+        /* A lite update: stored above; the client ignores the body. */
         hw_h2_respond(st, 200, NULL, NULL, 0);
+        goto done;
+    }
+    if (!r.stream) {
+        /* One map, then the end of the response (`tailscale debug`-style polls). */
+        struct hw_sbuf *frame = whole_map(c, n, r.compress && strcmp(r.compress, "zstd") == 0);
+        if (frame)
+            hw_h2_respond(st, 200, "application/octet-stream", frame->data, frame->len);
+        else
+            respond_text(st, 500, "the map is too large to send");
+        hw_sbuf_unref(frame);
         goto done;
     }
     struct tn_stream *ms = hw_calloc(1, sizeof *ms);
@@ -1068,13 +1225,17 @@ static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_
     stream_link(c, ms);
     hw_h2_respond_streaming(st, 200, "application/octet-stream");
     set_online(c, n, true);
-    struct hw_sbuf *full = build_full_map(c, ms);
     ms->initial_sent = true;
-    push_to_stream(ms, full);
-    hw_sbuf_unref(full);
+    push_full_map(c, ms);
 done:
     pthread_mutex_unlock(&c->srv->lock);
     tc_map_request_free(&r);
+}
+
+bool hw_control_node_online(struct hw_control *c, int64_t node_id)
+{
+    struct tn_node *n = hw_tailnet_node(&c->tn, node_id);
+    return n && n->online;
 }
 
 /* ---- dispatch ---- */
@@ -1290,6 +1451,7 @@ void hw_control_free(struct hw_control *c)
         next = ms->all_next;
         free(ms);
     }
+    hw_sbuf_unref(c->close_frame);
     hw_sbuf_unref(c->keepalive[0]);
     hw_sbuf_unref(c->keepalive[1]);
     json_decref(c->derp_map);

@@ -3,8 +3,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,7 @@
 #include "server/register_page.h"
 #include "server/server.h"
 #include "server/ts2021.h"
+#include "server/verify.h"
 
 /* Bounds for the public side. Clients hold few plain-HTTP connections (/key, then the
  * /ts2021 upgrade); the limits keep a flood from exhausting descriptors or memory. */
@@ -79,7 +82,27 @@ int hw_split_host_port(const char *addr, char *host, size_t host_len, char *port
     return 0;
 }
 
-int hw_listen_tcp(const char *addr, char *err, size_t err_len)
+static void sockname_text(int fd, char *out, size_t out_len)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+            port = ntohs(a->sin6_port);
+        }
+    }
+    snprintf(out, out_len, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+}
+
+int hw_listen_tcp(const char *addr, char *bound, size_t bound_len, char *err, size_t err_len)
 {
     char host[256], port[16], why[200];
     if (hw_split_host_port(addr, host, sizeof host, port, sizeof port, why, sizeof why) < 0) {
@@ -131,19 +154,24 @@ int hw_listen_tcp(const char *addr, char *err, size_t err_len)
         snprintf(err, err_len, "cannot listen on %s: %s", addr, strerror(saved));
         return -1;
     }
+    sockname_text(fd, bound, bound_len);
     return fd;
 }
 
 /* ---- pages ---- */
 
-typedef enum MHD_Result (*page_fn)(struct hw_server *s, struct MHD_Connection *conn);
+/* Called once the headers are in (none of these requests has a body). method is
+ * already checked against the page's own list. */
+typedef enum MHD_Result (*page_fn)(struct hw_server *s, struct MHD_Connection *conn,
+                                   const char *method);
 
 static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status, const char *text)
 {
     return hw_http_reply(conn, status, "text/plain; charset=utf-8", text, strlen(text));
 }
 
-static enum MHD_Result page_health(struct hw_server *s, struct MHD_Connection *conn)
+static enum MHD_Result page_health(struct hw_server *s, struct MHD_Connection *conn,
+                                   const char *method)
 {
     /* Like Headscale: pass only when the store answers a query, so a load balancer
      * stops sending clients to a server whose disk went away. */
@@ -158,7 +186,8 @@ static enum MHD_Result page_health(struct hw_server *s, struct MHD_Connection *c
                               "application/health+json; charset=utf-8");
 }
 
-static enum MHD_Result page_key(struct hw_server *s, struct MHD_Connection *conn)
+static enum MHD_Result page_key(struct hw_server *s, struct MHD_Connection *conn,
+                                const char *method)
 {
     const char *v = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "v");
     if (!v || !*v)
@@ -206,7 +235,8 @@ static char *html_escape(const char *in)
     return out;
 }
 
-static enum MHD_Result page_root(struct hw_server *s, struct MHD_Connection *conn)
+static enum MHD_Result page_root(struct hw_server *s, struct MHD_Connection *conn,
+                                 const char *method)
 {
     char *url = html_escape(s->cfg->server_url ? s->cfg->server_url : "");
     char *page = hw_sprintf(
@@ -222,22 +252,56 @@ static enum MHD_Result page_root(struct hw_server *s, struct MHD_Connection *con
     return rc;
 }
 
-static enum MHD_Result page_robots(struct hw_server *s, struct MHD_Connection *conn)
+static enum MHD_Result page_robots(struct hw_server *s, struct MHD_Connection *conn,
+                                   const char *method)
 {
     return reply_text(conn, MHD_HTTP_OK, "User-agent: *\nDisallow: /\n");
 }
 
-/* Exact paths. /ts2021 (Noise upgrade) joins this table with a page_fn that answers
- * with MHD_create_response_for_upgrade; the daemon already runs with MHD_ALLOW_UPGRADE. */
+static enum MHD_Result page_ts2021(struct hw_server *s, struct MHD_Connection *conn,
+                                   const char *method)
+{
+    /* The client sends no body (Content-Length: 0): the upgrade is answered on the first
+     * call, and the socket then leaves libmicrohttpd for the event loop. */
+    return (enum MHD_Result)hw_ts2021_handle(s->ts2021, conn, method);
+}
+
+/* Exact paths, each with the methods it answers. */
 static const struct {
     const char *path;
+    const char *methods;
     page_fn fn;
 } pages[] = {
-    {"/", page_root},
-    {"/health", page_health},
-    {"/key", page_key},
-    {"/robots.txt", page_robots},
+    {"/", "GET, HEAD", page_root},
+    {"/health", "GET, HEAD", page_health},
+    {"/key", "GET, HEAD", page_key},
+    {"/robots.txt", "GET, HEAD", page_robots},
+    {"/ts2021", "POST, GET", page_ts2021},   /* native upgrade / WebSocket */
 };
+
+static bool method_listed(const char *methods, const char *method)
+{
+    size_t n = strlen(method);
+    for (const char *p = methods; (p = strstr(p, method)) != NULL; p += n) {
+        if ((p == methods || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    }
+    return false;
+}
+
+static enum MHD_Result reply_405(struct MHD_Connection *conn, const char *allow)
+{
+    static const char text[] = "method not allowed\n";
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
@@ -245,12 +309,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   void **req_cls)
 {
     struct hw_server *s = cls;
-    if (strcmp(url, "/ts2021") == 0) {
-        /* The client sends no body (Content-Length: 0): answer on the first call. */
-        if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && strcmp(method, MHD_HTTP_METHOD_GET) != 0)
-            return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
-        return (enum MHD_Result)hw_ts2021_handle(s->ts2021, conn, method);
-    }
+    if (strcmp(url, "/verify") == 0)
+        return (enum MHD_Result)hw_verify_handle(s, conn, method, upload_data, upload_data_size,
+                                                 req_cls);
     if (strncmp(url, "/register/", 10) == 0 && strcmp(method, MHD_HTTP_METHOD_GET) == 0)
         return (enum MHD_Result)hw_register_page(s, conn, url + 10);
     /* None of these pages reads a body: answer on the first call, when the headers are
@@ -258,21 +319,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     for (size_t i = 0; i < HW_ARRAY_LEN(pages); i++) {
         if (strcmp(url, pages[i].path) != 0)
             continue;
-        if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
-            struct MHD_Response *resp = MHD_create_response_from_buffer(
-                strlen("method not allowed\n"), (void *)"method not allowed\n",
-                MHD_RESPMEM_PERSISTENT);
-            if (!resp)
-                return MHD_NO;
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
-            enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
-            MHD_destroy_response(resp);
-            return rc;
-        }
-        return pages[i].fn(s, conn);
+        if (!method_listed(pages[i].methods, method))
+            return reply_405(conn, pages[i].methods);
+        return pages[i].fn(s, conn, method);
     }
     return reply_text(conn, MHD_HTTP_NOT_FOUND, "404 page not found\n");
+}
+
+/* Only /verify keeps per-request state (its body). */
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode code)
+{
+    if (*req_cls)
+        hw_verify_request_done(*req_cls);
+    *req_cls = NULL;
 }
 
 int hw_http_public_start(struct hw_server *s, char *err, size_t err_len)
@@ -284,6 +344,7 @@ int hw_http_public_start(struct hw_server *s, char *err, size_t err_len)
     s->public_http = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s,
         MHD_OPTION_EXTERNAL_LOGGER, hw_mhd_logger, (void *)"public http",
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)PUBLIC_CONNECTION_LIMIT,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)PUBLIC_PER_IP_LIMIT,

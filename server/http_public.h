@@ -15,8 +15,9 @@ int hw_split_host_port(const char *addr, char *host, size_t host_len, char *port
                        size_t port_len, char *err, size_t err_len);
 
 /* Binds and listens on addr (a name is resolved once, here, at start). Returns the
- * socket, or -1 with "cannot listen on ADDR: reason" in err. */
-int hw_listen_tcp(const char *addr, char *err, size_t err_len);
+ * socket and the address it got in bound ("127.0.0.1:8080", "[::]:8080": the real port
+ * when addr asked for port 0), or -1 with "cannot listen on ADDR: reason" in err. */
+int hw_listen_tcp(const char *addr, char *bound, size_t bound_len, char *err, size_t err_len);
 
 /* Serves s->public_fd (taking it over) with one epoll thread. Returns 0 or -1 + err. */
 int hw_http_public_start(struct hw_server *s, char *err, size_t err_len);

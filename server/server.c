@@ -157,7 +157,8 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
     if (s->admin_fd < 0)
         goto fail;
     s->admin_socket_path = hw_strdup(cfg->unix_socket);
-    s->public_fd = hw_listen_tcp(cfg->listen_addr, err, err_len);
+    char bound[80];
+    s->public_fd = hw_listen_tcp(cfg->listen_addr, bound, sizeof bound, err, err_len);
     if (s->public_fd < 0)
         goto fail;
 
@@ -191,7 +192,7 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
 
     if (hw_http_public_start(s, err, err_len) < 0 || hw_admin_api_start(s, err, err_len) < 0)
         goto fail;
-    log_info("listening on http://%s (clients use server_url %s)", cfg->listen_addr,
+    log_info("listening on http://%s (clients use server_url %s)", bound,
              cfg->server_url ? cfg->server_url : "(not set)");
     log_info("admin API on %s (mode %04o)", cfg->unix_socket, cfg->unix_socket_permission & 0777);
     return 0;

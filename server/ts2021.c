@@ -16,6 +16,7 @@
 #include "proto/h2conn.h"
 #include "proto/keys.h"
 #include "proto/noise.h"
+#include "proto/websocket.h"
 #include "server/control.h"
 
 #define UPGRADE_TOKEN "tailscale-control-protocol"
@@ -43,6 +44,9 @@ struct ts_session {
     struct hw_noise_reader reader;
     struct hw_h2 *h2;
     char machine_key[HW_KEY_TEXT_MAX];
+    /* Browser clients carry the same byte stream in WebSocket binary messages. */
+    bool websocket;
+    struct hw_ws_reader ws;
     /* Plaintext gathered into one record before sealing, so many small HTTP/2 frames do
      * not each cost a record header and tag. */
     uint8_t staged[HW_NOISE_MAX_PLAINTEXT];
@@ -63,6 +67,7 @@ struct upgrade_handoff {
     uint8_t response[HW_NOISE_RESPONSE_LEN];
     char *refusal;                  /* when set: send it as a 0x03 message, then close */
     bool handshake_failed;          /* close right after the 101 */
+    bool websocket;
     int fd;
     struct MHD_UpgradeResponseHandle *urh;
     uint8_t *extra;
@@ -107,9 +112,23 @@ static int out_reserve(struct ts_session *s, size_t more)
     return 0;
 }
 
+/* In WebSocket mode every chunk of the stream travels as one binary message. */
+static int out_frame_header(struct ts_session *s, enum hw_ws_opcode op, size_t len)
+{
+    if (!s->websocket)
+        return 0;
+    uint8_t hdr[10];
+    size_t n = hw_ws_frame_header(op, len, hdr);
+    if (out_reserve(s, n) < 0)
+        return -1;
+    memcpy(s->out + s->out_len, hdr, n);
+    s->out_len += n;
+    return 0;
+}
+
 static int out_append_raw(struct ts_session *s, const uint8_t *data, size_t len)
 {
-    if (out_reserve(s, len) < 0)
+    if (out_frame_header(s, HW_WS_BINARY, len) < 0 || out_reserve(s, len) < 0)
         return -1;
     memcpy(s->out + s->out_len, data, len);
     s->out_len += len;
@@ -120,7 +139,8 @@ static int seal_staged(struct ts_session *s)
 {
     if (s->staged_len == 0)
         return 0;
-    if (out_reserve(s, s->staged_len + HW_NOISE_RECORD_OVERHEAD) < 0)
+    if (out_frame_header(s, HW_WS_BINARY, s->staged_len + HW_NOISE_RECORD_OVERHEAD) < 0 ||
+        out_reserve(s, s->staged_len + HW_NOISE_RECORD_OVERHEAD) < 0)
         return -1;
     if (hw_noise_seal_record(&s->noise.s2c, s->staged, s->staged_len, s->out + s->out_len) < 0)
         return -1;
@@ -254,6 +274,24 @@ static int on_plaintext(void *arg, const uint8_t *pt, size_t len)
     return 0;
 }
 
+static int on_ws_data(void *arg, const uint8_t *p, size_t len)
+{
+    struct ts_session *s = arg;
+    int rc = hw_noise_reader_feed(&s->reader, p, len, on_plaintext, s);
+    return rc == -1 ? -3 : rc;
+}
+
+static void on_ws_ping(void *arg, const uint8_t *p, size_t len)
+{
+    struct ts_session *s = arg;
+    if (out_frame_header(s, HW_WS_PONG, len) == 0 && out_reserve(s, len) == 0) {
+        memcpy(s->out + s->out_len, p, len);
+        s->out_len += len;
+    }
+}
+
+static const struct hw_ws_events ws_events = {.data = on_ws_data, .ping = on_ws_ping};
+
 static void on_socket(struct hw_loop *loop, int fd, int events, void *arg)
 {
     struct ts_session *s = arg;
@@ -285,9 +323,22 @@ static void on_socket(struct hw_loop *loop, int fd, int events, void *arg)
             session_close(s, strerror(errno));
             return;
         }
-        int rc = hw_noise_reader_feed(&s->reader, buf, (size_t)n, on_plaintext, s);
-        if (rc == -1) {
-            session_close(s, s->reader.error);
+        int rc = s->websocket ? hw_ws_reader_feed(&s->ws, buf, (size_t)n, &ws_events, s)
+                              : hw_noise_reader_feed(&s->reader, buf, (size_t)n, on_plaintext, s);
+        if (rc == -1 || rc == -3) {
+            session_close(s, rc == -1 && s->websocket ? s->ws.error : s->reader.error);
+            return;
+        }
+        if (s->websocket && s->ws.closed) {
+            /* Answer the close (status 1000) and end the session. */
+            static const uint8_t close_ok[] = {0x03, 0xe8};
+            out_frame_header(s, HW_WS_CLOSE, sizeof close_ok);
+            if (out_reserve(s, sizeof close_ok) == 0) {
+                memcpy(s->out + s->out_len, close_ok, sizeof close_ok);
+                s->out_len += sizeof close_ok;
+            }
+            write_out(s);
+            session_close(s, "WebSocket closed by the client");
             return;
         }
         if (rc < 0) {
@@ -378,9 +429,15 @@ static void start_session(struct hw_loop *loop, void *arg)
 
     if (h->handshake_failed || h->refusal) {
         if (h->refusal) {
-            uint8_t msg[512];
-            size_t n = hw_noise_error_message(h->refusal, msg, sizeof msg);
-            ssize_t sent = send(h->fd, msg, n, MSG_NOSIGNAL);
+            uint8_t msg[512 + 10];
+            size_t hdr = 0;
+            size_t n = hw_noise_error_message(h->refusal, msg + 10, sizeof msg - 10);
+            uint8_t frame[10];
+            if (h->websocket) {
+                hdr = hw_ws_frame_header(HW_WS_BINARY, n, frame);
+                memcpy(msg + 10 - hdr, frame, hdr);
+            }
+            ssize_t sent = send(h->fd, msg + 10 - hdr, n + hdr, MSG_NOSIGNAL);
             (void)sent;
         }
         MHD_upgrade_action(h->urh, MHD_UPGRADE_ACTION_CLOSE);
@@ -392,6 +449,8 @@ static void start_session(struct hw_loop *loop, void *arg)
     s->fd = h->fd;
     s->urh = h->urh;
     s->noise = h->noise;
+    s->websocket = h->websocket;
+    hw_ws_reader_init(&s->ws);
     hw_key_format(HW_KEY_MACHINE, s->noise.peer, s->machine_key);
     hw_noise_reader_init(&s->reader, &s->noise.c2s);
     s->h2 = hw_h2_new_server(&session_h2_callbacks, s, MAX_REQUEST_BODY);
@@ -402,18 +461,20 @@ static void start_session(struct hw_loop *loop, void *arg)
     ts->n_sessions++;
 
     /* The handshake response goes out in clear, then (as Tailscale's and Headscale's
-     * servers do) the early payload with a fresh challenge key, sealed like all later
-     * bytes. */
+     * servers do on the native path) the early payload with a fresh challenge key,
+     * sealed like all later bytes. */
     out_append_raw(s, h->response, sizeof h->response);
-    uint8_t challenge_priv[32], challenge_pub[32];
-    hw_key_generate(challenge_priv);
-    hw_key_public(challenge_priv, challenge_pub);
-    sodium_memzero(challenge_priv, sizeof challenge_priv);
-    size_t early_len;
-    uint8_t *early = hw_noise_early_payload(challenge_pub, &early_len);
-    stage_plaintext(s, early, early_len);
-    free(early);
-    seal_staged(s);
+    if (!s->websocket) {
+        uint8_t challenge_priv[32], challenge_pub[32];
+        hw_key_generate(challenge_priv);
+        hw_key_public(challenge_priv, challenge_pub);
+        sodium_memzero(challenge_priv, sizeof challenge_priv);
+        size_t early_len;
+        uint8_t *early = hw_noise_early_payload(challenge_pub, &early_len);
+        stage_plaintext(s, early, early_len);
+        free(early);
+        seal_staged(s);
+    }
 
     if (hw_loop_add(loop, s->fd, HW_EV_READ, on_socket, s) < 0) {
         session_close(s, "cannot watch the socket");
@@ -421,7 +482,8 @@ static void start_session(struct hw_loop *loop, void *arg)
     }
     log_debug("ts2021 session from %s (protocol %u)", s->machine_key, s->noise.version);
     if (h->extra_len > 0 &&
-        hw_noise_reader_feed(&s->reader, h->extra, h->extra_len, on_plaintext, s) < 0) {
+        (s->websocket ? hw_ws_reader_feed(&s->ws, h->extra, h->extra_len, &ws_events, s)
+                      : hw_noise_reader_feed(&s->reader, h->extra, h->extra_len, on_plaintext, s)) < 0) {
         session_close(s, "bad bytes right after the upgrade");
         goto done;
     }
@@ -465,22 +527,36 @@ int hw_ts2021_handle(struct hw_ts2021 *ts, struct MHD_Connection *conn, const ch
         return answer_text(conn, MHD_HTTP_BAD_REQUEST,
                            "missing Upgrade header: /ts2021 is Tailscale's control protocol "
                            "(a reverse proxy in front of headwater must pass Upgrade and Connection)\n");
-    if (strcasecmp(upgrade, "websocket") == 0)
-        return answer_text(conn, MHD_HTTP_BAD_REQUEST,
-                           "the WebSocket form of /ts2021 (browser clients) is not supported by this server\n");
-    if (strcmp(upgrade, UPGRADE_TOKEN) != 0)
-        return answer_text(conn, MHD_HTTP_BAD_REQUEST, "unknown Upgrade protocol\n");
-    const char *b64 = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Tailscale-Handshake");
+    bool websocket = strcasecmp(upgrade, "websocket") == 0;
+    const char *b64;
+    char accept[HW_WS_ACCEPT_LEN];
+    if (websocket) {
+        /* Browser clients: RFC 6455, subprotocol tailscale-control-protocol, the
+         * initiation in the query string (PROTOCOL.md §3.3). */
+        const char *proto = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Sec-WebSocket-Protocol");
+        if (!proto || !strstr(proto, UPGRADE_TOKEN))
+            return answer_text(conn, MHD_HTTP_BAD_REQUEST,
+                               "WebSocket subprotocol " UPGRADE_TOKEN " required\n");
+        if (hw_ws_accept_key(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Sec-WebSocket-Key"),
+                             accept) < 0)
+            return answer_text(conn, MHD_HTTP_BAD_REQUEST, "missing or invalid Sec-WebSocket-Key\n");
+        b64 = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "X-Tailscale-Handshake");
+    } else {
+        if (strcmp(upgrade, UPGRADE_TOKEN) != 0)
+            return answer_text(conn, MHD_HTTP_BAD_REQUEST, "unknown Upgrade protocol\n");
+        b64 = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Tailscale-Handshake");
+    }
     uint8_t init[HW_NOISE_INITIATION_LEN + 64];
     size_t init_len = 0;
     if (!b64 || sodium_base642bin(init, sizeof init, b64, strlen(b64), NULL, &init_len, NULL,
                                   sodium_base64_VARIANT_ORIGINAL) != 0)
         return answer_text(conn, MHD_HTTP_BAD_REQUEST,
-                           "missing or invalid X-Tailscale-Handshake header\n");
+                           "missing or invalid X-Tailscale-Handshake\n");
 
     struct upgrade_handoff *h = hw_calloc(1, sizeof *h);
     h->ts = ts;
     h->fd = -1;
+    h->websocket = websocket;
     struct hw_noise_handshake hs = {0};
     if (hw_noise_server_respond(&hs, ts->server_private, init, init_len, NULL, h->response,
                                 &h->noise) != HW_NOISE_OK) {
@@ -504,8 +580,15 @@ int hw_ts2021_handle(struct hw_ts2021 *ts, struct MHD_Connection *conn, const ch
         free(h);
         return MHD_NO;
     }
-    MHD_add_response_header(r, MHD_HTTP_HEADER_UPGRADE, UPGRADE_TOKEN);
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "upgrade");
+    if (websocket) {
+        MHD_add_response_header(r, MHD_HTTP_HEADER_UPGRADE, "websocket");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "Upgrade");
+        MHD_add_response_header(r, "Sec-WebSocket-Accept", accept);
+        MHD_add_response_header(r, "Sec-WebSocket-Protocol", UPGRADE_TOKEN);
+    } else {
+        MHD_add_response_header(r, MHD_HTTP_HEADER_UPGRADE, UPGRADE_TOKEN);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "upgrade");
+    }
     enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_SWITCHING_PROTOCOLS, r);
     MHD_destroy_response(r);
     return ret;

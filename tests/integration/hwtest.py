@@ -221,10 +221,14 @@ _servers_lock = threading.Lock()
 
 
 def _cleanup_servers():
+    """Stops whatever a case left running (its own failure was already reported)."""
     with _servers_lock:
         servers = list(_servers)
     for s in servers:
-        s.close(check=False)
+        try:
+            s.close(check=False)
+        except Exception as e:
+            sys.stderr.write("cleanup of %s: %s\n" % (s.dir, e))
 
 
 atexit.register(_cleanup_servers)

@@ -24,6 +24,9 @@ def table(out):
     header = [c.strip() for c in lines[0].split(" | ")]
     rows = []
     for l in lines[1:]:
+        check(l == l.rstrip(), "trailing blanks in %r" % l)
+        if l.endswith(" |"):
+            l += " "                 # an empty last cell
         cells = [c.strip() for c in l.split(" | ")]
         eq(len(cells), len(header), "cells in table row %r" % l)
         rows.append(dict(zip(header, cells)))
@@ -32,7 +35,7 @@ def table(out):
 
 def aligned(out):
     """Every row has its column separators at the same offsets as the header."""
-    lines = [l for l in out.splitlines() if l.strip()]
+    lines = [l + " " if l.endswith(" |") else l for l in out.splitlines() if l.strip()]
     seps = [[i for i in range(len(l)) if l.startswith(" | ", i)] for l in lines]
     for l, s in zip(lines, seps):
         eq(s, seps[0], "separator offsets in %r (header %r)" % (l, lines[0]))
@@ -149,12 +152,15 @@ def namespaces_destroy():
 def namespaces_invalid_names():
     with Server() as s:
         for bad in ["Bad_Name", "-lead", "trail-", "a" * 64, "dot.ted", "UPPER"]:
-            rc, line = one_line(s, "namespaces", "create", bad)
+            rc, line = one_line(s, "namespaces", "create", "--", bad)
             eq(rc, 1, "exit status for %r" % bad)
             check(line.startswith('hwctl: invalid namespace name "%s"' % bad),
                   "message for %r: %s" % (bad, line))
         rc, line = one_line(s, "namespaces", "create", "Bad_Name")
         contains(line, "a-z", "the rule is stated")
+        rc, line = one_line(s, "namespaces", "create", "-lead")
+        eq((rc, line), (2, "hwctl: namespaces create: unknown option -l: see 'hwctl namespaces "
+                           "create --help'"), "a leading dash needs --")
         s.hwctl("namespaces", "create", "a" * 63)
         s.hwctl("namespaces", "create", "x-1")
         rc, line = one_line(s, "namespaces", "create", "x-1")
@@ -212,6 +218,11 @@ def nodes_register_and_list():
         eq(n["online"], False, "online")
         eq(n["routes"], {"advertised": [], "enabled": []}, "routes")
         eq(s.hwctl_json("namespaces", "list")[0]["node_count"], 1, "node_count")
+        _, out, _ = s.hwctl("nodes", "list", "-o", "yaml")
+        for part in ["- id: %d\n" % n["id"], "  name: my-laptop\n", "  ip_addresses:\n"
+                     '  - "%s"\n' % v4, "  ephemeral: false\n", "  last_seen: null\n",
+                     "  routes:\n    advertised: []\n    enabled: []\n", "  tags: []\n"]:
+            contains(out, part, "nodes list -o yaml")
         # The registration id is used up.
         rc, line = one_line(s, "nodes", "register", "-n", "default", "--key", "reg-abc123")
         eq(rc, 1, "exit status")
@@ -400,7 +411,9 @@ def _run_on_tty(argv, answer, timeout=20):
             break
     rc = p.wait(timeout=timeout * hwtest.SLOW)
     os.close(master)
-    return rc, out.decode(errors="replace")
+    text = out.decode(errors="replace")
+    hwtest._check_sanitizer(text, " ".join(argv))
+    return rc, text
 
 
 @case

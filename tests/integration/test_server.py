@@ -279,6 +279,10 @@ def root_page_and_unknown_paths():
         eq(status, 404, "unknown path")
         status, _, _ = http_get(s.port, "/robots.txt")
         eq(status, 200, "robots.txt")
+        status, _, body = http_get(s.port, "/health", method="HEAD")
+        eq((status, body), (200, ""), "HEAD /health")
+        status, _, _ = http_get(s.port, "/key?v=133", method="PUT", body=b"{}")
+        eq(status, 405, "PUT /key")
 
 
 @case
