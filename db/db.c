@@ -241,6 +241,38 @@ int db_step_done(struct hw_db *db, sqlite3_stmt *st, const char *what)
     return out;
 }
 
+int db_read_rows(struct hw_db *db, sqlite3_stmt *st, const struct db_row_kind *kind, void **rows,
+                 size_t *n_rows)
+{
+    char *list = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+    *rows = NULL;
+    *n_rows = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            char *grown = realloc(list, cap * kind->size);
+            if (!grown)
+                break;
+            list = grown;
+        }
+        kind->read(st, list + n++ * kind->size);
+    }
+    db_done(st);
+    if (rc == SQLITE_DONE) {
+        *rows = list;
+        *n_rows = n;
+        return HW_DB_OK;
+    }
+    for (size_t i = 0; kind->clear && i < n; i++)
+        kind->clear(list + i * kind->size);
+    free(list);
+    if (rc == SQLITE_ROW) /* the loop stopped on realloc */
+        return db_fail(db, HW_DB_ERROR, "out of memory %s", kind->listing);
+    return db_fail_sqlite(db, rc, kind->what);
+}
+
 int db_bind_text_or_null(sqlite3_stmt *st, int idx, const char *text)
 {
     if (!text || !*text)

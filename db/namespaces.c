@@ -11,14 +11,18 @@
     "SELECT ns.id, ns.name, ns.created_at,"                                            \
     " (SELECT count(*) FROM nodes n WHERE n.namespace_id = ns.id) FROM namespaces ns"
 
-static void read_namespace(sqlite3_stmt *st, struct hw_namespace *out)
+static void read_namespace(sqlite3_stmt *st, void *row)
 {
+    struct hw_namespace *out = row;
     memset(out, 0, sizeof *out);
     out->id = sqlite3_column_int64(st, 0);
     db_column_copy(st, 1, out->name, sizeof out->name);
     out->created_at = sqlite3_column_int64(st, 2);
     out->node_count = sqlite3_column_int64(st, 3);
 }
+
+static const struct db_row_kind namespace_rows = {sizeof(struct hw_namespace), read_namespace, NULL,
+                                                  "listing namespaces", "list namespaces"};
 
 /* Runs a one-row namespace query already bound; `what` names the row for NOT_FOUND. */
 static int fetch_one(struct hw_db *db, sqlite3_stmt *st, struct hw_namespace *out, const char *what)
@@ -111,30 +115,10 @@ int hw_db_namespace_list(struct hw_db *db, struct hw_namespace **out, size_t *n_
     sqlite3_stmt *st = db_stmt(db, sql);
     if (!st)
         return HW_DB_ERROR;
-    size_t n = 0, cap = 0;
-    struct hw_namespace *list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            struct hw_namespace *grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                free(list);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing namespaces");
-            }
-            list = grown;
-        }
-        read_namespace(st, &list[n++]);
-    }
-    db_done(st);
-    if (rc != SQLITE_DONE) {
-        free(list);
-        return db_fail_sqlite(db, rc, "list namespaces");
-    }
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &namespace_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 int hw_db_namespace_rename(struct hw_db *db, int64_t id, const char *new_name)

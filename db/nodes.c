@@ -31,8 +31,9 @@ void hw_node_list_free(struct hw_node *list, size_t n)
     free(list);
 }
 
-static void read_node(sqlite3_stmt *st, struct hw_node *out)
+static void read_node(sqlite3_stmt *st, void *row)
 {
+    struct hw_node *out = row;
     memset(out, 0, sizeof *out);
     out->id = sqlite3_column_int64(st, 0);
     db_column_copy(st, 1, out->machine_key, sizeof out->machine_key);
@@ -55,6 +56,11 @@ static void read_node(sqlite3_stmt *st, struct hw_node *out)
     out->created_at = sqlite3_column_int64(st, 18);
     out->updated_at = sqlite3_column_int64(st, 19);
 }
+
+static void clear_node(void *row) { hw_node_clear(row); }
+
+static const struct db_row_kind node_rows = {sizeof(struct hw_node), read_node, clear_node,
+                                             "listing nodes", "list nodes"};
 
 /* ---- addresses ---- */
 
@@ -284,30 +290,10 @@ int hw_db_node_list(struct hw_db *db, int64_t namespace_id, struct hw_node **out
     if (!st)
         return HW_DB_ERROR;
     sqlite3_bind_int64(st, 1, namespace_id);
-    size_t n = 0, cap = 0;
-    struct hw_node *list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            struct hw_node *grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                hw_node_list_free(list, n);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing nodes");
-            }
-            list = grown;
-        }
-        read_node(st, &list[n++]);
-    }
-    db_done(st);
-    if (rc != SQLITE_DONE) {
-        hw_node_list_free(list, n);
-        return db_fail_sqlite(db, rc, "list nodes");
-    }
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &node_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 /* ---- single-column changes ---- */
@@ -445,6 +431,17 @@ void hw_db_string_list_free(char **list, size_t n)
     free(list);
 }
 
+static void read_name(sqlite3_stmt *st, void *row)
+{
+    const char *name = (const char *)sqlite3_column_text(st, 0);
+    *(char **)row = hw_strdup(name ? name : "");
+}
+
+static void free_name(void *row) { free(*(char **)row); }
+
+static const struct db_row_kind name_rows = {sizeof(char *), read_name, free_name,
+                                             "listing node names", "list node names"};
+
 int hw_db_given_names_with_prefix(struct hw_db *db, const char *prefix, int64_t except_node_id,
                                   char ***out, size_t *n_out)
 {
@@ -469,31 +466,10 @@ int hw_db_given_names_with_prefix(struct hw_db *db, const char *prefix, int64_t 
     if (bounded)
         sqlite3_bind_text(st, 2, upper, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 3, except_node_id);
-    size_t n = 0, cap = 0;
-    char **list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            char **grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                hw_db_string_list_free(list, n);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing node names");
-            }
-            list = grown;
-        }
-        const char *name = (const char *)sqlite3_column_text(st, 0);
-        list[n++] = hw_strdup(name ? name : "");
-    }
-    db_done(st);
-    if (rc != SQLITE_DONE) {
-        hw_db_string_list_free(list, n);
-        return db_fail_sqlite(db, rc, "list node names");
-    }
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &name_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 /* Two addresses of one family, parsed; INVALID unless both parse and agree. */

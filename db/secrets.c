@@ -172,8 +172,9 @@ void hw_preauth_key_list_free(struct hw_preauth_key *list, size_t n)
     " FROM preauth_keys k JOIN namespaces ns ON ns.id = k.namespace_id"
 enum { PK_HASH_COL = 10 };
 
-static void read_preauth(sqlite3_stmt *st, struct hw_preauth_key *out)
+static void read_preauth(sqlite3_stmt *st, void *row)
 {
+    struct hw_preauth_key *out = row;
     memset(out, 0, sizeof *out);
     out->id = sqlite3_column_int64(st, 0);
     db_column_copy(st, 1, out->prefix, sizeof out->prefix);
@@ -186,6 +187,12 @@ static void read_preauth(sqlite3_stmt *st, struct hw_preauth_key *out)
     out->created_at = sqlite3_column_int64(st, 8);
     out->tags_json = db_column_dup(st, 9);
 }
+
+static void clear_preauth(void *row) { hw_preauth_key_clear(row); }
+
+static const struct db_row_kind preauth_rows = {sizeof(struct hw_preauth_key), read_preauth,
+                                                clear_preauth, "listing pre-auth keys",
+                                                "list pre-auth keys"};
 
 static int preauth_get_by_id(struct hw_db *db, int64_t id, struct hw_preauth_key *out)
 {
@@ -299,31 +306,10 @@ int hw_db_preauth_list(struct hw_db *db, int64_t namespace_id, struct hw_preauth
     if (!st)
         return HW_DB_ERROR;
     sqlite3_bind_int64(st, 1, namespace_id);
-    size_t n = 0, cap = 0;
-    struct hw_preauth_key *list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            struct hw_preauth_key *grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                hw_preauth_key_list_free(list, n);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing pre-auth keys");
-            }
-            list = grown;
-        }
-        read_preauth(st, &list[n++]);
-    }
-    if (rc != SQLITE_DONE) {
-        hw_preauth_key_list_free(list, n);
-        db_done(st);
-        return db_fail_sqlite(db, rc, "list pre-auth keys");
-    }
-    db_done(st);
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &preauth_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 int hw_db_preauth_expire(struct hw_db *db, int64_t namespace_id, const char *key_or_prefix)
@@ -357,8 +343,9 @@ int hw_db_preauth_expire(struct hw_db *db, int64_t namespace_id, const char *key
 #define APIKEY_SELECT "SELECT id, prefix, expiration, last_seen, created_at, hash FROM api_keys"
 enum { AK_HASH_COL = 5 };
 
-static void read_apikey(sqlite3_stmt *st, struct hw_api_key *out)
+static void read_apikey(sqlite3_stmt *st, void *row)
 {
+    struct hw_api_key *out = row;
     memset(out, 0, sizeof *out);
     out->id = sqlite3_column_int64(st, 0);
     db_column_copy(st, 1, out->prefix, sizeof out->prefix);
@@ -366,6 +353,9 @@ static void read_apikey(sqlite3_stmt *st, struct hw_api_key *out)
     out->last_seen = sqlite3_column_int64(st, 3);
     out->created_at = sqlite3_column_int64(st, 4);
 }
+
+static const struct db_row_kind apikey_rows = {sizeof(struct hw_api_key), read_apikey, NULL,
+                                               "listing API keys", "list API keys"};
 
 int hw_db_apikey_create(struct hw_db *db, int64_t expiration,
                         char key_text_out[HW_SECRET_TEXT_MAX], struct hw_api_key *out)
@@ -466,30 +456,10 @@ int hw_db_apikey_list(struct hw_db *db, struct hw_api_key **out, size_t *n_out)
     sqlite3_stmt *st = db_stmt(db, sql);
     if (!st)
         return HW_DB_ERROR;
-    size_t n = 0, cap = 0;
-    struct hw_api_key *list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            struct hw_api_key *grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                free(list);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing API keys");
-            }
-            list = grown;
-        }
-        read_apikey(st, &list[n++]);
-    }
-    db_done(st);
-    if (rc != SQLITE_DONE) {
-        free(list);
-        return db_fail_sqlite(db, rc, "list API keys");
-    }
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &apikey_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 int hw_db_apikey_expire(struct hw_db *db, const char *key_or_prefix)
