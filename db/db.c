@@ -273,6 +273,25 @@ int db_read_rows(struct hw_db *db, sqlite3_stmt *st, const struct db_row_kind *k
     return db_fail_sqlite(db, rc, kind->what);
 }
 
+int db_read_one(struct hw_db *db, sqlite3_stmt *st, void (*read)(sqlite3_stmt *st, void *row),
+                void *row, const char *noun, const char *which)
+{
+    int rc = sqlite3_step(st);
+    int out_rc = HW_DB_OK;
+    if (rc == SQLITE_ROW) {
+        if (row)
+            read(st, row);
+    } else if (rc == SQLITE_DONE) {
+        out_rc = db_fail(db, HW_DB_NOT_FOUND, "%s %s not found", noun, which);
+    } else {
+        char what[64];
+        snprintf(what, sizeof what, "read %s", noun);
+        out_rc = db_fail_sqlite(db, rc, what);
+    }
+    db_done(st);
+    return out_rc;
+}
+
 int db_bind_text_or_null(sqlite3_stmt *st, int idx, const char *text)
 {
     if (!text || !*text)

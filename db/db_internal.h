@@ -84,6 +84,11 @@ struct db_row_kind {
 int db_read_rows(struct hw_db *db, sqlite3_stmt *st, const struct db_row_kind *kind, void **rows,
                  size_t *n_rows);
 
+/* Reads the one row a bound statement returns into *row (when row is not NULL). No row
+ * is NOT_FOUND, "<noun> <which> not found" ("node 7 not found"). */
+int db_read_one(struct hw_db *db, sqlite3_stmt *st, void (*read)(sqlite3_stmt *st, void *row),
+                void *row, const char *noun, const char *which);
+
 /* HW_DB_OK when the namespace exists, HW_DB_NOT_FOUND ("namespace 7 not found") if not. */
 int db_require_namespace(struct hw_db *db, int64_t namespace_id);
 

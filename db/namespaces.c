@@ -24,23 +24,6 @@ static void read_namespace(sqlite3_stmt *st, void *row)
 static const struct db_row_kind namespace_rows = {sizeof(struct hw_namespace), read_namespace, NULL,
                                                   "listing namespaces", "list namespaces"};
 
-/* Runs a one-row namespace query already bound; `what` names the row for NOT_FOUND. */
-static int fetch_one(struct hw_db *db, sqlite3_stmt *st, struct hw_namespace *out, const char *what)
-{
-    int rc = sqlite3_step(st);
-    int out_rc = HW_DB_OK;
-    if (rc == SQLITE_ROW) {
-        if (out)
-            read_namespace(st, out);
-    } else if (rc == SQLITE_DONE) {
-        out_rc = db_fail(db, HW_DB_NOT_FOUND, "namespace %s not found", what);
-    } else {
-        out_rc = db_fail_sqlite(db, rc, "read namespace");
-    }
-    db_done(st);
-    return out_rc;
-}
-
 static int check_name(struct hw_db *db, const char *name)
 {
     if (!name || !*name)
@@ -92,7 +75,7 @@ int hw_db_namespace_get(struct hw_db *db, int64_t id, struct hw_namespace *out)
     sqlite3_bind_int64(st, 1, id);
     char what[32];
     snprintf(what, sizeof what, "%lld", (long long)id);
-    return fetch_one(db, st, out, what);
+    return db_read_one(db, st, read_namespace, out, "namespace", what);
 }
 
 int hw_db_namespace_get_by_name(struct hw_db *db, const char *name, struct hw_namespace *out)
@@ -104,7 +87,7 @@ int hw_db_namespace_get_by_name(struct hw_db *db, const char *name, struct hw_na
     sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT);
     char what[HW_NAME_MAX + 8];
     snprintf(what, sizeof what, "\"%.*s\"", HW_NAME_MAX - 1, name ? name : "");
-    return fetch_one(db, st, out, what);
+    return db_read_one(db, st, read_namespace, out, "namespace", what);
 }
 
 int hw_db_namespace_list(struct hw_db *db, struct hw_namespace **out, size_t *n_out)

@@ -231,20 +231,6 @@ int hw_db_node_update(struct hw_db *db, struct hw_node *n)
 
 /* ---- reads ---- */
 
-static int node_fetch_one(struct hw_db *db, sqlite3_stmt *st, struct hw_node *out, const char *what)
-{
-    int rc = sqlite3_step(st);
-    int out_rc = HW_DB_OK;
-    if (rc == SQLITE_ROW)
-        read_node(st, out);
-    else if (rc == SQLITE_DONE)
-        out_rc = db_fail(db, HW_DB_NOT_FOUND, "node %s not found", what);
-    else
-        out_rc = db_fail_sqlite(db, rc, "read node");
-    db_done(st);
-    return out_rc;
-}
-
 int hw_db_node_get(struct hw_db *db, int64_t id, struct hw_node *out)
 {
     static const char sql[] = NODE_SELECT " WHERE n.id = ?1";
@@ -254,7 +240,7 @@ int hw_db_node_get(struct hw_db *db, int64_t id, struct hw_node *out)
     sqlite3_bind_int64(st, 1, id);
     char what[32];
     snprintf(what, sizeof what, "%lld", (long long)id);
-    return node_fetch_one(db, st, out, what);
+    return db_read_one(db, st, read_node, out, "node", what);
 }
 
 int hw_db_node_get_by_machine_key(struct hw_db *db, const char *mkey, struct hw_node *out)
@@ -266,7 +252,7 @@ int hw_db_node_get_by_machine_key(struct hw_db *db, const char *mkey, struct hw_
     sqlite3_bind_text(st, 1, mkey ? mkey : "", -1, SQLITE_TRANSIENT);
     char what[HW_KEY_TEXT_MAX + 16];
     snprintf(what, sizeof what, "with machine key %.*s", HW_KEY_TEXT_MAX - 1, mkey ? mkey : "");
-    return node_fetch_one(db, st, out, what);
+    return db_read_one(db, st, read_node, out, "node", what);
 }
 
 int hw_db_node_get_by_node_key(struct hw_db *db, const char *nodekey, struct hw_node *out)
@@ -278,7 +264,7 @@ int hw_db_node_get_by_node_key(struct hw_db *db, const char *nodekey, struct hw_
     sqlite3_bind_text(st, 1, nodekey ? nodekey : "", -1, SQLITE_TRANSIENT);
     char what[HW_KEY_TEXT_MAX + 16];
     snprintf(what, sizeof what, "with node key %.*s", HW_KEY_TEXT_MAX - 1, nodekey ? nodekey : "");
-    return node_fetch_one(db, st, out, what);
+    return db_read_one(db, st, read_node, out, "node", what);
 }
 
 int hw_db_node_list(struct hw_db *db, int64_t namespace_id, struct hw_node **out, size_t *n_out)

@@ -201,16 +201,9 @@ static int preauth_get_by_id(struct hw_db *db, int64_t id, struct hw_preauth_key
     if (!st)
         return HW_DB_ERROR;
     sqlite3_bind_int64(st, 1, id);
-    int rc = sqlite3_step(st);
-    int out_rc = HW_DB_OK;
-    if (rc == SQLITE_ROW)
-        read_preauth(st, out);
-    else if (rc == SQLITE_DONE)
-        out_rc = db_fail(db, HW_DB_NOT_FOUND, "pre-auth key %lld not found", (long long)id);
-    else
-        out_rc = db_fail_sqlite(db, sqlite3_extended_errcode(db->conn), "read pre-auth key");
-    db_done(st);
-    return out_rc;
+    char what[32];
+    snprintf(what, sizeof what, "%lld", (long long)id);
+    return db_read_one(db, st, read_preauth, out, "pre-auth key", what);
 }
 
 int hw_db_preauth_create(struct hw_db *db, int64_t namespace_id, bool reusable, bool ephemeral,
