@@ -141,6 +141,30 @@ static void generate_key(struct hw_db *db, const char *kind, char prefix[24],
     sodium_memzero(secret, sizeof secret);
 }
 
+/* Steps an INSERT whose ?1 and ?2 are a fresh key's prefix and hash (the caller bound
+ * the rest: a reset keeps bindings). A 48-bit prefix collides about never; drawing
+ * again keeps "never" true. The key text stays in key_text_out only if the row went in. */
+static int insert_fresh_key(struct hw_db *db, sqlite3_stmt *st, const char *kind, const char *what,
+                            char key_text_out[HW_SECRET_TEXT_MAX])
+{
+    int rc = HW_DB_ERROR;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        char prefix[24];
+        unsigned char hash[HASH_LEN];
+        generate_key(db, kind, prefix, key_text_out, hash);
+        sqlite3_bind_text(st, 1, prefix, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(st, 2, hash, HASH_LEN, SQLITE_TRANSIENT);
+        rc = db_step_done(db, st, what);
+        if (rc != HW_DB_EXISTS)
+            break;
+    }
+    if (rc != HW_DB_OK) {
+        sodium_memzero(key_text_out, HW_SECRET_TEXT_MAX);
+        key_text_out[0] = '\0';
+    }
+    return rc;
+}
+
 /* Compares in constant time; a row whose hash has the wrong length never matches. */
 static bool hash_matches(sqlite3_stmt *st, int col, const unsigned char want[HASH_LEN])
 {
@@ -218,35 +242,19 @@ int hw_db_preauth_create(struct hw_db *db, int64_t namespace_id, bool reusable, 
     int rc = db_require_namespace(db, namespace_id);
     if (rc != HW_DB_OK)
         return rc;
-    /* A 48-bit prefix collides about never; retrying keeps "never" true. */
-    for (int attempt = 0; attempt < 4; attempt++) {
-        char prefix[24];
-        unsigned char hash[HASH_LEN];
-        generate_key(db, "auth", prefix, key_text_out, hash);
-        sqlite3_stmt *st = db_stmt(db, sql);
-        if (!st)
-            return HW_DB_ERROR;
-        sqlite3_bind_text(st, 1, prefix, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_blob(st, 2, hash, HASH_LEN, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 3, namespace_id);
-        sqlite3_bind_int(st, 4, reusable);
-        sqlite3_bind_int(st, 5, ephemeral);
-        sqlite3_bind_int64(st, 6, expiration);
-        db_bind_text_or_null(st, 7, tags_json);
-        sqlite3_bind_int64(st, 8, hw_now());
-        rc = db_step_done(db, st, "insert pre-auth key");
-        if (rc == HW_DB_EXISTS)
-            continue;
-        if (rc != HW_DB_OK)
-            break;
-        int64_t id = sqlite3_last_insert_rowid(db->conn);
-        if (!out)
-            return HW_DB_OK;
-        return preauth_get_by_id(db, id, out);
-    }
-    sodium_memzero(key_text_out, HW_SECRET_TEXT_MAX);
-    key_text_out[0] = '\0';
-    return rc;
+    sqlite3_stmt *st = db_stmt(db, sql);
+    if (!st)
+        return HW_DB_ERROR;
+    sqlite3_bind_int64(st, 3, namespace_id);
+    sqlite3_bind_int(st, 4, reusable);
+    sqlite3_bind_int(st, 5, ephemeral);
+    sqlite3_bind_int64(st, 6, expiration);
+    db_bind_text_or_null(st, 7, tags_json);
+    sqlite3_bind_int64(st, 8, hw_now());
+    rc = insert_fresh_key(db, st, "auth", "insert pre-auth key", key_text_out);
+    if (rc != HW_DB_OK || !out)
+        return rc;
+    return preauth_get_by_id(db, sqlite3_last_insert_rowid(db->conn), out);
 }
 
 int hw_db_preauth_lookup(struct hw_db *db, const char *key_text, struct hw_preauth_key *out)
@@ -359,40 +367,25 @@ int hw_db_apikey_create(struct hw_db *db, int64_t expiration,
     static const char get_sql[] = APIKEY_SELECT " WHERE id = ?1";
     if (expiration < 0)
         return db_fail(db, HW_DB_INVALID, "expiration must not be negative");
-    int rc = HW_DB_ERROR;
-    for (int attempt = 0; attempt < 4; attempt++) {
-        char prefix[24];
-        unsigned char hash[HASH_LEN];
-        generate_key(db, "api", prefix, key_text_out, hash);
-        sqlite3_stmt *st = db_stmt(db, sql);
-        if (!st)
-            return HW_DB_ERROR;
-        sqlite3_bind_text(st, 1, prefix, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_blob(st, 2, hash, HASH_LEN, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 3, expiration);
-        sqlite3_bind_int64(st, 4, hw_now());
-        rc = db_step_done(db, st, "insert API key");
-        if (rc == HW_DB_EXISTS)
-            continue;
-        if (rc != HW_DB_OK)
-            break;
-        if (!out)
-            return HW_DB_OK;
-        int64_t id = sqlite3_last_insert_rowid(db->conn);
-        st = db_stmt(db, get_sql);
-        if (!st)
-            return HW_DB_ERROR;
-        sqlite3_bind_int64(st, 1, id);
-        int step = sqlite3_step(st);
-        if (step == SQLITE_ROW)
-            read_apikey(st, out);
-        else
-            rc = db_fail_sqlite(db, sqlite3_extended_errcode(db->conn), "read API key");
-        db_done(st);
+    sqlite3_stmt *st = db_stmt(db, sql);
+    if (!st)
+        return HW_DB_ERROR;
+    sqlite3_bind_int64(st, 3, expiration);
+    sqlite3_bind_int64(st, 4, hw_now());
+    int rc = insert_fresh_key(db, st, "api", "insert API key", key_text_out);
+    if (rc != HW_DB_OK || !out)
         return rc;
-    }
-    sodium_memzero(key_text_out, HW_SECRET_TEXT_MAX);
-    key_text_out[0] = '\0';
+    int64_t id = sqlite3_last_insert_rowid(db->conn);
+    st = db_stmt(db, get_sql);
+    if (!st)
+        return HW_DB_ERROR;
+    sqlite3_bind_int64(st, 1, id);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW)
+        read_apikey(st, out);
+    else
+        rc = db_fail_sqlite(db, sqlite3_extended_errcode(db->conn), "read API key");
+    db_done(st);
     return rc;
 }
 
