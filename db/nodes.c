@@ -163,12 +163,22 @@ static int bind_node_columns(struct hw_db *db, sqlite3_stmt *st, struct hw_node 
     return HW_DB_OK;
 }
 
-/* A foreign key failure names the namespace when that is what is missing. */
-static int missing_reference(struct hw_db *db, const struct hw_node *n)
+/* The part insert and update share: their columns, now as ?19, the step, and a failure
+ * in words the admin can act on. */
+static int write_node(struct hw_db *db, sqlite3_stmt *st, struct hw_node *n, int64_t now,
+                      const char *what)
 {
-    if (db_require_namespace(db, n->namespace_id) != HW_DB_OK)
-        return HW_DB_NOT_FOUND;
-    return db_fail(db, HW_DB_NOT_FOUND, "pre-auth key %lld not found", (long long)n->auth_key_id);
+    int rc = bind_node_columns(db, st, n);
+    if (rc != HW_DB_OK) {
+        db_done(st);
+        return rc;
+    }
+    sqlite3_bind_int64(st, 19, now);
+    rc = db_step_done(db, st, what);
+    /* A foreign key failure: the namespace (its message set by the check) or the key. */
+    if (rc == HW_DB_NOT_FOUND && db_require_namespace(db, n->namespace_id) == HW_DB_OK)
+        return db_fail(db, rc, "pre-auth key %lld not found", (long long)n->auth_key_id);
+    return node_write_failed(db, rc, n, what);
 }
 
 int hw_db_node_insert(struct hw_db *db, struct hw_node *n)
@@ -182,18 +192,10 @@ int hw_db_node_insert(struct hw_db *db, struct hw_node *n)
     sqlite3_stmt *st = db_stmt(db, sql);
     if (!st)
         return HW_DB_ERROR;
-    int rc = bind_node_columns(db, st, n);
-    if (rc != HW_DB_OK) {
-        db_done(st);
-        return rc;
-    }
     int64_t now = hw_now();
-    sqlite3_bind_int64(st, 19, now);
-    rc = db_step_done(db, st, "insert node");
-    if (rc == HW_DB_NOT_FOUND)
-        return missing_reference(db, n);
+    int rc = write_node(db, st, n, now, "insert node");
     if (rc != HW_DB_OK)
-        return node_write_failed(db, rc, n, "insert node");
+        return rc;
     n->id = sqlite3_last_insert_rowid(db->conn);
     n->created_at = n->updated_at = now;
     return HW_DB_OK;
@@ -210,19 +212,11 @@ int hw_db_node_update(struct hw_db *db, struct hw_node *n)
     sqlite3_stmt *st = db_stmt(db, sql);
     if (!st)
         return HW_DB_ERROR;
-    int rc = bind_node_columns(db, st, n);
-    if (rc != HW_DB_OK) {
-        db_done(st);
-        return rc;
-    }
-    int64_t now = hw_now();
-    sqlite3_bind_int64(st, 19, now);
     sqlite3_bind_int64(st, 20, n->id);
-    rc = db_step_done(db, st, "update node");
-    if (rc == HW_DB_NOT_FOUND)
-        return missing_reference(db, n);
+    int64_t now = hw_now();
+    int rc = write_node(db, st, n, now, "update node");
     if (rc != HW_DB_OK)
-        return node_write_failed(db, rc, n, "update node");
+        return rc;
     if (sqlite3_changes(db->conn) == 0)
         return db_fail(db, HW_DB_NOT_FOUND, "node %lld not found", (long long)n->id);
     n->updated_at = now;
