@@ -32,6 +32,9 @@
 #define SWEEP_MS 1000
 /* An interactive login waits this long for `hwctl nodes register`. */
 #define PENDING_REGISTRATION_S (30 * 60)
+/* Logins waiting at once. Each costs a client only a Noise handshake, so without a cap
+ * anyone who can reach the server could fill the database with them. */
+#define MAX_PENDING_REGISTRATIONS 10000
 /* A node whose last stream closed stays "online" this long, so a quick reconnect is
  * not announced as offline-then-online to every peer. */
 #define OFFLINE_GRACE_MS 10000
@@ -786,6 +789,15 @@ static void start_interactive(struct hw_control *c, struct hw_h2_stream *st, con
     p.hostinfo_json = r->hostinfo.raw ? tc_json_dump(r->hostinfo.raw, NULL) : NULL;
     p.created_at = hw_now();
     p.expires_at = p.created_at + PENDING_REGISTRATION_S;
+    hw_db_pending_delete_machine(c->srv->db, mkey);
+    if (hw_db_pending_count(c->srv->db, p.created_at) >= MAX_PENDING_REGISTRATIONS) {
+        free(p.hostinfo_json);
+        log_warn("register: %d logins already wait for an admin: refusing %s",
+                 MAX_PENDING_REGISTRATIONS, mkey);
+        register_answer(st, NULL, NULL,
+                        "too many logins are waiting for an administrator; try again later", false);
+        return;
+    }
     int rc = hw_db_pending_insert(c->srv->db, &p);
     free(p.hostinfo_json);
     if (rc != HW_DB_OK) {
