@@ -13,9 +13,13 @@
 #include <sodium.h>
 
 #include "client/conn.h"
+#include "client/derp.h"
+#include "client/derpdebug.h"
 #include "client/localapi.h"
+#include "client/magicsock.h"
 #include "client/state.h"
 #include "client/status.h"
+#include "client/tlsdial.h"
 #include "client/url.h"
 #include "common/log.h"
 #include "common/loop.h"
@@ -36,6 +40,17 @@
 #define LOGOUT_TIMEOUT_MS 10000
 /* Error texts of a non-200 map or register answer: upstream reads at most 200 bytes. */
 #define ERROR_BODY_MAX 200
+/* `hwclient debug derp-send` runs at once; more wait for one to finish. */
+#define MAX_DEBUG_SENDS 8
+
+struct debug_send {
+    struct daemon *d;
+    struct hwc_dbg_tx *tx;
+    struct hwc_api_req *req;
+    uint8_t peer_key[32];
+    int64_t peer_id;
+    char peer_name[256];
+};
 
 enum login_mode {
     LOGIN_REFRESH,  /* known node key, no credentials: "is it still valid?" */
@@ -105,12 +120,24 @@ struct daemon {
 
     int64_t watchdog_ms;
     struct hwc_api *api;
+
+    /* DERP: magicsock's half, and what Hostinfo.NetInfo last said about it */
+    struct hwc_magic *magic;
+    json_t *sent_netinfo;        /* the NetInfo the server last acknowledged (or is about to) */
+    bool lite_wanted;
+    struct hwc_req *lite;
+    int lite_status;
+    struct hwc_dbg_rx *dbg_rx;
+    struct debug_send *sends[MAX_DEBUG_SENDS];
+    int *peer_homes;
+
     const char *shown_state;
     int exit_code;
     int sigfd;
 };
 
 static void reconcile(struct daemon *d);
+static void sync_magic(struct daemon *d);
 
 /* ---- small helpers ---- */
 
@@ -189,6 +216,7 @@ static void update_state(struct daemon *d)
         if (left > 0)
             d->expiry = hw_timer_start(d->loop, left * 1000 + 10, expiry_cb, d);
     }
+    sync_magic(d);
 }
 
 static void expiry_cb(struct hw_loop *loop, struct hw_timer *t, void *arg)
@@ -231,6 +259,9 @@ static void drop_conn(struct daemon *d)
 {
     d->reg = NULL;
     d->map = NULL;
+    d->lite = NULL;
+    if (d->magic)
+        hwc_magic_set_control_connected(d->magic, false);
     if (d->dec) {
         tc_mapdec_free(d->dec);
         d->dec = NULL;
@@ -663,6 +694,10 @@ static void send_map(struct daemon *d)
         .stream = true,
         .hostinfo = d->hostinfo,
     };
+    /* The stream request carries the current NetInfo: no lite update needed for it. */
+    json_decref(d->sent_netinfo);
+    d->sent_netinfo = json_incref(json_object_get(d->hostinfo, "NetInfo"));
+    d->lite_wanted = false;
     json_t *j = tc_map_request_to_json(&b);
     size_t len;
     char *body = tc_json_dump(j, &len);
@@ -686,6 +721,294 @@ static void send_map(struct daemon *d)
         return;
     }
     arm_watchdog(d);
+}
+
+/* ---- NetInfo: the home DERP region and latencies, told to the server ---- */
+
+static void lite_response(struct hwc_req *r, int status, void *arg)
+{
+    struct daemon *d = arg;
+    d->lite_status = status;
+}
+
+static void lite_data(struct hwc_req *r, const uint8_t *data, size_t len, void *arg) {}
+
+static void lite_close(struct hwc_req *r, uint32_t code, void *arg)
+{
+    struct daemon *d = arg;
+    d->lite = NULL;
+    if (code != 0 || d->lite_status != 200) {
+        /* The next stream request carries the NetInfo anyway; try once more meanwhile. */
+        log_warn("control: the server did not take the NetInfo update (%s %d)",
+                 code ? "HTTP/2 reset" : "HTTP", code ? (int)code : d->lite_status);
+        d->lite_wanted = true;
+        return;
+    }
+    log_debug("control: NetInfo update delivered");
+    if (d->lite_wanted)
+        kick(d);
+}
+
+static const struct hwc_req_handler lite_handler = {
+    .on_response = lite_response,
+    .on_data = lite_data,
+    .on_close = lite_close,
+};
+
+/* A lite map request (Stream false, OmitPeers true): the server stores the Hostinfo
+ * and answers 200, as upstream sends it when NetInfo changes. */
+static void send_lite(struct daemon *d)
+{
+    uint8_t pub[32];
+    hw_key_public(d->node_priv, pub);
+    struct tc_map_request_build b = {
+        .version = TC_CAPVER,
+        .compress_zstd = true,
+        .node_key = pub,
+        .disco_key = d->disco_pub,
+        .omit_peers = true,
+        .hostinfo = d->hostinfo,
+    };
+    json_t *j = tc_map_request_to_json(&b);
+    size_t len;
+    char *body = tc_json_dump(j, &len);
+    json_decref(j);
+    json_decref(d->sent_netinfo);
+    d->sent_netinfo = json_incref(json_object_get(d->hostinfo, "NetInfo"));
+    d->lite_wanted = false;
+    d->lite_status = 0;
+    d->lite = hwc_conn_post(d->conn, "/machine/map", body, len, &lite_handler, d);
+    free(body);
+    if (!d->lite)
+        d->lite_wanted = true;
+}
+
+static void on_netinfo(const json_t *ni, void *arg)
+{
+    struct daemon *d = arg;
+    const json_t *old = json_object_get(d->hostinfo, "NetInfo");
+    int old_home = (int)json_integer_value(json_object_get(old, "PreferredDERP"));
+    int home = (int)json_integer_value(json_object_get(ni, "PreferredDERP"));
+    if (home != old_home)
+        log_info("netinfo: home DERP region %d%s", home, d->map_live ? ": telling the server" : "");
+    /* Kept in Hostinfo for every later request; a lite update only when something other
+     * than the latencies changed, as upstream's NetInfo.BasicallyEqual decides. */
+    json_object_set_new(d->hostinfo, "NetInfo", json_deep_copy(ni));
+    if (!hwc_netinfo_basically_equal(d->sent_netinfo, ni)) {
+        d->lite_wanted = true;
+        kick(d);
+    }
+}
+
+/* ---- DERP debug packets (client/derpdebug.h) ---- */
+
+static const struct tc_node *peer_by_key(struct daemon *d, const uint8_t key[32])
+{
+    return d->have_nm ? tc_netmap_peer_by_key(&d->nm, key) : NULL;
+}
+
+static void on_derp_packet(const uint8_t src[32], int region, const uint8_t *data, size_t len, void *arg)
+{
+    struct daemon *d = arg;
+    struct hwc_dbg_pkt p;
+    if (hwc_dbg_parse(data, len, &p) < 0)
+        return; /* WireGuard and disco belong to the data plane, which is not here yet */
+    if (p.kind == HWC_DBG_ACK) {
+        for (int i = 0; i < MAX_DEBUG_SENDS; i++)
+            if (d->sends[i] && d->sends[i]->tx && hwc_dbg_tx_run(d->sends[i]->tx) == p.run) {
+                hwc_dbg_tx_ack(d->sends[i]->tx, &p);
+                break;
+            }
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    struct hwc_dbg_pkt ack;
+    if (!hwc_dbg_rx_data(d->dbg_rx, src, &p, len, (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000, &ack))
+        return;
+    uint8_t buf[HWC_DBG_HDR_LEN];
+    hwc_dbg_build(buf, sizeof buf, &ack);
+    const struct tc_node *peer = peer_by_key(d, src);
+    char err[300];
+    /* The answer takes the route the data came by (the region it arrived on). */
+    if (hwc_magic_send_derp(d->magic, src, peer ? peer->home_derp : region, buf, sizeof buf, err, sizeof err) < 0)
+        log_debug("derp debug: cannot acknowledge: %s", err);
+}
+
+static int debug_send_packet(void *arg, const uint8_t *pkt, size_t len, char *err, size_t errlen)
+{
+    struct debug_send *ds = arg;
+    struct daemon *d = ds->d;
+    /* The peer's home may change while we send: look it up each time. */
+    const struct tc_node *peer = d->have_nm ? tc_netmap_peer(&d->nm, ds->peer_id) : NULL;
+    if (!peer || memcmp(peer->key, ds->peer_key, 32) != 0) {
+        snprintf(err, errlen, "%s left the network map (or changed its key)", ds->peer_name);
+        return -1;
+    }
+    return hwc_magic_send_derp(d->magic, ds->peer_key, peer->home_derp, pkt, len, err, errlen);
+}
+
+static void debug_send_free(struct daemon *d, struct debug_send *ds)
+{
+    for (int i = 0; i < MAX_DEBUG_SENDS; i++)
+        if (d->sends[i] == ds)
+            d->sends[i] = NULL;
+    hwc_dbg_tx_free(ds->tx);
+    free(ds);
+}
+
+static void debug_send_done(struct hwc_dbg_tx *tx, json_t *result, const char *err, void *arg)
+{
+    struct debug_send *ds = arg;
+    struct daemon *d = ds->d;
+    json_object_set_new(result, "Peer", json_string(ds->peer_name));
+    if (err)
+        json_object_set_new(result, "Problem", json_string(err));
+    log_info("derp debug: %lld of %lld packets to %s acknowledged%s%s",
+             (long long)json_integer_value(json_object_get(result, "Acked")),
+             (long long)json_integer_value(json_object_get(result, "Sent")), ds->peer_name, err ? ": " : "",
+             err ? err : "");
+    hwc_api_reply(ds->req, result);
+    debug_send_free(d, ds);
+}
+
+/* A peer by host name, MagicDNS name (with or without the tailnet suffix) or address. */
+static const struct tc_node *find_peer(struct daemon *d, const char *what, char *err, size_t errlen)
+{
+    const struct tc_node *found = NULL;
+    size_t wl = strlen(what);
+    for (size_t i = 0; d->have_nm && i < d->nm.n_peers; i++) {
+        const struct tc_node *p = &d->nm.peers[i];
+        const char *host = p->hostinfo ? json_string_value(json_object_get(p->hostinfo, "Hostname")) : NULL;
+        const char *name = p->name ? p->name : "";
+        bool match = (host && strcmp(host, what) == 0) || strcmp(name, what) == 0 ||
+                     (strncmp(name, what, wl) == 0 && (name[wl] == '.' || name[wl] == '\0'));
+        for (size_t k = 0; !match && k < p->addresses.n; k++) {
+            const char *a = p->addresses.v[k];
+            size_t al = strcspn(a, "/");
+            match = al == wl && strncmp(a, what, wl) == 0;
+        }
+        if (!match)
+            continue;
+        if (found) {
+            snprintf(err, errlen, "\"%s\" names more than one peer (%s and %s): use its IP address", what,
+                     found->name ? found->name : "?", name);
+            return NULL;
+        }
+        found = p;
+    }
+    if (!found)
+        snprintf(err, errlen, "no peer \"%s\" in the network map (see `hwclient status`)", what);
+    return found;
+}
+
+static void api_derp_send(struct daemon *d, struct hwc_api_req *req, json_t *request)
+{
+    const char *peer_s = json_string_value(json_object_get(request, "peer"));
+    json_int_t count = json_integer_value(json_object_get(request, "count"));
+    json_int_t size = json_integer_value(json_object_get(request, "size"));
+    if (!peer_s || count < 1 || (uint64_t)count > HWC_DBG_MAX_COUNT || size < HWC_DBG_HDR_LEN ||
+        size > HWC_DBG_MAX_SIZE) {
+        hwc_api_reply_error(req, "derp-send needs a peer, a count of 1 to %llu and a size of %d to %d bytes",
+                            (unsigned long long)HWC_DBG_MAX_COUNT, HWC_DBG_HDR_LEN, HWC_DBG_MAX_SIZE);
+        return;
+    }
+    char err[400];
+    const struct tc_node *peer = find_peer(d, peer_s, err, sizeof err);
+    if (!peer) {
+        hwc_api_reply_error(req, "%s", err);
+        return;
+    }
+    int slot = -1;
+    for (int i = 0; i < MAX_DEBUG_SENDS && slot < 0; i++)
+        if (!d->sends[i])
+            slot = i;
+    if (slot < 0) {
+        hwc_api_reply_error(req, "already %d derp-send runs under way: wait for one to finish", MAX_DEBUG_SENDS);
+        return;
+    }
+    struct debug_send *ds = hw_calloc(1, sizeof *ds);
+    ds->d = d;
+    ds->req = req;
+    memcpy(ds->peer_key, peer->key, 32);
+    ds->peer_id = peer->id;
+    snprintf(ds->peer_name, sizeof ds->peer_name, "%s", peer->name ? peer->name : peer_s);
+    /* The lasting reasons fail at once rather than after the stall limit. */
+    json_t *dm = hwc_magic_derp_map_json(d->magic);
+    const char *why = !dm ? "this node has no DERP map from the control server (is derp configured there?)"
+                      : !peer->home_derp ? "it has no home DERP region yet (it reports one once its netcheck "
+                                           "ran: is it running?)"
+                                         : NULL;
+    json_decref(dm);
+    if (why) {
+        hwc_api_reply_error(req, "cannot send to %s through DERP: %s", ds->peer_name, why);
+        free(ds);
+        return;
+    }
+    d->sends[slot] = ds;
+    log_info("derp debug: sending %lld packets of %lld bytes to %s (home region %d)", (long long)count,
+             (long long)size, ds->peer_name, peer->home_derp);
+    ds->tx = hwc_dbg_tx_start(d->loop, (uint64_t)count, (size_t)size, debug_send_packet, debug_send_done, ds);
+}
+
+static json_t *derp_stats(struct daemon *d)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "DERP", hwc_magic_status(d->magic));
+    json_t *rx = hwc_dbg_rx_json(d->dbg_rx);
+    const char *key;
+    json_t *v;
+    json_object_foreach(rx, key, v) {
+        uint8_t k[32];
+        const struct tc_node *p = hw_key_parse(HW_KEY_NODE, key, k, NULL) == 0 ? peer_by_key(d, k) : NULL;
+        json_object_set_new(v, "Peer", json_string(p && p->name ? p->name : ""));
+    }
+    json_object_set_new(o, "Received", rx);
+    json_object_set_new(o, "UntrackedSenders", json_integer((json_int_t)hwc_dbg_rx_untracked(d->dbg_rx)));
+    return o;
+}
+
+struct netcheck_waiter {
+    struct daemon *d;
+    struct hwc_api_req *req;
+};
+
+static void netcheck_answer(const struct hwc_nc_report *r, const char *err, void *arg)
+{
+    struct netcheck_waiter *w = arg;
+    struct daemon *d = w->d;
+    struct hwc_api_req *req = w->req;
+    free(w);
+    if (!r) {
+        hwc_api_reply_error(req, "netcheck: %s", err);
+        return;
+    }
+    json_t *a = json_object();
+    json_object_set_new(a, "Report", hwc_nc_report_json(r));
+    json_t *dm = hwc_magic_derp_map_json(d->magic);
+    json_object_set_new(a, "DERPMap", dm ? dm : json_object());
+    json_object_set_new(a, "HomeRegion", json_integer(hwc_magic_home(d->magic)));
+    hwc_api_reply(req, a);
+}
+
+/* What the DERP side needs from the netmap and the login state. */
+static void sync_magic(struct daemon *d)
+{
+    if (!d->magic)
+        return;
+    bool usable = d->have_node && !d->logged_out && d->have_nm && d->nm.has_self &&
+                  !hwc_node_expired(&d->nm.self, hw_now());
+    hwc_magic_set_derp_map(d->magic, d->have_nm && d->nm.has_derp_map ? &d->nm.derp_map : NULL);
+    hwc_magic_set_private_key(d->magic, usable ? d->node_priv : NULL);
+    hwc_magic_set_control_connected(d->magic, d->map_live);
+    if (d->have_nm) {
+        d->peer_homes = realloc(d->peer_homes, (d->nm.n_peers + 1) * sizeof *d->peer_homes);
+        if (!d->peer_homes)
+            abort();
+        for (size_t i = 0; i < d->nm.n_peers; i++)
+            d->peer_homes[i] = d->nm.peers[i].home_derp;
+        hwc_magic_set_peer_homes(d->magic, d->peer_homes, d->nm.n_peers);
+    }
 }
 
 /* ---- logout ---- */
@@ -826,8 +1149,12 @@ static void reconcile(struct daemon *d)
         send_register(d);
         return;
     }
-    if (!d->map)
+    if (!d->map) {
         send_map(d);
+        return;
+    }
+    if (d->map_live && d->lite_wanted && !d->lite)
+        send_lite(d);
 }
 
 /* ---- local API ---- */
@@ -888,6 +1215,29 @@ static void api_handler(struct hwc_api_req *req, const char *cmd, json_t *reques
             d->logout_timer = hw_timer_start(d->loop, LOGOUT_TIMEOUT_MS, logout_timeout, d);
             kick(d);
         }
+    } else if (strcmp(cmd, "netcheck") == 0) {
+        struct netcheck_waiter *w = hw_calloc(1, sizeof *w);
+        w->d = d;
+        w->req = req;
+        char err[300];
+        if (hwc_magic_netcheck(d->magic, netcheck_answer, w, err, sizeof err) < 0) {
+            free(w);
+            hwc_api_reply_error(req, "netcheck: %s (state %s)", err, backend_state(d));
+        }
+    } else if (strcmp(cmd, "derp-send") == 0) {
+        api_derp_send(d, req, request);
+    } else if (strcmp(cmd, "derp-stats") == 0) {
+        hwc_api_reply(req, derp_stats(d));
+    } else if (strcmp(cmd, "force-prefer-derp") == 0) {
+        json_t *rv = json_object_get(request, "region");
+        if (!json_is_integer(rv) || json_integer_value(rv) < 0 || json_integer_value(rv) > INT32_MAX) {
+            hwc_api_reply_error(req, "force-prefer-derp needs a region id (0 to stop forcing)");
+            return;
+        }
+        hwc_magic_force_prefer_derp(d->magic, (int)json_integer_value(rv));
+        json_t *a = json_object();
+        json_object_set_new(a, "ok", json_true());
+        hwc_api_reply(req, a);
     } else if (strcmp(cmd, "down") == 0) {
         json_t *a = json_object();
         json_object_set_new(a, "ok", json_true());
@@ -895,7 +1245,8 @@ static void api_handler(struct hwc_api_req *req, const char *cmd, json_t *reques
         log_info("stopping: `hwclient down`");
         hw_loop_stop(d->loop);
     } else {
-        hwc_api_reply_error(req, "unknown command \"%s\" (this daemon knows status, netmap, logout, down)", cmd);
+        hwc_api_reply_error(req, "unknown command \"%s\" (this daemon knows status, netmap, logout, netcheck, "
+                            "derp-send, derp-stats, force-prefer-derp, down)", cmd);
     }
 }
 
@@ -975,6 +1326,34 @@ static int setup(struct daemon *d, char *err, size_t errlen)
         d->watchdog_ms = v;
         log_info("map watchdog: %ld ms (HWCLIENT_MAP_WATCHDOG_MS)", v);
     }
+    struct hwc_magic_opts mo = {
+        .plain_http = d->opts->derp_http || hwc_derp_env_plain_http(),
+        .port = d->opts->port_set ? d->opts->port : HWC_MAGIC_DEFAULT_PORT,
+        .port_fallback = !d->opts->port_set,
+    };
+    /* Tests shorten the minute a connection to a non-home region outlives its last
+     * write, to watch it close; nothing else should set this. */
+    const char *idle = getenv("HWCLIENT_DERP_IDLE_MS");
+    if (idle && *idle) {
+        char *end;
+        long v = strtol(idle, &end, 10);
+        if (*end || v < 100 || v > HWC_MAGIC_IDLE_CLOSE_MS) {
+            snprintf(err, errlen, "HWCLIENT_DERP_IDLE_MS=%s: expected 100..%d", idle, HWC_MAGIC_IDLE_CLOSE_MS);
+            return -1;
+        }
+        mo.idle_close_ms = (int)v;
+        log_info("derp: idle connections close after %ld ms (HWCLIENT_DERP_IDLE_MS)", v);
+    }
+    static const struct hwc_magic_callbacks magic_callbacks = {
+        .on_netinfo = on_netinfo,
+        .on_derp_packet = on_derp_packet,
+    };
+    d->magic = hwc_magic_new(d->loop, &mo, &magic_callbacks, d, err, errlen);
+    if (!d->magic)
+        return -1;
+    if (mo.plain_http)
+        log_info("derp: plain HTTP to relays (TS_DEBUG_USE_DERP_HTTP / --debug-derp-http): for tests only");
+    d->dbg_rx = hwc_dbg_rx_new();
     d->need_register = true;
     if (d->have_node) {
         d->mode = LOGIN_REFRESH;
@@ -1008,6 +1387,19 @@ static void teardown(struct daemon *d)
     cancel_timer(d, &d->retry);
     cancel_timer(d, &d->expiry);
     cancel_timer(d, &d->logout_timer);
+    for (int i = 0; i < MAX_DEBUG_SENDS; i++) {
+        if (d->sends[i]) {
+            hwc_api_reply_error(d->sends[i]->req, "the daemon stopped before derp-send finished");
+            debug_send_free(d, d->sends[i]);
+        }
+    }
+    /* Before the control socket goes: a netcheck waiting there still gets its answer. */
+    hwc_magic_free(d->magic);
+    d->magic = NULL;
+    hwc_dbg_rx_free(d->dbg_rx);
+    free(d->peer_homes);
+    json_decref(d->sent_netinfo);
+    hwc_tls_cleanup();
     hwc_api_free(d->api);
     if (d->sigfd >= 0) {
         hw_loop_remove(d->loop, d->sigfd);

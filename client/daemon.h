@@ -16,6 +16,9 @@ struct hwc_up_opts {
     size_t n_routes;
     const char *statedir;      /* NULL: the default */
     bool ephemeral;
+    int port;                  /* UDP port for magicsock, when port_set (0 = any) */
+    bool port_set;             /* else 41641, or any port when that one is taken */
+    bool derp_http;            /* plain HTTP to DERP relays (upstream's TS_DEBUG_USE_DERP_HTTP) */
 };
 
 /* Runs until `hwclient down`, SIGINT/SIGTERM, or a refused login (exit status 1). */

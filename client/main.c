@@ -14,12 +14,19 @@
 #include <sodium.h>
 
 #include "client/daemon.h"
+#include "client/derpdebug.h"
+#include "client/derp.h"
 #include "client/localapi.h"
+#include "client/magicsock.h"
+#include "client/netcheck.h"
 #include "client/state.h"
 #include "client/status.h"
+#include "client/tlsdial.h"
 #include "common/log.h"
+#include "common/loop.h"
 #include "common/util.h"
 #include "common/version.h"
+#include "proto/tailcfg.h"
 
 /* logout waits for the server, which the daemon bounds at 10 s */
 #define CALL_TIMEOUT_MS 20000
@@ -30,18 +37,35 @@ static const char usage[] =
     "usage:\n"
     "  hwclient up --login-server URL [--authkey KEY] [--hostname NAME]\n"
     "              [--advertise-routes CIDR,...] [--statedir DIR] [--ephemeral] [--verbose]\n"
-    "        log in and stay in the foreground, keeping the network map current\n"
-    "        (without --authkey: prints a URL for the admin to complete)\n"
+    "              [--port N] [--debug-derp-http]\n"
+    "        log in and stay in the foreground, keeping the network map current and\n"
+    "        a connection to the home DERP relay (without --authkey: prints a URL for\n"
+    "        the admin to complete). --port: UDP port (default 41641, or any free one)\n"
+    "  hwclient netcheck [--statedir DIR] [--format json] [--derp-map FILE]\n"
+    "        UDP reachability, public address and latency to each DERP region, measured\n"
+    "        by the daemon (or, with --derp-map FILE holding a DERPMap JSON, by this\n"
+    "        command alone)\n"
     "  hwclient status [--statedir DIR] [--json]    this node and its peers\n"
     "  hwclient netmap [-o json] [--statedir DIR]   the whole network map as JSON\n"
     "  hwclient logout [--statedir DIR]             expire this node's key on the server\n"
     "  hwclient down [--statedir DIR]               stop the daemon (also: stop)\n"
     "  hwclient --version | --help\n"
     "\n"
+    "debug commands (opaque numbered packets through DERP, until the data plane exists):\n"
+    "  hwclient debug derp-send PEER [--count N] [--size BYTES] [--statedir DIR] [--json]\n"
+    "        send N packets (default 100 of 1200 bytes) to PEER (its name or IP) through\n"
+    "        its home DERP region; the peer acknowledges them; prints the rate\n"
+    "  hwclient debug derp-stats [--statedir DIR] [--json]\n"
+    "        the DERP connections and what arrived from each sender (count, loss, order)\n"
+    "  hwclient debug force-prefer-derp REGION [--statedir DIR]\n"
+    "        make REGION the home whenever it answers (0: back to the nearest), as\n"
+    "        `tailscale debug force-prefer-derp`\n"
+    "\n"
     "The state directory (default: $HWCLIENT_STATEDIR, /var/lib/hwclient as root,\n"
     "~/.local/state/hwclient otherwise) holds the keys and the daemon's control socket;\n"
     "run several daemons side by side with different --statedir values.\n"
-    "--authkey file:PATH reads the key from a file.\n";
+    "--authkey file:PATH reads the key from a file. TS_DEBUG_USE_DERP_HTTP=1 (or\n"
+    "--debug-derp-http) speaks plain HTTP to relays, port 3340 unless DERPPort: tests only.\n";
 
 static void die_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void die_usage(const char *cmd, const char *fmt, ...)
@@ -172,7 +196,16 @@ static int cmd_up(int argc, char **argv)
                 routes[n_routes++] = canon;
             }
             free(copy);
-        } else if (flag_bool(argv[i], "ephemeral"))
+        } else if ((v = flag_value("up", argc, argv, &i, "port"))) {
+            char *end;
+            long port = strtol(v, &end, 10);
+            if (!*v || *end || port < 0 || port > 65535)
+                die_usage("up", "--port %s: expected 0 to 65535 (0: any free port)", v);
+            o.port = (int)port;
+            o.port_set = true;
+        } else if (flag_bool(argv[i], "debug-derp-http"))
+            o.derp_http = true;
+        else if (flag_bool(argv[i], "ephemeral"))
             o.ephemeral = true;
         else if (flag_bool(argv[i], "verbose") || flag_bool(argv[i], "v"))
             hw_log_set_level(HW_LOG_DEBUG);
@@ -294,6 +327,288 @@ static int cmd_logout(int argc, char **argv)
     return 0;
 }
 
+/* One request to the daemon with its own fields (stolen), or exit 1 with the reason. */
+static json_t *call_with(json_t *req, const char *statedir, int timeout_ms, const char *what)
+{
+    struct hwc_state st;
+    char err[600];
+    if (hwc_state_paths(&st, statedir, err, sizeof err) < 0) {
+        fprintf(stderr, "hwclient %s: %s\n", what, err);
+        exit(1);
+    }
+    json_t *answer = hwc_api_call(st.sock, st.dir, req, timeout_ms, err, sizeof err);
+    json_decref(req);
+    if (!answer) {
+        fprintf(stderr, "hwclient %s: %s\n", what, err);
+        exit(1);
+    }
+    return answer;
+}
+
+/* ---- netcheck ---- */
+
+struct standalone {
+    struct hw_loop *loop;
+    json_t *report;
+    char err[300];
+};
+
+static void standalone_done(const struct hwc_nc_report *r, const char *err, void *arg)
+{
+    struct standalone *sa = arg;
+    if (r)
+        sa->report = hwc_nc_report_json(r);
+    else
+        snprintf(sa->err, sizeof sa->err, "%s", err);
+    hw_loop_stop(sa->loop);
+}
+
+static void standalone_netinfo(const json_t *ni, void *arg) {}
+static void standalone_packet(const uint8_t src[32], int region, const uint8_t *d, size_t n, void *arg) {}
+
+/* `tailscale netcheck` runs in the CLI too; here that is the --derp-map form. The file
+ * holds a DERPMap (or anything with one under "DERPMap", like `hwclient netmap -o json`). */
+static json_t *netcheck_standalone(const char *path, bool plain_http, json_t **dm_out)
+{
+    size_t len;
+    char *text = hw_read_file(path, &len);
+    if (!text) {
+        fprintf(stderr, "hwclient netcheck: cannot read %s: %s\n", path, strerror(errno));
+        exit(1);
+    }
+    char err[TC_ERRLEN];
+    json_t *j = tc_json_load((const uint8_t *)text, len, 4u << 20, path, err, sizeof err);
+    free(text);
+    if (!j) {
+        fprintf(stderr, "hwclient netcheck: %s\n", err);
+        exit(1);
+    }
+    json_t *dmj = json_object_get(j, "DERPMap") ? json_object_get(j, "DERPMap") : j;
+    struct tc_derp_map dm;
+    if (tc_derp_map_parse(dmj, &dm, err, sizeof err) < 0) {
+        fprintf(stderr, "hwclient netcheck: %s: not a DERP map: %s\n", path, err);
+        exit(1);
+    }
+    *dm_out = json_incref(dmj);
+    json_decref(j);
+    struct standalone sa = {.loop = hw_loop_new()};
+    struct hwc_magic_opts mo = {.plain_http = plain_http};
+    struct hwc_magic_callbacks cb = {.on_netinfo = standalone_netinfo, .on_derp_packet = standalone_packet};
+    hw_log_set_level(hw_log_get_level() == HW_LOG_DEBUG ? HW_LOG_DEBUG : HW_LOG_WARN);
+    struct hwc_magic *m = hwc_magic_new(sa.loop, &mo, &cb, &sa, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "hwclient netcheck: %s\n", err);
+        exit(1);
+    }
+    hwc_magic_set_derp_map(m, &dm);
+    tc_derp_map_clear(&dm);
+    if (hwc_magic_netcheck(m, standalone_done, &sa, sa.err, sizeof sa.err) == 0)
+        hw_loop_run(sa.loop);
+    hwc_magic_free(m);
+    hw_loop_free(sa.loop);
+    hwc_tls_cleanup();
+    if (!sa.report) {
+        fprintf(stderr, "hwclient netcheck: %s\n", sa.err);
+        exit(1);
+    }
+    return sa.report;
+}
+
+static int cmd_netcheck(int argc, char **argv)
+{
+    const char *statedir = NULL, *format = "", *derp_map = NULL;
+    bool plain_http = hwc_derp_env_plain_http();
+    for (int i = 2; i < argc; i++) {
+        const char *v;
+        if ((v = flag_value("netcheck", argc, argv, &i, "statedir")))
+            statedir = v;
+        else if ((v = flag_value("netcheck", argc, argv, &i, "format")))
+            format = v;
+        else if ((v = flag_value("netcheck", argc, argv, &i, "derp-map")))
+            derp_map = v;
+        else if (flag_bool(argv[i], "debug-derp-http"))
+            plain_http = true;
+        else if (flag_bool(argv[i], "verbose") || flag_bool(argv[i], "v"))
+            hw_log_set_level(HW_LOG_DEBUG);
+        else if (flag_bool(argv[i], "help") || flag_bool(argv[i], "h")) {
+            fputs(usage, stdout);
+            exit(0);
+        } else
+            die_usage("netcheck", "unknown argument %s", argv[i]);
+    }
+    if (*format && strcmp(format, "json") != 0 && strcmp(format, "json-line") != 0)
+        die_usage("netcheck", "unknown output format \"%s\" (json or json-line)", format);
+    json_t *report, *dm;
+    if (derp_map) {
+        report = netcheck_standalone(derp_map, plain_http, &dm);
+    } else {
+        json_t *req = json_object();
+        json_object_set_new(req, "cmd", json_string("netcheck"));
+        json_t *a = call_with(req, statedir, CALL_TIMEOUT_MS, "netcheck");
+        report = json_incref(json_object_get(a, "Report"));
+        dm = json_incref(json_object_get(a, "DERPMap"));
+        json_decref(a);
+    }
+    if (*format) {
+        char *text = json_dumps(report, JSON_PRESERVE_ORDER | (strcmp(format, "json") == 0 ? JSON_INDENT(2) : JSON_COMPACT));
+        printf("%s\n", text ? text : "null");
+        free(text);
+    } else {
+        hwc_nc_print(stdout, report, dm);
+    }
+    json_decref(report);
+    json_decref(dm);
+    return 0;
+}
+
+/* ---- debug ---- */
+
+static double num(const json_t *o, const char *k)
+{
+    return json_number_value(json_object_get(o, k));
+}
+
+static int cmd_debug_derp_send(int argc, char **argv)
+{
+    const char *statedir = NULL, *peer = NULL;
+    long long count = 100, size = 1200;
+    bool json = false;
+    for (int i = 3; i < argc; i++) {
+        const char *v;
+        char *end;
+        if ((v = flag_value("debug derp-send", argc, argv, &i, "statedir")))
+            statedir = v;
+        else if ((v = flag_value("debug derp-send", argc, argv, &i, "count"))) {
+            count = strtoll(v, &end, 10);
+            if (!*v || *end || count < 1 || (unsigned long long)count > HWC_DBG_MAX_COUNT)
+                die_usage("debug derp-send", "--count %s: expected 1 to %llu", v, HWC_DBG_MAX_COUNT);
+        } else if ((v = flag_value("debug derp-send", argc, argv, &i, "size"))) {
+            size = strtoll(v, &end, 10);
+            if (!*v || *end || size < HWC_DBG_HDR_LEN || size > HWC_DBG_MAX_SIZE)
+                die_usage("debug derp-send", "--size %s: expected %d to %d bytes", v, HWC_DBG_HDR_LEN,
+                          HWC_DBG_MAX_SIZE);
+        } else if (flag_bool(argv[i], "json"))
+            json = true;
+        else if (argv[i][0] != '-' && !peer)
+            peer = argv[i];
+        else
+            die_usage("debug derp-send", "unknown argument %s", argv[i]);
+    }
+    if (!peer)
+        die_usage("debug derp-send", "%s", "which peer? give its name or IP address");
+    json_t *req = json_object();
+    json_object_set_new(req, "cmd", json_string("derp-send"));
+    json_object_set_new(req, "peer", json_string(peer));
+    json_object_set_new(req, "count", json_integer(count));
+    json_object_set_new(req, "size", json_integer(size));
+    /* The daemon answers when the peer acknowledged everything or went quiet for 5 s;
+     * allow for a slow path (100 packets/s) before giving up on it. */
+    long long timeout = 60000 + count * 10;
+    json_t *r = call_with(req, statedir, timeout > INT32_MAX ? INT32_MAX : (int)timeout, "debug derp-send");
+    const char *problem = json_string_value(json_object_get(r, "Problem"));
+    if (json)
+        print_json(r);
+    else
+        printf("derp-send to %s: %lld of %lld packets of %lld bytes acknowledged in %.3f s "
+               "(%.0f packets/s, %.1f Mbit/s)\n",
+               json_string_value(json_object_get(r, "Peer")), (long long)num(r, "Acked"), (long long)num(r, "Sent"),
+               size, num(r, "Seconds"), num(r, "PacketsPerSecond"), num(r, "MbitPerSecond"));
+    if (problem)
+        fprintf(stderr, "hwclient debug derp-send: %s\n", problem);
+    json_decref(r);
+    return problem ? 1 : 0;
+}
+
+static void print_derp_stats(const json_t *st)
+{
+    const json_t *derp = json_object_get(st, "DERP");
+    printf("home region: %lld, UDP port %lld\n", (long long)num(derp, "HomeRegion"), (long long)num(derp, "UDPPort"));
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(derp, "Connections"), i, c) {
+        printf("derp-%lld%s: %s", (long long)num(c, "RegionID"), json_is_true(json_object_get(c, "Home")) ? " (home)" : "",
+               json_string_value(json_object_get(c, "State")));
+        if (json_object_get(c, "Node"))
+            printf(", node %s at %s (%s)", json_string_value(json_object_get(c, "Node")),
+                   json_string_value(json_object_get(c, "Addr")),
+                   json_is_true(json_object_get(c, "TLS")) ? "TLS" : "plain HTTP");
+        if (json_object_get(c, "PingRTTms"))
+            printf(", rtt %.2f ms", num(c, "PingRTTms"));
+        printf(", sent %lld, received %lld, dropped %lld\n", (long long)num(c, "TxPackets"),
+               (long long)num(c, "RxPackets"), (long long)num(c, "TxDrops"));
+        const char *e = json_string_value(json_object_get(c, "Error"));
+        if (e)
+            printf("    %s\n", e);
+    }
+    const char *key;
+    json_t *p;
+    bool any = false;
+    json_object_foreach((json_t *)json_object_get(st, "Received"), key, p) {
+        if (!any)
+            printf("received:\n");
+        any = true;
+        const json_t *run = json_object_get(p, "Run");
+        const char *name = json_string_value(json_object_get(p, "Peer"));
+        printf("  %s %s: %lld packets; last run %lld of %lld, lost %lld, reordered %lld%s\n",
+               name && *name ? name : "(not in the netmap)", key, (long long)num(p, "Packets"),
+               (long long)num(run, "Packets"), (long long)num(run, "Total"), (long long)num(run, "Lost"),
+               (long long)num(run, "Reordered"), json_is_true(json_object_get(run, "Complete")) ? ", complete" : "");
+    }
+    if (!any)
+        printf("received: nothing yet\n");
+}
+
+static int cmd_debug(int argc, char **argv)
+{
+    const char *sub = argc > 2 ? argv[2] : "";
+    if (strcmp(sub, "derp-send") == 0)
+        return cmd_debug_derp_send(argc, argv);
+    if (strcmp(sub, "derp-stats") == 0) {
+        const char *statedir = NULL;
+        bool json = false;
+        for (int i = 3; i < argc; i++) {
+            const char *v;
+            if ((v = flag_value("debug derp-stats", argc, argv, &i, "statedir")))
+                statedir = v;
+            else if (flag_bool(argv[i], "json"))
+                json = true;
+            else
+                die_usage("debug derp-stats", "unknown argument %s", argv[i]);
+        }
+        json_t *req = json_object();
+        json_object_set_new(req, "cmd", json_string("derp-stats"));
+        json_t *st = call_with(req, statedir, CALL_TIMEOUT_MS, "debug derp-stats");
+        if (json)
+            print_json(st);
+        else
+            print_derp_stats(st);
+        json_decref(st);
+        return 0;
+    }
+    if (strcmp(sub, "force-prefer-derp") == 0) {
+        const char *statedir = NULL, *region = NULL;
+        for (int i = 3; i < argc; i++) {
+            const char *v;
+            if ((v = flag_value("debug force-prefer-derp", argc, argv, &i, "statedir")))
+                statedir = v;
+            else if (argv[i][0] != '-' && !region)
+                region = argv[i];
+            else
+                die_usage("debug force-prefer-derp", "unknown argument %s", argv[i]);
+        }
+        char *end;
+        long r = region ? strtol(region, &end, 10) : -1;
+        if (!region || !*region || *end || r < 0 || r > INT32_MAX)
+            die_usage("debug force-prefer-derp", "%s", "expected a region id (0 to stop forcing)");
+        json_t *req = json_object();
+        json_object_set_new(req, "cmd", json_string("force-prefer-derp"));
+        json_object_set_new(req, "region", json_integer(r));
+        json_decref(call_with(req, statedir, CALL_TIMEOUT_MS, "debug force-prefer-derp"));
+        return 0;
+    }
+    die_usage("debug", "unknown debug command \"%s\" (derp-send, derp-stats, force-prefer-derp)", sub);
+}
+
 static int cmd_down(int argc, char **argv)
 {
     struct client_args a = {0};
@@ -332,5 +647,9 @@ int main(int argc, char **argv)
         return cmd_logout(argc, argv);
     if (strcmp(cmd, "down") == 0 || strcmp(cmd, "stop") == 0)
         return cmd_down(argc, argv);
+    if (strcmp(cmd, "netcheck") == 0)
+        return cmd_netcheck(argc, argv);
+    if (strcmp(cmd, "debug") == 0)
+        return cmd_debug(argc, argv);
     die_usage(NULL, "unknown command %s", cmd);
 }

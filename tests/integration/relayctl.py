@@ -34,10 +34,11 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 class Relay:
-    def __init__(self, *extra, certmode="http", key_json=None, workdir=None, stun=True, env=None, port=None):
+    def __init__(self, *extra, certmode="http", key_json=None, workdir=None, stun=True, env=None, port=None,
+                 stun_port=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="hwrelay-test-")
         self.port = port or free_port()
-        self.stun_port = free_port()
+        self.stun_port = stun_port or free_port()
         self.addr = "127.0.0.1:%d" % self.port
         self.key_path = os.path.join(self.dir, "hwrelay.key")
         if key_json is not None:

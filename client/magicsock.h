@@ -1,0 +1,94 @@
+#ifndef HW_CLIENT_MAGICSOCK_H
+#define HW_CLIENT_MAGICSOCK_H
+
+/* The DERP half of upstream's magicsock (wgengine/magicsock/derp.go) plus the UDP socket
+ * it will share with WireGuard and disco later:
+ *   - netcheck on that socket when the DERP map arrives or changes and about every
+ *     minute; the report's preferred region becomes the home region (kept while the
+ *     control connection is down, as upstream does, so peers can still find us);
+ *   - a connection to the home region, marked NotePreferred, kept up with reconnects
+ *     (exponential backoff from 100 ms, capped at 30 s, reset once ServerInfo arrives);
+ *   - connections to other regions on demand, when a packet goes to a peer homed
+ *     there, closed after 60 s without a write;
+ *   - a route per peer: a peer heard on some region's connection is answered there,
+ *     until a PeerGone or that connection's end (upstream's derpRoute).
+ * What arrives through DERP goes to on_derp_packet; today only the debug protocol
+ * (client/derpdebug.h) uses it, WireGuard and disco come with the data plane. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "client/netcheck.h"
+#include "proto/tailcfg.h"
+
+struct hw_loop;
+struct hwc_magic;
+
+#define HWC_MAGIC_DEFAULT_PORT 41641
+#define HWC_MAGIC_RESTUN_MS 60000
+#define HWC_MAGIC_IDLE_CLOSE_MS 60000
+#define HWC_MAGIC_CLEAN_INTERVAL_MS 15000
+#define HWC_MAGIC_BACKOFF_BASE_MS 100
+#define HWC_MAGIC_BACKOFF_CAP_MS 30000
+/* Connections to regions at once (home + on demand); a send beyond that is refused. */
+#define HWC_MAGIC_MAX_CONNS 32
+
+struct hwc_magic_callbacks {
+    /* A report finished and NetInfo (PreferredDERP, DERPLatency, WorkingUDP, ...) is
+     * what the control server should hear; borrowed. */
+    void (*on_netinfo)(const json_t *netinfo, void *arg);
+    void (*on_derp_packet)(const uint8_t src[32], int region, const uint8_t *data, size_t len, void *arg);
+};
+
+struct hwc_magic_opts {
+    bool plain_http;     /* TS_DEBUG_USE_DERP_HTTP */
+    int port;            /* UDP port; 0 = any */
+    bool port_fallback;  /* a busy port falls back to any, as tailscaled does with 41641 */
+    int idle_close_ms;   /* 0: HWC_MAGIC_IDLE_CLOSE_MS (tests shorten it) */
+};
+
+struct hwc_magic *hwc_magic_new(struct hw_loop *loop, const struct hwc_magic_opts *o,
+                                const struct hwc_magic_callbacks *cb, void *arg, char *err, size_t errlen);
+void hwc_magic_free(struct hwc_magic *m);
+
+/* The node key DERP authenticates with; NULL closes every connection (logged out,
+ * key expired). A different key reconnects everything. */
+void hwc_magic_set_private_key(struct hwc_magic *m, const uint8_t priv[32]);
+/* Copies dm; a changed map starts a report. NULL forgets it (closes connections). */
+void hwc_magic_set_derp_map(struct hwc_magic *m, const struct tc_derp_map *dm);
+/* Upstream keeps its home region while it cannot tell control about a new one. */
+void hwc_magic_set_control_connected(struct hwc_magic *m, bool up);
+/* Home regions of the peers, for the choice when no region answers at all (upstream
+ * then homes where most peers are). */
+void hwc_magic_set_peer_homes(struct hwc_magic *m, const int *homes, size_t n);
+
+/* `hwclient debug force-prefer-derp`: region becomes home at the next report (started
+ * now) when it answers; 0 goes back to latency. */
+void hwc_magic_force_prefer_derp(struct hwc_magic *m, int region);
+
+/* One packet to dst through DERP: the route the peer was last heard on, else its home
+ * region (connected on demand). 0 queued, -1 with err saying why not. */
+int hwc_magic_send_derp(struct hwc_magic *m, const uint8_t dst[32], int peer_home, const uint8_t *data,
+                        size_t len, char *err, size_t errlen);
+
+/* A fresh report on demand (`hwclient netcheck`); joins one under way. Its result also
+ * updates the home region like a periodic one. -1 with err when there is no DERP map. */
+int hwc_magic_netcheck(struct hwc_magic *m, hwc_nc_done_cb cb, void *arg, char *err, size_t errlen);
+/* A standalone report on a given map (the CLI without a daemon): no home, no DERP. */
+int hwc_magic_home(const struct hwc_magic *m);
+uint16_t hwc_magic_port(const struct hwc_magic *m);
+/* The DERP map as JSON (NULL when none), for printing reports. */
+json_t *hwc_magic_derp_map_json(const struct hwc_magic *m);
+/* Home, UDP port, connections, routes, last report. */
+json_t *hwc_magic_status(const struct hwc_magic *m);
+
+/* NetInfo JSON for a report (exposed for tests): DERPLatency "<id>-v4"/"-v6" in
+ * seconds, WorkingUDP/WorkingIPv6/OSHasIPv6, MappingVariesByDestIP when known. */
+json_t *hwc_magic_netinfo(const struct hwc_nc_report *r, int preferred);
+/* Upstream's NetInfo.BasicallyEqual: everything but DERPLatency. */
+bool hwc_netinfo_basically_equal(const json_t *a, const json_t *b);
+
+#endif
