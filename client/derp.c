@@ -803,7 +803,10 @@ static void stream_readable(struct hwc_derp *d)
         ssize_t n = read_some(d, buf, sizeof buf);
         if (n == 0)
             return;
-        if (n == -2) {
+        /* A relay refusing admission closes right after ClientInfo; with our
+         * NotePreferred still unread on its side that close arrives as a reset. */
+        bool reset = n == -1 && errno == ECONNRESET;
+        if (n == -2 || (reset && d->stage == ST_SERVER_INFO)) {
             if (d->stage == ST_SERVER_INFO)
                 fail(d, "%s: the relay closed the connection before ServerInfo: it did not admit this node "
                         "(a relay checking clients with the control server refuses nodes that are not "

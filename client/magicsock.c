@@ -57,7 +57,7 @@ struct hwc_magic {
     uint8_t priv[32];
     bool have_map;
     struct tc_derp_map dm;
-    char *dm_text;             /* to tell a changed map from the same one again */
+    json_t *dm_json;           /* the map as JSON: the same map again changes nothing */
     bool control_up;
     int *peer_homes;
     size_t n_peer_homes;
@@ -230,10 +230,10 @@ static void on_done(struct hwc_derp *d, const char *why, void *arg)
     struct region_conn *rc = arg;
     struct hwc_magic *m = rc->m;
     uint32_t hint = hwc_derp_restart_hint_ms(d);
+    snprintf(rc->last_error, sizeof rc->last_error, "%s", why ? why : "closed"); /* why lives in d */
     hwc_derp_free(d);
     rc->d = NULL;
     routes_drop_region(m, rc->region);
-    snprintf(rc->last_error, sizeof rc->last_error, "%s", why ? why : "closed");
     if (!conn_wanted(m, rc)) {
         log_info("%s", rc->last_error);
         conn_remove(m, rc, NULL);
@@ -621,7 +621,7 @@ void hwc_magic_free(struct hwc_magic *m)
     }
     if (m->have_map)
         tc_derp_map_clear(&m->dm);
-    free(m->dm_text);
+    json_decref(m->dm_json);
     free(m->peer_homes);
     sodium_memzero(m->priv, sizeof m->priv);
     free(m);
@@ -654,16 +654,14 @@ void hwc_magic_set_derp_map(struct hwc_magic *m, const struct tc_derp_map *dm)
             close_all(m, "no DERP map");
             tc_derp_map_clear(&m->dm);
             m->have_map = false;
-            free(m->dm_text);
-            m->dm_text = NULL;
+            json_decref(m->dm_json);
+            m->dm_json = NULL;
             m->home = 0;
         }
         return;
     }
     json_t *j = tc_derp_map_to_json(dm);
-    char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
-    if (m->dm_text && text && strcmp(text, m->dm_text) == 0) {
-        free(text);
+    if (m->dm_json && json_equal(m->dm_json, j)) {
         json_decref(j);
         return;
     }
@@ -671,23 +669,27 @@ void hwc_magic_set_derp_map(struct hwc_magic *m, const struct tc_derp_map *dm)
     char err[200];
     if (tc_derp_map_parse(j, &copy, err, sizeof err) < 0) {
         log_error("magicsock: the DERP map does not round-trip (%s): keeping the previous one", err);
-        free(text);
         json_decref(j);
         return;
     }
-    json_decref(j);
-    if (m->have_map)
-        tc_derp_map_clear(&m->dm);
-    m->dm = copy;
-    m->have_map = true;
-    free(m->dm_text);
-    m->dm_text = text;
-    log_info("magicsock: DERP map with %zu regions: measuring", m->dm.n_regions);
-    /* Connections to regions that left the map, or whose nodes changed, start over. */
+    /* As upstream: a connection survives a new map when its region is defined exactly
+     * as before; one whose region left or changed starts over. */
     for (struct region_conn *rc = m->conns, *next; rc; rc = next) {
         next = rc->next;
-        conn_remove(m, rc, "the DERP map changed");
+        char key[16];
+        snprintf(key, sizeof key, "%d", rc->region);
+        json_t *before = m->dm_json ? json_object_get(json_object_get(m->dm_json, "Regions"), key) : NULL;
+        json_t *after = json_object_get(json_object_get(j, "Regions"), key);
+        if (!before || !after || !json_equal(before, after))
+            conn_remove(m, rc, after ? "its region was redefined" : "its region left the DERP map");
     }
+    if (m->have_map)
+        tc_derp_map_clear(&m->dm);
+    json_decref(m->dm_json);
+    m->dm_json = j;
+    m->dm = copy;
+    m->have_map = true;
+    log_info("magicsock: DERP map with %zu regions: measuring", m->dm.n_regions);
     if (m->home && !tc_derp_map_region(&m->dm, m->home))
         m->home = 0;
     if (m->home && m->have_key)
