@@ -689,9 +689,14 @@ void hwc_magic_set_derp_map(struct hwc_magic *m, const struct tc_derp_map *dm)
     m->dm_json = j;
     m->dm = copy;
     m->have_map = true;
-    log_info("magicsock: DERP map with %zu regions: measuring", m->dm.n_regions);
     if (m->home && !tc_derp_map_region(&m->dm, m->home))
         m->home = 0;
+    if (m->dm.n_regions == 0) {
+        /* headwater sends an empty map when no relay is configured: nothing to measure */
+        log_info("magicsock: the DERP map has no regions: no relays to use");
+        return;
+    }
+    log_info("magicsock: DERP map with %zu regions: measuring", m->dm.n_regions);
     if (m->home && m->have_key)
         conn_get(m, m->home);
     hwc_netcheck_forget(m->nc);

@@ -154,7 +154,8 @@ static void report_copy(struct hwc_nc_report *dst, const struct hwc_nc_report *s
     free(dst->lat);
     *dst = *src;
     dst->lat = hw_malloc((src->n_lat ? src->n_lat : 1) * sizeof *dst->lat);
-    memcpy(dst->lat, src->lat, src->n_lat * sizeof *dst->lat);
+    if (src->n_lat)
+        memcpy(dst->lat, src->lat, src->n_lat * sizeof *dst->lat);
 }
 
 static int lat_cmp(const void *a, const void *b)
@@ -188,8 +189,10 @@ json_t *hwc_nc_report_json(const struct hwc_nc_report *r)
     json_object_set_new(o, "PreferredDERP", json_integer(r->preferred_derp));
     json_t *all = json_object(), *v4 = json_object(), *v6 = json_object();
     struct hwc_nc_latency *sorted = hw_malloc((r->n_lat ? r->n_lat : 1) * sizeof *sorted);
-    memcpy(sorted, r->lat, r->n_lat * sizeof *sorted);
-    qsort(sorted, r->n_lat, sizeof *sorted, lat_cmp);
+    if (r->n_lat) {
+        memcpy(sorted, r->lat, r->n_lat * sizeof *sorted);
+        qsort(sorted, r->n_lat, sizeof *sorted, lat_cmp);
+    }
     for (size_t i = 0; i < r->n_lat; i++) {
         char key[16];
         snprintf(key, sizeof key, "%d", sorted[i].region);

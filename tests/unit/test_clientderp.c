@@ -17,6 +17,7 @@
 #include "client/derpdebug.h"
 #include "client/magicsock.h"
 #include "client/netcheck.h"
+#include "client/resolve.h"
 #include "client/tlsdial.h"
 #include "common/log.h"
 #include "common/loop.h"
@@ -731,6 +732,83 @@ static void derp_session(void)
     CHECK(strstr(r.why, "the relay closed the connection") != NULL, "%s", r.why);
 }
 
+/* A node with only a HostName: the name is looked up off the loop (IPv4 first). */
+static void derp_node_by_name(void)
+{
+    uint8_t priv[32];
+    hw_key_generate(priv);
+    struct relay rl = {0};
+    relay_start(&rl, script_refuse_426);
+    struct run r;
+    memset(&r, 0, sizeof r);
+    r.loop = hw_loop_new();
+    struct tc_derp_region reg;
+    region_with(&reg, &rl.port, 1);
+    free(reg.nodes[0].host_name);
+    free(reg.nodes[0].ipv4);
+    reg.nodes[0].host_name = hw_strdup("localhost");
+    reg.nodes[0].ipv4 = hw_strdup("");
+    struct hwc_derp_opts o = {.mode = HWC_DERP_RELAY, .plain_http = true, .node_priv = priv};
+    struct hwc_derp_callbacks cb = {r_up, r_packet, r_gone, r_done};
+    r.d = hwc_derp_start(r.loop, &reg, &o, &cb, &r);
+    region_free(&reg);
+    hw_loop_run(r.loop);
+    hwc_derp_free(r.d);
+    hw_loop_free(r.loop);
+    relay_stop(&rl);
+    CHECK(strstr(r.why, "HTTP 426") != NULL, "%s", r.why);
+    CHECK(strstr(rl.head, "Host: localhost\r\n") != NULL, "%s", rl.head);
+}
+
+struct lookup {
+    struct hw_loop *loop;
+    int calls, err;
+    bool v4;
+};
+
+static void lookup_done(struct addrinfo *res, int gai_err, void *arg)
+{
+    struct lookup *l = arg;
+    l->calls++;
+    l->err = gai_err;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+        l->v4 |= ai->ai_family == AF_INET;
+    if (res)
+        freeaddrinfo(res);
+    hw_loop_stop(l->loop);
+}
+
+/* One lookup on a loop of its own (a stopped loop does not run again). */
+static void lookup(const char *host, int family, struct lookup *l)
+{
+    memset(l, 0, sizeof *l);
+    l->loop = hw_loop_new();
+    int err = 0;
+    struct hwc_resolve *r = hwc_resolve_start(l->loop, host, "3478", family, SOCK_DGRAM, lookup_done, l, &err);
+    if (r)
+        hw_loop_run(l->loop);
+    hw_loop_free(l->loop);
+}
+
+static void resolver(void)
+{
+    struct lookup l;
+    lookup("127.0.0.1", AF_INET, &l);
+    CHECK(l.calls == 1 && l.v4 && l.err == 0, "literal: calls %d err %d", l.calls, l.err);
+    lookup("localhost", AF_INET, &l);
+    CHECK(l.calls == 1 && l.v4, "localhost: calls %d err %d", l.calls, l.err);
+    /* cancelled: no callback, and the thread is joined (LSan sees nothing left) */
+    memset(&l, 0, sizeof l);
+    l.loop = hw_loop_new();
+    int err = 0;
+    struct hwc_resolve *r = hwc_resolve_start(l.loop, "localhost", "1", AF_UNSPEC, SOCK_STREAM, lookup_done, &l, &err);
+    hwc_resolve_cancel(r);
+    r = hwc_resolve_start(l.loop, "127.0.0.1", "1", AF_UNSPEC, SOCK_STREAM, lookup_done, &l, &err);
+    hwc_resolve_cancel(r);
+    CHECK_INT(l.calls, 0);
+    hw_loop_free(l.loop);
+}
+
 static void derp_latency_check(void)
 {
     struct relay rl = {0};
@@ -763,6 +841,8 @@ int main(void)
     RUN(derp_refusals);
     RUN(derp_session);
     RUN(derp_latency_check);
+    RUN(derp_node_by_name);
+    RUN(resolver);
     hwc_tls_cleanup();
     return TEST_MAIN_END();
 }
