@@ -1,8 +1,10 @@
 /* The few HTTP routes derper serves on its listener (PROTOCOL.md 8.1). Requests are
- * parsed with http_parser; every answer closes the connection except the DERP upgrade,
- * which turns the same socket into a DERP stream. */
+ * parsed with http_parser; every answer closes the connection except the two /derp
+ * upgrades, which turn the same socket into a DERP stream (plain, or inside WebSocket
+ * binary messages for browsers). */
 #include <http_parser.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -19,14 +21,17 @@ struct req {
     char field[64];
     size_t field_len;
     int cur;                 /* which header value is being collected, -1 none */
-    char values[5][FIELD_MAX];
-    size_t value_lens[5];
+    char values[9][FIELD_MAX];
+    size_t value_lens[9];
     bool head_done;
 };
 
-enum { H_UPGRADE, H_FAST_START, H_IDEAL_NODE, H_CHALLENGE, H_HOST };
+enum { H_UPGRADE, H_FAST_START, H_IDEAL_NODE, H_CHALLENGE, H_HOST, H_CONNECTION, H_WS_KEY,
+       H_WS_PROTOCOL, H_WS_VERSION };
 static const char *const wanted[] = {"Upgrade", "Derp-Fast-Start", "Ideal-Node",
-                                     "X-Tailscale-Challenge", "Host"};
+                                     "X-Tailscale-Challenge", "Host", "Connection",
+                                     "Sec-WebSocket-Key", "Sec-WebSocket-Protocol",
+                                     "Sec-WebSocket-Version"};
 
 static int on_url(http_parser *p, const char *at, size_t len)
 {
@@ -140,6 +145,58 @@ static void serve_no_content(struct conn *c, const struct req *q)
     respond(c, 204, "No Content", extra, NULL, NULL, true);
 }
 
+/* Whether a comma-separated header value lists token (any case). */
+static bool has_token(const char *value, const char *token)
+{
+    size_t n = strlen(token);
+    for (const char *p = value; *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        const char *last = end;
+        while (last > p && (last[-1] == ' ' || last[-1] == '\t'))
+            last--;
+        if ((size_t)(last - p) == n && strncasecmp(p, token, n) == 0)
+            return true;
+        p = end;
+    }
+    return false;
+}
+
+/* RFC 6455 server handshake with the checks Go's coder/websocket (derper's library)
+ * makes; no compression is offered, and the subprotocol is always "derp". */
+static enum http_result websocket_upgrade(struct conn *c, const struct req *q, unsigned method)
+{
+    const char *text = "text/plain; charset=utf-8";
+    if (method != HTTP_GET) {
+        respond(c, 405, "Method Not Allowed", "Allow: GET\r\n", text, "WebSocket protocol violation: handshake request method is not GET\n", false);
+        return HTTP_DONE;
+    }
+    if (!has_token(q->values[H_CONNECTION], "upgrade")) {
+        respond(c, 426, "Upgrade Required", "Connection: Upgrade\r\nUpgrade: websocket\r\n", text,
+                "WebSocket protocol violation: Connection header does not contain Upgrade\n", false);
+        return HTTP_DONE;
+    }
+    if (strcmp(q->values[H_WS_VERSION], "13") != 0) {
+        respond(c, 400, "Bad Request", "Sec-WebSocket-Version: 13\r\n", text,
+                "unsupported WebSocket protocol version (only 13 is supported)\n", false);
+        return HTTP_DONE;
+    }
+    char accept[HW_WS_ACCEPT_LEN];
+    if (hw_ws_accept_key(q->values[H_WS_KEY], accept) < 0) {
+        respond(c, 400, "Bad Request", NULL, text, "WebSocket protocol violation: invalid Sec-WebSocket-Key\n", false);
+        return HTTP_DONE;
+    }
+    char *head = hw_sprintf("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                            "Sec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: derp\r\n\r\n", accept);
+    conn_write(c, head, strlen(head));
+    free(head);
+    c->not_ideal = q->value_lens[H_IDEAL_NODE] > 0;
+    return HTTP_UPGRADE_WEBSOCKET;
+}
+
 enum http_result http_handle(struct conn *c, size_t *head_len)
 {
     struct relay *r = c->relay;
@@ -208,7 +265,11 @@ enum http_result http_handle(struct conn *c, size_t *head_len)
             respond(c, 404, "Not Found", NULL, "text/plain; charset=utf-8", "derp server disabled\n", false);
             return HTTP_DONE;
         }
-        if (strcasecmp(q.values[H_UPGRADE], "derp") != 0) {
+        /* derper tells real WebSocket clients by the "derp" subprotocol: very old
+         * tailscaled sent "Upgrade: WebSocket" but spoke plain DERP, and still can. */
+        if (strcasecmp(q.values[H_UPGRADE], "websocket") == 0 && strstr(q.values[H_WS_PROTOCOL], "derp"))
+            return websocket_upgrade(c, &q, p.method);
+        if (strcasecmp(q.values[H_UPGRADE], "derp") != 0 && strcasecmp(q.values[H_UPGRADE], "websocket") != 0) {
             if (q.value_lens[H_UPGRADE])
                 log_info("hwrelay: %s: unsupported upgrade %s", c->remote_text, q.values[H_UPGRADE]);
             respond(c, 426, "Upgrade Required", "X-Content-Type-Options: nosniff\r\n",
