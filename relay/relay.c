@@ -88,6 +88,32 @@ void relay_free(struct relay *r)
     free(r);
 }
 
+int relay_split_hostport(const char *addr, char *host, size_t host_len, int *port)
+{
+    const char *colon;
+    host[0] = '\0';
+    if (addr[0] == '[') {
+        const char *end = strchr(addr, ']');
+        if (!end || end[1] != ':' || (size_t)(end - addr - 1) >= host_len)
+            return -1;
+        memcpy(host, addr + 1, (size_t)(end - addr - 1));
+        host[end - addr - 1] = '\0';
+        colon = end + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon || (size_t)(colon - addr) >= host_len || memchr(addr, ':', (size_t)(colon - addr)))
+            return -1;
+        memcpy(host, addr, (size_t)(colon - addr));
+        host[colon - addr] = '\0';
+    }
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end || p < 0 || p > 65535)
+        return -1;
+    *port = (int)p;
+    return 0;
+}
+
 /* ---- admission ---- */
 
 struct relay_admission {

@@ -244,7 +244,7 @@ bool mesh_forward(struct relay *r, const uint8_t src[32], const uint8_t dst[32],
 
 /* helpers */
 void key_to_hex(const uint8_t key[32], char out[65]);
+/* ":port", "ip:port", "[ip]:port" (no lookup). */
 int relay_split_hostport(const char *addr, char *host, size_t host_len, int *port);
-int relay_listen_tcp(const char *host, int port, int out_fds[2]);
 
 #endif

@@ -18,6 +18,7 @@
 #include "common/util.h"
 #include "server/http_public.h"
 #include "server/control.h"
+#include "server/derp_embed.h"
 #include "proto/keys.h"
 #include "server/ts2021.h"
 
@@ -161,6 +162,8 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
     s->public_fd = hw_listen_tcp(cfg->listen_addr, bound, sizeof bound, err, err_len);
     if (s->public_fd < 0)
         goto fail;
+    if (cfg->derp_server_enabled && !(s->derp = hw_derp_embed_new(s, err, err_len)))
+        goto fail;
 
     char why[512];
     s->db = hw_db_open(cfg->database_sqlite_path, why, sizeof why);
@@ -189,6 +192,8 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
         goto fail;
     }
     s->ts2021 = hw_ts2021_new(s->loop, s->control, s->noise_private);
+    if (s->derp && hw_derp_embed_start(s->derp, s->noise_private, err, err_len) < 0)
+        goto fail;
 
     if (hw_http_public_start(s, err, err_len) < 0 || hw_admin_api_start(s, err, err_len) < 0)
         goto fail;
@@ -210,13 +215,16 @@ void hw_server_run(struct hw_server *s)
 
 void hw_server_stop(struct hw_server *s)
 {
-    /* Noise sessions first: their sockets are upgraded libmicrohttpd connections, which
-     * must be handed back before that daemon stops. Then the listeners: requests in
+    /* Noise sessions and DERP clients first: their sockets are upgraded libmicrohttpd
+     * connections, which must be handed back before that daemon stops. Then the listeners: requests in
      * progress finish under the lock and their changes are committed before the store
      * closes. */
     hw_ts2021_free(s->ts2021);
     s->ts2021 = NULL;
+    hw_derp_embed_stop(s->derp);
     hw_http_public_stop(s);
+    hw_derp_embed_free(s->derp);
+    s->derp = NULL;
     hw_admin_api_stop(s);
     if (s->public_fd >= 0)
         close(s->public_fd);
