@@ -37,13 +37,18 @@ HWCTL_SRCS  := $(wildcard api/hwctl*.c)
 # The relay core without its main(): hwrelay and headwater's built-in relay link it.
 RELAY_SRCS  := $(filter-out relay/main.c,$(wildcard relay/*.c))
 CLIENT_SRCS := $(wildcard client/*.c)
+# hwclient without its main(): the benchmarks and unit tests drive its connections too.
+CLIENT_LIB_SRCS := $(filter-out client/main.c,$(CLIENT_SRCS))
 BENCH_SRCS  := $(wildcard bench/*.c)
+# Helper programs the integration tests run (not tests themselves).
+TOOL_SRCS   := $(wildcard tests/tools/*.c)
 UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 LIB_OBJS    := $(call obj,$(LIB_SRCS))
 SERVER_OBJS := $(call obj,$(SERVER_SRCS))
 RELAY_OBJS  := $(call obj,$(RELAY_SRCS))
+CLIENT_LIB  := $(if $(CLIENT_LIB_SRCS),$(BUILD)/lib/libhwclient.a)
 
 PROGRAMS := $(BUILD)/headwater $(BUILD)/hwctl $(BUILD)/hwrelay
 ifneq ($(CLIENT_SRCS),)
@@ -51,9 +56,10 @@ PROGRAMS += $(BUILD)/hwclient
 endif
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+TOOL_BINS  := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRCS))
 
 .PHONY: all deps run test asan unit bench install clean check-deps
-all: check-deps $(PROGRAMS) $(UNIT_BINS) $(BENCH_BINS)
+all: check-deps $(PROGRAMS) $(UNIT_BINS) $(BENCH_BINS) $(TOOL_BINS)
 
 check-deps:
 	@pkg-config --exists $(PKGS) 2>/dev/null || { \
@@ -82,6 +88,10 @@ $(BUILD)/lib/libhwrelay.a: $(RELAY_OBJS)
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^
 
+$(BUILD)/lib/libhwclient.a: $(call obj,$(CLIENT_LIB_SRCS))
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
 # Archive order matters: each library may only use those after it.
 SERVER_LIBS := $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhwrelay.a $(BUILD)/lib/libhw.a
 
@@ -94,14 +104,18 @@ $(BUILD)/hwctl: $(call obj,$(HWCTL_SRCS)) $(BUILD)/lib/libhw.a
 $(BUILD)/hwrelay: $(call obj,relay/main.c) $(BUILD)/lib/libhwrelay.a $(BUILD)/lib/libhw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/hwclient: $(call obj,$(CLIENT_SRCS)) $(BUILD)/lib/libhw.a
+$(BUILD)/hwclient: $(call obj,client/main.c) $(CLIENT_LIB) $(BUILD)/lib/libhw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(SERVER_LIBS)
+$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(CLIENT_LIB) $(SERVER_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bench/%: $(call obj,bench/%.c) $(SERVER_LIBS)
+$(BUILD)/bench/%: $(call obj,bench/%.c) $(CLIENT_LIB) $(SERVER_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tools/%: $(call obj,tests/tools/%.c) $(CLIENT_LIB) $(SERVER_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

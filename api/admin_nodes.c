@@ -5,10 +5,12 @@
 
 #include "api/admin_internal.h"
 #include "common/util.h"
+#include "server/control.h"
 #include "server/nodes.h"
 
 /* routes: the node's rows (any order, other nodes' rows skipped). */
-static json_t *node_json(const struct hw_node *n, const struct hw_route *routes, size_t n_routes)
+static json_t *node_json(struct admin_req *r, const struct hw_node *n, const struct hw_route *routes,
+                         size_t n_routes)
 {
     json_t *ips = json_array();
     if (n->ipv4[0])
@@ -35,8 +37,7 @@ static json_t *node_json(const struct hw_node *n, const struct hw_route *routes,
         "machine_key", admin_str(n->machine_key), "node_key", admin_str(n->node_key),
         "disco_key", admin_str(n->disco_key), "ip_addresses", ips, "ephemeral", n->ephemeral,
         "tags", admin_json_array(n->tags_json),
-        /* Until the map streamer tracks sessions, nobody is known to be online. */
-        "online", 0,
+        "online", r->s->control ? hw_control_node_online(r->s->control, n->id) : 0,
         "last_seen", admin_time(n->last_seen), "expiry", admin_time(n->expiry),
         "expired", n->expiry != 0 && n->expiry <= now,
         "created_at", admin_time(n->created_at),
@@ -63,7 +64,7 @@ static void answer_node(struct admin_req *r, unsigned status, int64_t id)
         admin_fail_db(r, rc, "routes");
         return;
     }
-    admin_ok(r, status, node_json(&n, routes, n_routes));
+    admin_ok(r, status, node_json(r, &n, routes, n_routes));
     free(routes);
     hw_node_clear(&n);
 }
@@ -114,7 +115,7 @@ void admin_nodes_list(struct admin_req *r)
         size_t end = ri;
         while (end < n_routes && routes[end].node_id == nodes[i].id)
             end++;
-        json_array_append_new(arr, node_json(&nodes[i], routes + ri, end - ri));
+        json_array_append_new(arr, node_json(r, &nodes[i], routes + ri, end - ri));
         ri = end;
     }
     free(routes);

@@ -57,6 +57,25 @@ void tc_zenc_free(struct tc_zenc *z)
     free(z);
 }
 
+/* Compresses into the encoder's scratch buffer; returns the frame size or 0 with err. */
+static size_t compress_to_scratch(struct tc_zenc *z, const void *data, size_t len, char *err,
+                                  size_t errlen)
+{
+    size_t bound = ZSTD_compressBound(len);
+    if (bound > z->scratch_cap) {
+        free(z->scratch);
+        z->scratch = hw_malloc(bound);
+        z->scratch_cap = bound;
+    }
+    size_t n = ZSTD_compress2(z->cctx, z->scratch, z->scratch_cap, data, len);
+    if (ZSTD_isError(n)) {
+        snprintf(err, errlen, "zstd compress: %s", ZSTD_getErrorName(n));
+        ZSTD_CCtx_reset(z->cctx, ZSTD_reset_session_only);
+        return 0;
+    }
+    return n;
+}
+
 struct hw_sbuf *tc_mapframe_encode(struct tc_zenc *z, const void *json, size_t len, bool compress,
                                    char *err, size_t errlen)
 {
@@ -74,18 +93,9 @@ struct hw_sbuf *tc_mapframe_encode(struct tc_zenc *z, const void *json, size_t l
     /* Compress into a reused scratch buffer, then copy the exact size out: the shared
      * buffer may sit in many session queues for a while, so it should not carry the
      * compressBound slack. */
-    size_t bound = ZSTD_compressBound(len);
-    if (bound > z->scratch_cap) {
-        free(z->scratch);
-        z->scratch = hw_malloc(bound);
-        z->scratch_cap = bound;
-    }
-    size_t n = ZSTD_compress2(z->cctx, z->scratch, z->scratch_cap, json, len);
-    if (ZSTD_isError(n)) {
-        snprintf(err, errlen, "zstd compress: %s", ZSTD_getErrorName(n));
-        ZSTD_CCtx_reset(z->cctx, ZSTD_reset_session_only);
+    size_t n = compress_to_scratch(z, json, len, err, errlen);
+    if (n == 0)
         return NULL;
-    }
     if (n > TC_MAPFRAME_MAX) {
         snprintf(err, errlen, "compressed map message of %zu bytes exceeds the %u-byte limit", n,
                  TC_MAPFRAME_MAX);
@@ -95,6 +105,22 @@ struct hw_sbuf *tc_mapframe_encode(struct tc_zenc *z, const void *json, size_t l
     put_u32le(b->data, (uint32_t)n);
     memcpy(b->data + 4, z->scratch, n);
     return b;
+}
+
+struct hw_sbuf *tc_zstd_frame(struct tc_zenc *z, const void *data, size_t len, size_t prefix_room,
+                              char *err, size_t errlen)
+{
+    size_t n = compress_to_scratch(z, data, len, err, errlen);
+    if (n == 0)
+        return NULL;
+    struct hw_sbuf *b = hw_sbuf_new(prefix_room + n);
+    memcpy(b->data + prefix_room, z->scratch, n);
+    return b;
+}
+
+void tc_mapframe_put_length(uint8_t out[4], size_t payload_len)
+{
+    put_u32le(out, (uint32_t)payload_len);
 }
 
 struct hw_sbuf *tc_mapframe_encode_json(struct tc_zenc *z, const json_t *msg, bool compress,

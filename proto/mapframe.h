@@ -40,6 +40,14 @@ void tc_zenc_free(struct tc_zenc *z);
  * NULL with err set when len exceeds TC_MAPFRAME_MAX or zstd fails. */
 struct hw_sbuf *tc_mapframe_encode(struct tc_zenc *z, const void *json, size_t len, bool compress,
                                    char *err, size_t errlen);
+/* One message may be several zstd frames back to back (the client's decoder reads them
+ * all), which lets a server keep compressed pieces of a large map and reuse them for
+ * many recipients. tc_zstd_frame compresses one piece into a new buffer, leaving
+ * prefix_room bytes in front of it (for the length prefix of the message it starts);
+ * tc_mapframe_put_length writes that prefix: the total size of all the pieces. */
+struct hw_sbuf *tc_zstd_frame(struct tc_zenc *z, const void *data, size_t len, size_t prefix_room,
+                              char *err, size_t errlen);
+void tc_mapframe_put_length(uint8_t out[4], size_t payload_len);
 /* Same, for a json_t (dumped compact). */
 struct hw_sbuf *tc_mapframe_encode_json(struct tc_zenc *z, const json_t *msg, bool compress,
                                         char *err, size_t errlen);

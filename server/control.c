@@ -71,6 +71,7 @@ struct hw_control {
     struct hw_tailnet tn;
     struct tc_zenc *zenc;
     struct hw_sbuf *keepalive[2];       /* [compressed] */
+    struct hw_sbuf *close_frame;        /* the zstd frame of "]}" ending a blocked full map */
     json_t *derp_map;
     json_t *dns_config;
     json_t *packet_filters;
@@ -251,30 +252,169 @@ static struct hw_sbuf *encode(struct hw_control *c, const struct tc_map_response
 
 /* ---- the full map ---- */
 
-static struct hw_sbuf *build_full_map(struct hw_control *c, struct tn_stream *ms)
+/* The members of one block (ids with the same id / TN_CHUNK) from `first` on, joined by
+ * commas, without `skip`. NULL when nothing is left; *next gets the next block's first. */
+static char *block_text(struct hw_control *c, struct tn_node *first, const struct tn_node *skip,
+                        bool leading_comma, size_t *len_out, struct tn_node **next)
 {
-    struct tn_node *self = ms->node;
-    json_t *node = node_json(c, self);
-    json_t *profiles = user_profiles_for(self);
-    struct tc_map_response m = {
-        .node = node,
+    size_t block = (size_t)first->row.id / TN_CHUNK, total = 0, count = 0;
+    struct tn_node *p;
+    for (p = first; p && (size_t)p->row.id / TN_CHUNK == block; p = p->ns_next) {
+        if (p != skip) {
+            total += node_text(c, p)->len + 1;
+            count++;
+        }
+    }
+    *next = p;
+    if (count == 0)
+        return NULL;
+    char *out = hw_malloc(total + 1);
+    size_t pos = 0;
+    bool comma = leading_comma;
+    for (p = first; p != *next; p = p->ns_next) {
+        if (p == skip)
+            continue;
+        if (comma)
+            out[pos++] = ',';
+        comma = true;
+        struct hw_sbuf *t = node_text(c, p);
+        memcpy(out + pos, t->data, t->len);
+        pos += t->len;
+    }
+    *len_out = pos;
+    return out;
+}
+
+static struct hw_sbuf *zframe(struct hw_control *c, const void *data, size_t len, size_t room)
+{
+    char err[160];
+    struct hw_sbuf *f = tc_zstd_frame(c->zenc, data, len, room, err, sizeof err);
+    if (!f) {
+        log_error("compressing a map piece of %zu bytes failed: %s", len, err);
+        abort();   /* only out of memory makes zstd fail on valid input */
+    }
+    return f;
+}
+
+/* Everything of a first map but the peers. The caller drops m->node and
+ * m->user_profiles (owned references). */
+static struct tc_map_response map_head(struct hw_control *c, struct tn_node *self)
+{
+    return (struct tc_map_response){
+        .node = node_json(c, self),
         .derp_map = c->derp_map,
         .dns_config = c->dns_config,
         .domain = c->domain,
         .packet_filters = c->packet_filters,
-        .user_profiles = profiles,
+        .user_profiles = user_profiles_for(self),
         .control_time = tc_time_now(),
     };
-    size_t n_peers = self->ns ? self->ns->count : 0;
-    struct tn_node **peers = hw_calloc(n_peers + 1, sizeof *peers);
+}
+
+static void map_head_release(struct tc_map_response *m)
+{
+    json_decref(m->node);
+    json_decref(m->user_profiles);
+}
+
+/* The node's whole map as one message (one zstd frame, or plain JSON). */
+static struct hw_sbuf *whole_map(struct hw_control *c, struct tn_node *self, bool compress)
+{
+    struct tn_namespace *ns = self->ns;
+    struct tn_node **peers = hw_calloc(ns ? ns->count + 1 : 1, sizeof *peers);
     size_t k = 0;
-    for (struct tn_node *p = self->ns ? self->ns->head : NULL; p; p = p->ns_next)
+    for (struct tn_node *p = ns ? ns->head : NULL; p; p = p->ns_next)
         peers[k++] = p;
-    struct hw_sbuf *frame = encode(c, &m, "Peers", peers, k, self, ms->compress);
+    struct tc_map_response m = map_head(c, self);
+    struct hw_sbuf *frame = encode(c, &m, "Peers", peers, k, self, compress);
+    map_head_release(&m);
     free(peers);
-    json_decref(node);
-    json_decref(profiles);
     return frame;
+}
+
+/* Sends the first map of a stream. With zstd (every current client) the message is
+ * one frame for the small members, then one frame per block of peers -- reused from the
+ * namespace's cache for every block that does not hold the recipient -- and a closing
+ * frame: a reconnect storm of N nodes costs N small frames plus the few blocks that
+ * changed, not N full compressions of an N-peer map. */
+static void push_full_map(struct hw_control *c, struct tn_stream *ms)
+{
+    struct tn_node *self = ms->node;
+    struct tn_namespace *ns = self->ns;
+    if (!ms->compress || !ns || ns->count <= 1) {
+        struct hw_sbuf *frame = whole_map(c, self, ms->compress);
+        push_to_stream(ms, frame);
+        hw_sbuf_unref(frame);
+        return;
+    }
+
+    struct tc_map_response m = map_head(c, self);
+    size_t head_len = 0;
+    json_t *head_json = tc_map_response_to_json(&m);
+    char *head = tc_json_dump(head_json, &head_len);
+    json_decref(head_json);
+    map_head_release(&m);
+    /* "{...}" becomes "{...,"Peers":[" */
+    static const char peers_key[] = "\"Peers\":[";
+    char *open_text = hw_malloc(head_len + sizeof peers_key + 1);
+    size_t open_len = head_len - 1;
+    memcpy(open_text, head, open_len);
+    if (head_len > 2)
+        open_text[open_len++] = ',';
+    memcpy(open_text + open_len, peers_key, sizeof peers_key - 1);
+    open_len += sizeof peers_key - 1;
+    free(head);
+
+    size_t n_blocks = ns->count / TN_CHUNK + 3, n_parts = 0;
+    struct hw_sbuf **parts = hw_calloc(n_blocks + 2, sizeof *parts);
+    parts[n_parts++] = zframe(c, open_text, open_len, 4);
+    free(open_text);
+    bool first = true;
+    for (struct tn_node *p = ns->head; p;) {
+        size_t block = (size_t)p->row.id / TN_CHUNK;
+        bool holds_self = (size_t)self->row.id / TN_CHUNK == block;
+        struct tn_chunk *ch = hw_tailnet_chunk(ns, p->row.id);
+        int variant = first ? 1 : 0;
+        struct tn_node *next;
+        if (!holds_self && ch->frame[variant]) {
+            for (next = p; next && (size_t)next->row.id / TN_CHUNK == block; next = next->ns_next)
+                ;
+            parts[n_parts++] = hw_sbuf_ref(ch->frame[variant]);
+        } else {
+            size_t len = 0;
+            char *text = block_text(c, p, self, !first, &len, &next);
+            if (!text) {
+                p = next;
+                continue;
+            }
+            struct hw_sbuf *f = zframe(c, text, len, 0);
+            free(text);
+            if (!holds_self)
+                ch->frame[variant] = hw_sbuf_ref(f);
+            parts[n_parts++] = f;
+        }
+        if (n_parts == n_blocks + 1) {
+            n_blocks *= 2;
+            struct hw_sbuf **grown = realloc(parts, (n_blocks + 2) * sizeof *parts);
+            if (!grown)
+                abort();
+            parts = grown;
+        }
+        first = false;
+        p = next;
+    }
+    if (!c->close_frame)
+        c->close_frame = zframe(c, "]}", 2, 0);
+    parts[n_parts++] = hw_sbuf_ref(c->close_frame);
+    size_t total = 0;
+    for (size_t i = 0; i < n_parts; i++)
+        total += parts[i]->len;
+    tc_mapframe_put_length(parts[0]->data, total - 4);
+    for (size_t i = 0; i < n_parts; i++) {
+        push_to_stream(ms, parts[i]);
+        hw_sbuf_unref(parts[i]);
+    }
+    free(parts);
 }
 
 /* ---- deltas ---- */
@@ -556,6 +696,35 @@ void hw_control_notify(struct hw_control *c, enum hw_change_kind kind, int64_t i
     hw_loop_post(c->loop, apply_change, ch);
 }
 
+/* Makes the stored advertised routes match Hostinfo.RoutableIPs, writing only when they
+ * differ (map requests are frequent; the routes rarely change). Call in a transaction. */
+static int sync_advertised_routes(struct hw_db *db, int64_t node_id, const struct tc_hostinfo *hi)
+{
+    struct hw_route *routes = NULL;
+    size_t n = 0;
+    int rc = hw_db_route_list(db, node_id, &routes, &n);
+    if (rc != HW_DB_OK)
+        return rc;
+    size_t advertised = 0;
+    bool same = true;
+    for (size_t i = 0; i < n && same; i++) {
+        if (!routes[i].advertised)
+            continue;
+        advertised++;
+        bool found = false;
+        for (size_t j = 0; j < hi->n_routable_ips && !found; j++) {
+            char canon[HW_PREFIX_TEXT_MAX], why[120];
+            found = hw_prefix_canonical(hi->routable_ips[j], canon, why, sizeof why) == 0 &&
+                    strcmp(canon, routes[i].prefix) == 0;
+        }
+        same = found;
+    }
+    free(routes);
+    if (same && advertised == hi->n_routable_ips)
+        return HW_DB_OK;
+    return hw_db_route_set_advertised(db, node_id, hi->routable_ips, hi->n_routable_ips);
+}
+
 /* ---- /machine/register ---- */
 
 static void random_id(char *out, size_t len)
@@ -686,6 +855,8 @@ static struct tn_node *register_with_key(struct hw_control *c, const char *mkey,
         }
         rc = hw_db_node_insert(db, &row);
     }
+    if (rc == HW_DB_OK && r->hostinfo.raw)
+        rc = sync_advertised_routes(db, row.id, &r->hostinfo);
     if (rc == HW_DB_OK && !key->reusable)
         rc = hw_db_preauth_mark_used(db, key->id);
     if (rc != HW_DB_OK || hw_db_commit(db) != HW_DB_OK) {
@@ -921,15 +1092,17 @@ static bool update_from_map_request(struct hw_control *c, struct tn_node *n, con
         }
         free(ep);
     }
-    if (changed) {
-        row.last_seen = hw_now();
+    /* Routes are checked on every new stream too: a node registered through an
+     * interactive login has its Hostinfo stored already, so "changed" says nothing. */
+    bool check_routes = r->hostinfo.raw && (hostinfo_changed || r->stream);
+    if (changed || check_routes) {
+        if (changed)
+            row.last_seen = hw_now();
         int rc = hw_db_begin(c->srv->db);
-        if (rc == HW_DB_OK)
+        if (rc == HW_DB_OK && changed)
             rc = hw_db_node_update(c->srv->db, &row);
-        /* Advertised routes live in Hostinfo.RoutableIPs. */
-        if (rc == HW_DB_OK && hostinfo_changed)
-            rc = hw_db_route_set_advertised(c->srv->db, n->row.id, r->hostinfo.routable_ips,
-                                            r->hostinfo.n_routable_ips);
+        if (rc == HW_DB_OK && check_routes)
+            rc = sync_advertised_routes(c->srv->db, n->row.id, &r->hostinfo);
         if (rc == HW_DB_OK)
             rc = hw_db_commit(c->srv->db);
         if (rc != HW_DB_OK) {
@@ -1026,8 +1199,19 @@ static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_
         respond_text(st, 404, "node not found: log in again");
         goto done;
     }
-    if (!r.stream) {
+    if (!r.stream && r.omit_peers) {
+        /* A lite update: stored above; the client ignores the body. */
         hw_h2_respond(st, 200, NULL, NULL, 0);
+        goto done;
+    }
+    if (!r.stream) {
+        /* One map, then the end of the response (`tailscale debug`-style polls). */
+        struct hw_sbuf *frame = whole_map(c, n, r.compress && strcmp(r.compress, "zstd") == 0);
+        if (frame)
+            hw_h2_respond(st, 200, "application/octet-stream", frame->data, frame->len);
+        else
+            respond_text(st, 500, "the map is too large to send");
+        hw_sbuf_unref(frame);
         goto done;
     }
     struct tn_stream *ms = hw_calloc(1, sizeof *ms);
@@ -1041,13 +1225,17 @@ static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_
     stream_link(c, ms);
     hw_h2_respond_streaming(st, 200, "application/octet-stream");
     set_online(c, n, true);
-    struct hw_sbuf *full = build_full_map(c, ms);
     ms->initial_sent = true;
-    push_to_stream(ms, full);
-    hw_sbuf_unref(full);
+    push_full_map(c, ms);
 done:
     pthread_mutex_unlock(&c->srv->lock);
     tc_map_request_free(&r);
+}
+
+bool hw_control_node_online(struct hw_control *c, int64_t node_id)
+{
+    struct tn_node *n = hw_tailnet_node(&c->tn, node_id);
+    return n && n->online;
 }
 
 /* ---- dispatch ---- */
@@ -1263,6 +1451,7 @@ void hw_control_free(struct hw_control *c)
         next = ms->all_next;
         free(ms);
     }
+    hw_sbuf_unref(c->close_frame);
     hw_sbuf_unref(c->keepalive[0]);
     hw_sbuf_unref(c->keepalive[1]);
     json_decref(c->derp_map);

@@ -5,6 +5,7 @@
  * /machine/map (streams, deltas, keep-alives), and polite answers for the other
  * other machine paths. Runs on the event-loop thread. */
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "server/server.h"
@@ -25,5 +26,9 @@ void hw_control_stream_closed(struct hw_control *c, struct hw_h2_stream *st);
 /* Thread-safe: a change was committed to the store (admin API); the loop applies it to
  * the live tailnet and pushes the deltas. */
 void hw_control_notify(struct hw_control *c, enum hw_change_kind kind, int64_t id);
+
+/* Whether the node has a live map stream (or lost it less than the grace period ago).
+ * Call with the server lock held. */
+bool hw_control_node_online(struct hw_control *c, int64_t node_id);
 
 #endif

@@ -39,6 +39,10 @@ void hw_tailnet_free(struct hw_tailnet *tn)
     free(tn->by_id);
     for (struct tn_namespace *ns = tn->namespaces, *next; ns; ns = next) {
         next = ns->next;
+        for (size_t i = 0; i < ns->n_chunks; i++)
+            for (int j = 0; j < 2; j++)
+                hw_sbuf_unref(ns->chunks[i].frame[j]);
+        free(ns->chunks);
         free(ns->removed);
         free(ns);
     }
@@ -86,12 +90,43 @@ static struct tn_namespace *namespace_get_or_add(struct hw_tailnet *tn, int64_t 
     return ns;
 }
 
+struct tn_chunk *hw_tailnet_chunk(struct tn_namespace *ns, int64_t id)
+{
+    size_t k = (size_t)id / TN_CHUNK;
+    if (k >= ns->n_chunks) {
+        size_t n = ns->n_chunks ? ns->n_chunks : 8;
+        while (n <= k)
+            n *= 2;
+        struct tn_chunk *grown = realloc(ns->chunks, n * sizeof *grown);
+        if (!grown) {
+            log_error("out of memory growing the map block cache");
+            abort();
+        }
+        memset(grown + ns->n_chunks, 0, (n - ns->n_chunks) * sizeof *grown);
+        ns->chunks = grown;
+        ns->n_chunks = n;
+    }
+    return &ns->chunks[k];
+}
+
+static void chunk_drop(struct tn_namespace *ns, int64_t id)
+{
+    if (!ns || (size_t)id / TN_CHUNK >= ns->n_chunks)
+        return;
+    struct tn_chunk *ch = &ns->chunks[(size_t)id / TN_CHUNK];
+    for (int i = 0; i < 2; i++) {
+        hw_sbuf_unref(ch->frame[i]);
+        ch->frame[i] = NULL;
+    }
+}
+
 /* Members stay sorted by id because the client wants Peers sorted by ID and a sorted
  * list lets a full map be written in one pass. Ids are assigned increasing, so a new
  * node almost always belongs at the tail: search from there. */
 static void ns_link(struct tn_namespace *ns, struct tn_node *n)
 {
     n->ns = ns;
+    chunk_drop(ns, n->row.id);
     struct tn_node *before = ns->tail;
     while (before && before->row.id > n->row.id)
         before = before->ns_prev;
@@ -151,6 +186,7 @@ static void ns_unlink(struct tn_node *n)
     else
         ns->tail = n->ns_prev;
     ns->count--;
+    chunk_drop(ns, n->row.id);
     ns_note_removed(ns, n->row.id);
     n->ns = NULL;
     n->ns_prev = n->ns_next = NULL;
@@ -171,6 +207,7 @@ void hw_tailnet_invalidate(struct tn_node *n)
 {
     hw_sbuf_unref(n->peer_json);
     n->peer_json = NULL;
+    chunk_drop(n->ns, n->row.id);
 }
 
 static void index_by_id(struct hw_tailnet *tn, struct tn_node *n)

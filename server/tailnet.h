@@ -38,6 +38,14 @@ struct tn_node {
     struct tn_node *pending_next;  /* in its namespace's pending list */
 };
 
+/* Full maps are sent as several zstd frames: one per block of TN_CHUNK consecutive node
+ * ids, compressed once and reused for every member whose own node is not in the block.
+ * [0] starts with a comma, [1] does not (for the first block in a message). */
+#define TN_CHUNK 128
+struct tn_chunk {
+    struct hw_sbuf *frame[2];
+};
+
 struct tn_namespace {
     int64_t id;
     char name[HW_NAME_MAX];
@@ -46,6 +54,8 @@ struct tn_namespace {
     struct tn_node *pending_head;  /* members with pending != 0 */
     int64_t *removed;              /* ids to send as PeersRemoved */
     size_t n_removed, cap_removed;
+    struct tn_chunk *chunks;       /* indexed by node id / TN_CHUNK */
+    size_t n_chunks;
     struct tn_namespace *next;
 };
 
@@ -77,7 +87,10 @@ struct tn_node *hw_tailnet_apply(struct hw_tailnet *tn, const struct hw_node *ro
 void hw_tailnet_remove(struct hw_tailnet *tn, int64_t id);
 /* Queues `flags` for the node's namespace peers / the node itself. */
 void hw_tailnet_mark(struct tn_node *n, unsigned flags);
-/* Drops the cached peer JSON (the next map build serialises the node again). */
+/* Drops the cached peer JSON and the compressed block holding the node (the next map
+ * build serialises it again). */
 void hw_tailnet_invalidate(struct tn_node *n);
+/* The namespace's cache slot for the block of node id (grown on demand). */
+struct tn_chunk *hw_tailnet_chunk(struct tn_namespace *ns, int64_t id);
 
 #endif

@@ -1,0 +1,1033 @@
+#include "client/daemon.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <sodium.h>
+
+#include "client/conn.h"
+#include "client/localapi.h"
+#include "client/state.h"
+#include "client/status.h"
+#include "client/url.h"
+#include "common/log.h"
+#include "common/loop.h"
+#include "common/util.h"
+#include "common/version.h"
+#include "proto/keys.h"
+#include "proto/mapframe.h"
+#include "proto/netmap.h"
+#include "proto/tailcfg.h"
+
+/* Upstream's map watchdog: no message at all (keep-alives count) for this long means the
+ * stream is dead even if TCP has not noticed. */
+#define WATCHDOG_MS 120000
+/* Reconnect backoff: doubles from the base, jittered by 0.5-1.5, capped like upstream. */
+#define BACKOFF_BASE_MS 100
+#define BACKOFF_CAP_MS 30000
+/* A logout the server does not answer in this time is finished locally anyway. */
+#define LOGOUT_TIMEOUT_MS 10000
+/* Error texts of a non-200 map or register answer: upstream reads at most 200 bytes. */
+#define ERROR_BODY_MAX 200
+
+enum login_mode {
+    LOGIN_REFRESH,  /* known node key, no credentials: "is it still valid?" */
+    LOGIN_NEW,      /* a new node key, with the auth key when there is one */
+    LOGIN_FOLLOWUP, /* waiting for the admin to complete the AuthURL */
+    LOGIN_LOGOUT,   /* Expiry in the past */
+};
+
+struct daemon {
+    struct hw_loop *loop;
+    const struct hwc_up_opts *opts;
+    struct hwc_url url;
+    struct hwc_state st;
+    json_t *hostinfo;
+    uint8_t machine_priv[32];
+    uint8_t node_priv[32];    /* the registered key, when have_node */
+    bool have_node;
+    uint8_t pending_priv[32]; /* a key being registered, when have_pending */
+    bool have_pending;
+    uint8_t disco_pub[32];
+
+    struct hwc_conn *conn;
+    bool conn_ready;
+    bool need_register;
+    enum login_mode mode;
+
+    struct hwc_req *reg;
+    int reg_status;
+    char *reg_body;
+    size_t reg_len;
+
+    struct hwc_req *map;
+    int map_status;
+    struct tc_mapdec *dec;
+    char map_err[ERROR_BODY_MAX + 1];
+    size_t map_err_len;
+    struct tc_netmap *stream_nm; /* the current stream's map until its first message */
+    struct tc_netmap nm;         /* what status and netmap show */
+    bool have_nm;
+    bool map_live;               /* the current stream has delivered its first map */
+
+    char auth_url[1024];
+    char printed_url[1024];
+    char problem[512];           /* last connection or login problem, for status */
+    char login_error[512];       /* a refused login: no more attempts until restart */
+    bool logged_out;
+    bool ever_running;
+    /* The auth key logs in once per process. After that a node the admin deleted or
+     * expired must not come back by itself: it waits for an interactive login. */
+    bool authkey_spent;
+    int backoff;
+
+    /* Work requested from inside request callbacks, done by reconcile() from a timer. */
+    char drop_reason[512];
+    char retry_reason[512];
+    struct hw_timer *kick;
+    struct hw_timer *retry;
+    struct hw_timer *watchdog;
+    struct hw_timer *expiry;
+
+    bool want_logout;
+    bool logout_answered;
+    char logout_note[512];
+    struct hw_timer *logout_timer;
+    struct hwc_api_req **waiters;
+    size_t n_waiters;
+
+    struct hwc_api *api;
+    const char *shown_state;
+    int exit_code;
+    int sigfd;
+};
+
+static void reconcile(struct daemon *d);
+
+/* ---- small helpers ---- */
+
+static void kick_cb(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct daemon *d = arg;
+    d->kick = NULL;
+    reconcile(d);
+}
+
+static void kick(struct daemon *d)
+{
+    if (!d->kick)
+        d->kick = hw_timer_start(d->loop, 0, kick_cb, d);
+}
+
+static void cancel_timer(struct daemon *d, struct hw_timer **t)
+{
+    if (*t) {
+        hw_timer_cancel(d->loop, *t);
+        *t = NULL;
+    }
+}
+
+static const uint8_t *login_key(struct daemon *d)
+{
+    return d->have_pending ? d->pending_priv : d->node_priv;
+}
+
+static void new_pending_key(struct daemon *d)
+{
+    hw_key_generate(d->pending_priv);
+    d->have_pending = true;
+}
+
+static const char *backend_state(struct daemon *d)
+{
+    if (d->logged_out || d->login_error[0] || d->auth_url[0])
+        return "NeedsLogin";
+    if (d->have_nm && d->nm.has_self) {
+        if (hwc_node_expired(&d->nm.self, hw_now()))
+            return "NeedsLogin";
+        if (!d->nm.self.machine_authorized)
+            return "NeedsMachineAuth";
+        return "Running";
+    }
+    return "Starting";
+}
+
+static void expiry_cb(struct hw_loop *loop, struct hw_timer *t, void *arg);
+
+/* Logs every change of the backend state in one line, and arms a timer for the moment
+ * the own key expires so that change is logged (and shown) on time. */
+static void update_state(struct daemon *d)
+{
+    const char *s = backend_state(d);
+    if (!d->shown_state || strcmp(s, d->shown_state) != 0) {
+        char detail[400] = "";
+        if (strcmp(s, "Running") == 0) {
+            const struct tc_strv *a = &d->nm.self.addresses;
+            snprintf(detail, sizeof detail, " as %s (%s%s%s), %zu peers", d->nm.self.name ? d->nm.self.name : "?",
+                     a->n ? a->v[0] : "", a->n > 1 ? " " : "", a->n > 1 ? a->v[1] : "", d->nm.n_peers);
+            d->ever_running = true;
+        } else if (strcmp(s, "NeedsLogin") == 0) {
+            snprintf(detail, sizeof detail, "%s", d->logged_out ? " (logged out)"
+                     : d->login_error[0] ? " (login refused)"
+                     : d->auth_url[0] ? " (waiting for the AuthURL to be completed)"
+                     : " (node key expired)");
+        }
+        log_info("state: %s -> %s%s", d->shown_state ? d->shown_state : "NoState", s, detail);
+        d->shown_state = s;
+    }
+    cancel_timer(d, &d->expiry);
+    if (d->have_nm && d->nm.has_self && d->nm.self.key_expiry.set) {
+        int64_t left = d->nm.self.key_expiry.sec - hw_now();
+        if (left > 0)
+            d->expiry = hw_timer_start(d->loop, left * 1000 + 10, expiry_cb, d);
+    }
+}
+
+static void expiry_cb(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct daemon *d = arg;
+    d->expiry = NULL;
+    update_state(d);
+}
+
+static int64_t next_backoff_ms(struct daemon *d)
+{
+    int n = d->backoff < 16 ? d->backoff : 16;
+    d->backoff++;
+    double ms = (double)BACKOFF_BASE_MS * (double)(1u << n);
+    if (ms > BACKOFF_CAP_MS)
+        ms = BACKOFF_CAP_MS;
+    ms *= 0.5 + randombytes_uniform(1000) / 1000.0;
+    return (int64_t)ms;
+}
+
+static void retry_cb(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct daemon *d = arg;
+    d->retry = NULL;
+    reconcile(d);
+}
+
+static void schedule_retry(struct daemon *d, const char *why)
+{
+    int64_t ms = next_backoff_ms(d);
+    snprintf(d->problem, sizeof d->problem, "%s", why);
+    log_warn("control: %s; retrying in %.1fs", why, (double)ms / 1000.0);
+    cancel_timer(d, &d->retry);
+    d->retry = hw_timer_start(d->loop, ms, retry_cb, d);
+}
+
+/* ---- the connection ---- */
+
+static void drop_conn(struct daemon *d)
+{
+    d->reg = NULL;
+    d->map = NULL;
+    if (d->dec) {
+        tc_mapdec_free(d->dec);
+        d->dec = NULL;
+    }
+    if (d->stream_nm) {
+        tc_netmap_clear(d->stream_nm);
+        free(d->stream_nm);
+        d->stream_nm = NULL;
+    }
+    d->map_live = false;
+    cancel_timer(d, &d->watchdog);
+    hwc_conn_free(d->conn);
+    d->conn = NULL;
+    d->conn_ready = false;
+}
+
+static void on_conn_ready(struct hwc_conn *c, void *arg)
+{
+    struct daemon *d = arg;
+    d->conn_ready = true;
+    log_info("control: connected to %s (Noise, HTTP/2)", d->url.base);
+    reconcile(d);
+}
+
+static void on_conn_fail(struct hwc_conn *c, const char *why, void *arg)
+{
+    struct daemon *d = arg;
+    snprintf(d->drop_reason, sizeof d->drop_reason, "%s", why);
+    reconcile(d);
+}
+
+static const struct hwc_conn_callbacks conn_callbacks = {
+    .on_ready = on_conn_ready,
+    .on_fail = on_conn_fail,
+};
+
+/* ---- register ---- */
+
+static void reg_response(struct hwc_req *r, int status, void *arg)
+{
+    struct daemon *d = arg;
+    d->reg_status = status;
+}
+
+static void reg_data(struct hwc_req *r, const uint8_t *data, size_t len, void *arg)
+{
+    struct daemon *d = arg;
+    if (d->reg_len + len > TC_MAX_BODY) {
+        snprintf(d->drop_reason, sizeof d->drop_reason, "register answer larger than %u bytes", TC_MAX_BODY);
+        hwc_conn_fail_soon(d->conn, d->drop_reason);
+        return;
+    }
+    d->reg_body = realloc(d->reg_body, d->reg_len + len + 1);
+    if (!d->reg_body)
+        abort();
+    memcpy(d->reg_body + d->reg_len, data, len);
+    d->reg_len += len;
+    d->reg_body[d->reg_len] = '\0';
+}
+
+static void print_auth_url(struct daemon *d)
+{
+    if (strcmp(d->printed_url, d->auth_url) == 0)
+        return;
+    snprintf(d->printed_url, sizeof d->printed_url, "%s", d->auth_url);
+    /* The same words and layout as `tailscale up`, on stderr like it. */
+    fprintf(stderr, "\nTo authenticate, visit:\n\n\t%s\n\n", d->auth_url);
+    fflush(stderr);
+}
+
+static void logout_answered(struct daemon *d, const char *note)
+{
+    d->logout_answered = true;
+    snprintf(d->logout_note, sizeof d->logout_note, "%s", note);
+    kick(d);
+}
+
+static void handle_register(struct daemon *d, const struct tc_register_response *resp)
+{
+    if (d->mode == LOGIN_LOGOUT) {
+        logout_answered(d, resp->error && *resp->error ? resp->error : "");
+        return;
+    }
+    if (resp->error && *resp->error) {
+        snprintf(d->login_error, sizeof d->login_error, "%s", resp->error);
+        log_error("login refused by %s: %s", d->url.base, resp->error);
+        return;
+    }
+    if (resp->node_key_expired) {
+        if (d->mode == LOGIN_REFRESH) {
+            log_info("login: the server says the node key expired: registering a new one");
+            new_pending_key(d);
+            d->mode = LOGIN_NEW;
+            return;
+        }
+        snprintf(d->retry_reason, sizeof d->retry_reason,
+                 "register: the server calls the new node key expired at once");
+        return;
+    }
+    if (resp->auth_url && *resp->auth_url) {
+        if (d->mode == LOGIN_REFRESH && d->opts->authkey && !d->authkey_spent) {
+            /* The server no longer knows this node: log in again with the key we were given. */
+            log_info("login: the server does not know this node: logging in with the auth key");
+            new_pending_key(d);
+            d->mode = LOGIN_NEW;
+            return;
+        }
+        if (d->mode == LOGIN_FOLLOWUP && strcmp(resp->auth_url, d->auth_url) == 0) {
+            snprintf(d->retry_reason, sizeof d->retry_reason, "login: the same AuthURL again");
+            return;
+        }
+        if (strlen(resp->auth_url) >= sizeof d->auth_url) {
+            snprintf(d->retry_reason, sizeof d->retry_reason, "login: AuthURL longer than %zu bytes",
+                     sizeof d->auth_url - 1);
+            return;
+        }
+        if (d->mode == LOGIN_REFRESH) {
+            memcpy(d->pending_priv, d->node_priv, 32);
+            d->have_pending = true;
+        }
+        snprintf(d->auth_url, sizeof d->auth_url, "%s", resp->auth_url);
+        d->mode = LOGIN_FOLLOWUP;
+        log_info("login: waiting for %s to be completed", d->auth_url);
+        print_auth_url(d);
+        update_state(d);
+        return;
+    }
+    bool interactive = d->mode == LOGIN_FOLLOWUP;
+    if (d->have_pending) {
+        memcpy(d->node_priv, d->pending_priv, 32);
+        sodium_memzero(d->pending_priv, 32);
+        d->have_pending = false;
+        char err[300];
+        if (hwc_state_save_node_key(&d->st, d->node_priv, err, sizeof err) < 0)
+            log_error("login: %s (the node will need a new login after a restart)", err);
+    }
+    d->have_node = true;
+    d->need_register = false;
+    d->authkey_spent = true;
+    d->auth_url[0] = '\0';
+    d->backoff = 0;
+    log_info("login: logged in as %s (user %lld)%s",
+             resp->login_name && *resp->login_name ? resp->login_name : "?", (long long)resp->user_id,
+             resp->machine_authorized ? "" : "; the machine awaits the admin's approval");
+    if (interactive) {
+        fprintf(stderr, "Success.\n");
+        fflush(stderr);
+    }
+    update_state(d);
+}
+
+static void reg_close(struct hwc_req *r, uint32_t code, void *arg)
+{
+    struct daemon *d = arg;
+    d->reg = NULL;
+    char excerpt[ERROR_BODY_MAX + 1];
+    if (code != 0 || d->reg_status != 200) {
+        size_t n = d->reg_len < ERROR_BODY_MAX ? d->reg_len : ERROR_BODY_MAX;
+        memcpy(excerpt, d->reg_body ? d->reg_body : "", n);
+        excerpt[n] = '\0';
+        excerpt[strcspn(excerpt, "\r\n")] = '\0';
+        char why[400];
+        if (code != 0)
+            snprintf(why, sizeof why, "register: the server reset the request (HTTP/2 code %u)", code);
+        else
+            snprintf(why, sizeof why, "register: HTTP %d%s%s", d->reg_status, excerpt[0] ? ": " : "", excerpt);
+        if (d->mode == LOGIN_LOGOUT)
+            logout_answered(d, why);
+        else
+            snprintf(d->retry_reason, sizeof d->retry_reason, "%s", why);
+        kick(d);
+        return;
+    }
+    struct tc_register_response resp;
+    char err[TC_ERRLEN];
+    if (tc_register_response_parse((const uint8_t *)(d->reg_body ? d->reg_body : ""), d->reg_len, &resp,
+                                   err, sizeof err) < 0) {
+        if (d->mode == LOGIN_LOGOUT)
+            logout_answered(d, err);
+        else
+            snprintf(d->retry_reason, sizeof d->retry_reason, "register: bad answer: %s", err);
+        kick(d);
+        return;
+    }
+    handle_register(d, &resp);
+    tc_register_response_free(&resp);
+    kick(d);
+}
+
+static const struct hwc_req_handler reg_handler = {
+    .on_response = reg_response,
+    .on_data = reg_data,
+    .on_close = reg_close,
+};
+
+static void send_register(struct daemon *d)
+{
+    uint8_t pub[32], old_pub[32];
+    hw_key_public(login_key(d), pub);
+    bool rotating = d->mode == LOGIN_NEW && d->have_node && d->have_pending;
+    if (rotating)
+        hw_key_public(d->node_priv, old_pub);
+    struct tc_register_request_build b = {
+        .version = TC_CAPVER,
+        .node_key = pub,
+        .old_node_key = rotating ? old_pub : NULL,
+        .hostinfo = d->hostinfo,
+        .ephemeral = d->opts->ephemeral,
+    };
+    switch (d->mode) {
+    case LOGIN_NEW:
+        b.auth_key = d->authkey_spent ? NULL : d->opts->authkey;
+        break;
+    case LOGIN_FOLLOWUP:
+        b.followup = d->auth_url;
+        break;
+    case LOGIN_LOGOUT:
+        /* Upstream sends exactly this past instant (Unix 123) to log out. */
+        b.expiry = tc_time_from_unix(123);
+        break;
+    case LOGIN_REFRESH:
+        break;
+    }
+    json_t *j = tc_register_request_to_json(&b);
+    size_t len;
+    char *body = tc_json_dump(j, &len);
+    json_decref(j);
+    free(d->reg_body);
+    d->reg_body = NULL;
+    d->reg_len = 0;
+    d->reg_status = 0;
+    static const char *names[] = {"refresh", "new key", "follow-up", "logout"};
+    log_debug("register: %s request for %s", names[d->mode], d->url.base);
+    d->reg = hwc_conn_post(d->conn, "/machine/register", body, len, &reg_handler, d);
+    free(body);
+    if (!d->reg)
+        hwc_conn_fail_soon(d->conn, "register: HTTP/2 refused the request");
+}
+
+/* ---- map stream ---- */
+
+static void watchdog_cb(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct daemon *d = arg;
+    d->watchdog = NULL;
+    snprintf(d->drop_reason, sizeof d->drop_reason, "map stream: no message for %d s", WATCHDOG_MS / 1000);
+    reconcile(d);
+}
+
+static void arm_watchdog(struct daemon *d)
+{
+    cancel_timer(d, &d->watchdog);
+    d->watchdog = hw_timer_start(d->loop, WATCHDOG_MS, watchdog_cb, d);
+}
+
+static void map_response(struct hwc_req *r, int status, void *arg)
+{
+    struct daemon *d = arg;
+    d->map_status = status;
+}
+
+/* One line per peer that came or went, so a test log (or an admin) can follow the
+ * tailnet from the client's side. ids are sorted in both maps. */
+static void log_peer_changes(const struct tc_netmap *before, const struct tc_netmap *after)
+{
+    size_t i = 0, j = 0;
+    while (i < before->n_peers || j < after->n_peers) {
+        const struct tc_node *a = i < before->n_peers ? &before->peers[i] : NULL;
+        const struct tc_node *b = j < after->n_peers ? &after->peers[j] : NULL;
+        if (a && (!b || a->id < b->id)) {
+            log_info("netmap: peer %lld %s left", (long long)a->id, a->name ? a->name : "");
+            i++;
+        } else if (b && (!a || b->id < a->id)) {
+            log_info("netmap: peer %lld %s joined (%s)", (long long)b->id, b->name ? b->name : "",
+                     b->addresses.n ? b->addresses.v[0] : "no address");
+            j++;
+        } else {
+            if (strcmp(a->name ? a->name : "", b->name ? b->name : "") != 0)
+                log_info("netmap: peer %lld renamed %s -> %s", (long long)b->id, a->name ? a->name : "",
+                         b->name ? b->name : "");
+            int64_t now = hw_now();
+            if (hwc_node_expired(a, now) != hwc_node_expired(b, now))
+                log_info("netmap: peer %lld %s %s", (long long)b->id, b->name ? b->name : "",
+                         hwc_node_expired(b, now) ? "expired" : "is valid again");
+            i++;
+            j++;
+        }
+    }
+}
+
+/* The ids of a netmap's peers and their names, enough to log what a message changed. */
+static void snapshot(const struct tc_netmap *nm, struct tc_netmap *out)
+{
+    memset(out, 0, sizeof *out);
+    out->peers = hw_calloc(nm->n_peers ? nm->n_peers : 1, sizeof *out->peers);
+    for (size_t i = 0; i < nm->n_peers; i++) {
+        out->peers[i].id = nm->peers[i].id;
+        out->peers[i].name = nm->peers[i].name ? hw_strdup(nm->peers[i].name) : NULL;
+        out->peers[i].key_expiry = nm->peers[i].key_expiry;
+        out->peers[i].expired = nm->peers[i].expired;
+    }
+    out->n_peers = nm->n_peers;
+}
+
+static void snapshot_free(struct tc_netmap *snap)
+{
+    for (size_t i = 0; i < snap->n_peers; i++)
+        free(snap->peers[i].name);
+    free(snap->peers);
+}
+
+static int on_map_message(const char *json, size_t len, void *arg)
+{
+    struct daemon *d = arg;
+    char err[TC_ERRLEN];
+    arm_watchdog(d);
+    if (!d->map_live) {
+        if (tc_netmap_apply_json(d->stream_nm, json, len, err, sizeof err) < 0) {
+            snprintf(d->drop_reason, sizeof d->drop_reason, "map stream: %s", err);
+            hwc_conn_fail_soon(d->conn, d->drop_reason);
+            return 1;
+        }
+        if (!d->stream_nm->has_self)
+            return 0; /* only keep-alives so far */
+        /* A new stream starts from a full map: it replaces the old one whole. */
+        struct tc_netmap before;
+        snapshot(&d->nm, &before);
+        bool had = d->have_nm;
+        tc_netmap_clear(&d->nm);
+        d->nm = *d->stream_nm;
+        free(d->stream_nm);
+        d->stream_nm = NULL;
+        d->have_nm = true;
+        d->map_live = true;
+        d->backoff = 0;
+        d->problem[0] = '\0';
+        if (had)
+            log_peer_changes(&before, &d->nm);
+        else
+            log_info("netmap: %zu peers", d->nm.n_peers);
+        snapshot_free(&before);
+        update_state(d);
+        return 0;
+    }
+    uint64_t before_msgs = d->nm.messages;
+    struct tc_netmap before;
+    snapshot(&d->nm, &before);
+    char *self_name = d->nm.self.name ? hw_strdup(d->nm.self.name) : NULL;
+    int rc = tc_netmap_apply_json(&d->nm, json, len, err, sizeof err);
+    if (rc == 0 && d->nm.messages != before_msgs) {
+        log_peer_changes(&before, &d->nm);
+        if (strcmp(self_name ? self_name : "", d->nm.self.name ? d->nm.self.name : "") != 0)
+            log_info("netmap: this node is now %s", d->nm.self.name ? d->nm.self.name : "");
+        update_state(d);
+    }
+    snapshot_free(&before);
+    free(self_name);
+    if (rc < 0) {
+        snprintf(d->drop_reason, sizeof d->drop_reason, "map stream: %s", err);
+        hwc_conn_fail_soon(d->conn, d->drop_reason);
+        return 1;
+    }
+    return 0;
+}
+
+static void map_data(struct hwc_req *r, const uint8_t *data, size_t len, void *arg)
+{
+    struct daemon *d = arg;
+    if (d->map_status != 200) {
+        size_t take = ERROR_BODY_MAX - d->map_err_len;
+        if (take > len)
+            take = len;
+        memcpy(d->map_err + d->map_err_len, data, take);
+        d->map_err_len += take;
+        d->map_err[d->map_err_len] = '\0';
+        return;
+    }
+    int rc = tc_mapdec_feed(d->dec, data, len, on_map_message, d);
+    if (rc == -1) {
+        snprintf(d->drop_reason, sizeof d->drop_reason, "map stream: %s", tc_mapdec_error(d->dec));
+        hwc_conn_fail_soon(d->conn, d->drop_reason);
+    }
+}
+
+static void map_close(struct hwc_req *r, uint32_t code, void *arg)
+{
+    struct daemon *d = arg;
+    d->map = NULL;
+    d->map_live = false;
+    cancel_timer(d, &d->watchdog);
+    if (d->drop_reason[0])
+        return;
+    d->map_err[strcspn(d->map_err, "\r\n")] = '\0';
+    if (d->map_status == 200)
+        snprintf(d->retry_reason, sizeof d->retry_reason, "map stream ended by the server%s",
+                 code == 8 ? " (cancelled)" : code ? " (reset)" : "");
+    else if (d->map_status == 0)
+        snprintf(d->retry_reason, sizeof d->retry_reason, "map request reset by the server (HTTP/2 code %u)", code);
+    else {
+        /* upstream retries these forever; a server that forgot the node (deleted it, or
+         * lost its database) answers 401/403/404, so log in again instead */
+        if (d->map_status == 401 || d->map_status == 403 || d->map_status == 404) {
+            d->need_register = true;
+            d->mode = LOGIN_REFRESH;
+        }
+        snprintf(d->retry_reason, sizeof d->retry_reason, "map request refused: HTTP %d%s%s", d->map_status,
+                 d->map_err[0] ? ": " : "", d->map_err);
+    }
+    kick(d);
+}
+
+static const struct hwc_req_handler map_handler = {
+    .on_response = map_response,
+    .on_data = map_data,
+    .on_close = map_close,
+};
+
+static void send_map(struct daemon *d)
+{
+    uint8_t pub[32];
+    hw_key_public(d->node_priv, pub);
+    struct tc_map_request_build b = {
+        .version = TC_CAPVER,
+        .compress_zstd = true,
+        .keep_alive = true,
+        .node_key = pub,
+        .disco_key = d->disco_pub,
+        .stream = true,
+        .hostinfo = d->hostinfo,
+    };
+    json_t *j = tc_map_request_to_json(&b);
+    size_t len;
+    char *body = tc_json_dump(j, &len);
+    json_decref(j);
+    if (d->dec)
+        tc_mapdec_free(d->dec);
+    d->dec = tc_mapdec_new(true, 0);
+    if (d->stream_nm)
+        tc_netmap_clear(d->stream_nm);
+    else
+        d->stream_nm = hw_malloc(sizeof *d->stream_nm);
+    tc_netmap_init(d->stream_nm);
+    d->map_live = false;
+    d->map_status = 0;
+    d->map_err_len = 0;
+    d->map_err[0] = '\0';
+    d->map = hwc_conn_post(d->conn, "/machine/map", body, len, &map_handler, d);
+    free(body);
+    if (!d->map) {
+        hwc_conn_fail_soon(d->conn, "map: HTTP/2 refused the request");
+        return;
+    }
+    arm_watchdog(d);
+}
+
+/* ---- logout ---- */
+
+static void reply_waiters(struct daemon *d, json_t *answer)
+{
+    for (size_t i = 0; i < d->n_waiters; i++)
+        hwc_api_reply(d->waiters[i], json_deep_copy(answer));
+    free(d->waiters);
+    d->waiters = NULL;
+    d->n_waiters = 0;
+    json_decref(answer);
+}
+
+static void finish_logout(struct daemon *d, bool told, const char *note)
+{
+    char err[300];
+    d->want_logout = false;
+    d->logout_answered = false;
+    cancel_timer(d, &d->logout_timer);
+    drop_conn(d);
+    cancel_timer(d, &d->retry);
+    if (hwc_state_forget_node_key(&d->st, err, sizeof err) < 0)
+        log_error("logout: %s", err);
+    sodium_memzero(d->node_priv, 32);
+    sodium_memzero(d->pending_priv, 32);
+    d->have_node = d->have_pending = false;
+    tc_netmap_clear(&d->nm);
+    tc_netmap_init(&d->nm);
+    d->have_nm = false;
+    d->auth_url[0] = '\0';
+    d->login_error[0] = '\0';
+    d->logged_out = true;
+    d->need_register = true;
+    d->mode = LOGIN_NEW;
+    if (told && !*note)
+        log_info("logout: done; the node key is forgotten");
+    else
+        log_warn("logout: %s%s; the node key is forgotten anyway", told ? "the server said: " : "", note);
+    update_state(d);
+    json_t *a = json_object();
+    json_object_set_new(a, "ok", json_true());
+    json_object_set_new(a, "server_told", json_boolean(told && !*note));
+    json_object_set_new(a, "note", json_string(note));
+    reply_waiters(d, a);
+}
+
+static void logout_timeout(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct daemon *d = arg;
+    d->logout_timer = NULL;
+    char note[128];
+    snprintf(note, sizeof note, "the server did not confirm the logout within %d s", LOGOUT_TIMEOUT_MS / 1000);
+    finish_logout(d, false, note);
+}
+
+/* ---- the one place that decides what to do next ---- */
+
+static void reconcile(struct daemon *d)
+{
+    if (d->drop_reason[0]) {
+        char why[sizeof d->drop_reason];
+        snprintf(why, sizeof why, "%s", d->drop_reason);
+        d->drop_reason[0] = '\0';
+        d->retry_reason[0] = '\0';
+        bool was_mapping = d->map_live;
+        drop_conn(d);
+        if (d->want_logout) {
+            finish_logout(d, false, why);
+            return;
+        }
+        if (was_mapping)
+            log_warn("control: connection lost: %s", why);
+        if (!d->logged_out && !d->login_error[0])
+            schedule_retry(d, why);
+        return;
+    }
+    if (d->want_logout && d->logout_answered) {
+        finish_logout(d, true, d->logout_note);
+        return;
+    }
+    if (d->login_error[0] && !d->want_logout) {
+        if (!d->ever_running) {
+            fprintf(stderr, "hwclient: login failed: %s\n", d->login_error);
+            d->exit_code = 1;
+            hw_loop_stop(d->loop);
+            return;
+        }
+        drop_conn(d);
+        update_state(d);
+        return;
+    }
+    if (d->retry_reason[0]) {
+        char why[sizeof d->retry_reason];
+        snprintf(why, sizeof why, "%s", d->retry_reason);
+        d->retry_reason[0] = '\0';
+        if (!d->want_logout) {
+            schedule_retry(d, why);
+            return;
+        }
+    }
+    if (d->logged_out && !d->want_logout)
+        return;
+    if (d->retry && !d->want_logout)
+        return;
+    cancel_timer(d, &d->retry);
+    if (!d->conn) {
+        d->conn = hwc_conn_dial(d->loop, &d->url, d->machine_priv, TC_CAPVER, &conn_callbacks, d);
+        return;
+    }
+    if (!d->conn_ready)
+        return;
+    if (d->want_logout) {
+        if (d->reg && d->mode == LOGIN_LOGOUT)
+            return;
+        if (d->reg) {
+            hwc_req_cancel(d->reg);
+            d->reg = NULL;
+        }
+        if (d->map) {
+            hwc_req_cancel(d->map);
+            d->map = NULL;
+            d->map_live = false;
+        }
+        if (!d->have_node) {
+            /* Never registered: there is nothing to tell the server. */
+            finish_logout(d, true, "");
+            return;
+        }
+        d->have_pending = false;
+        d->mode = LOGIN_LOGOUT;
+        send_register(d);
+        return;
+    }
+    if (d->reg)
+        return;
+    if (d->need_register) {
+        send_register(d);
+        return;
+    }
+    if (!d->map)
+        send_map(d);
+}
+
+/* ---- local API ---- */
+
+static json_t *status_json(struct daemon *d)
+{
+    const char *health[3];
+    size_t n = 0;
+    char h1[1024], h2[1024];
+    if (d->login_error[0]) {
+        snprintf(h1, sizeof h1, "login refused by the server: %s", d->login_error);
+        health[n++] = h1;
+    }
+    if (!d->map_live && d->problem[0] && !d->logged_out) {
+        snprintf(h2, sizeof h2, "not connected to the control server %s: %s", d->url.base, d->problem);
+        health[n++] = h2;
+    }
+    struct hwc_status_in in = {
+        .backend_state = backend_state(d),
+        .auth_url = d->auth_url,
+        .nm = d->have_nm ? &d->nm : NULL,
+        .connected = d->map_live,
+        .health = health,
+        .n_health = n,
+        .control_url = d->url.base,
+        .now = hw_now(),
+    };
+    return hwc_status_json(&in);
+}
+
+static void api_handler(struct hwc_api_req *req, const char *cmd, json_t *request, void *arg)
+{
+    struct daemon *d = arg;
+    if (strcmp(cmd, "status") == 0) {
+        hwc_api_reply(req, status_json(d));
+    } else if (strcmp(cmd, "netmap") == 0) {
+        if (!d->have_nm)
+            hwc_api_reply_error(req, "no network map yet (state %s)", backend_state(d));
+        else
+            hwc_api_reply(req, tc_netmap_to_json(&d->nm));
+    } else if (strcmp(cmd, "logout") == 0) {
+        if (d->logged_out && !d->want_logout) {
+            json_t *a = json_object();
+            json_object_set_new(a, "ok", json_true());
+            json_object_set_new(a, "note", json_string("already logged out"));
+            hwc_api_reply(req, a);
+            return;
+        }
+        d->waiters = realloc(d->waiters, (d->n_waiters + 1) * sizeof *d->waiters);
+        if (!d->waiters)
+            abort();
+        d->waiters[d->n_waiters++] = req;
+        if (!d->want_logout) {
+            log_info("logout: requested");
+            d->want_logout = true;
+            d->logout_answered = false;
+            d->login_error[0] = '\0';
+            d->logout_timer = hw_timer_start(d->loop, LOGOUT_TIMEOUT_MS, logout_timeout, d);
+            kick(d);
+        }
+    } else if (strcmp(cmd, "down") == 0) {
+        json_t *a = json_object();
+        json_object_set_new(a, "ok", json_true());
+        hwc_api_reply(req, a);
+        log_info("stopping: `hwclient down`");
+        hw_loop_stop(d->loop);
+    } else {
+        hwc_api_reply_error(req, "unknown command \"%s\" (this daemon knows status, netmap, logout, down)", cmd);
+    }
+}
+
+/* ---- setup ---- */
+
+static void signal_event(struct hw_loop *loop, int fd, int events, void *arg)
+{
+    struct daemon *d = arg;
+    struct signalfd_siginfo si;
+    if (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        log_info("stopping: %s", strsignal((int)si.ssi_signo));
+        hw_loop_stop(d->loop);
+    }
+}
+
+static json_t *build_hostinfo(const struct hwc_up_opts *o)
+{
+    struct utsname u;
+    char host[256] = "";
+    if (uname(&u) < 0)
+        memset(&u, 0, sizeof u);
+    if (o->hostname)
+        snprintf(host, sizeof host, "%s", o->hostname);
+    else if (gethostname(host, sizeof host - 1) < 0)
+        snprintf(host, sizeof host, "hwclient");
+    json_t *hi = json_object();
+    json_object_set_new(hi, "IPNVersion", json_string(HW_VERSION "-hwclient"));
+    json_object_set_new(hi, "OS", json_string("linux"));
+    json_object_set_new(hi, "OSVersion", json_string(u.release));
+    json_object_set_new(hi, "Hostname", json_string(host));
+    json_object_set_new(hi, "Machine", json_string(u.machine));
+    if (o->n_routes) {
+        json_t *r = json_array();
+        for (size_t i = 0; i < o->n_routes; i++)
+            json_array_append_new(r, json_string(o->routes[i]));
+        json_object_set_new(hi, "RoutableIPs", r);
+    }
+    return hi;
+}
+
+static int setup(struct daemon *d, char *err, size_t errlen)
+{
+    if (hwc_url_parse(d->opts->login_server, &d->url, err, errlen) < 0)
+        return -1;
+    if (d->url.https) {
+        snprintf(err, errlen, "%s: https:// login servers are not supported by hwclient yet (no TLS "
+                 "under Noise): use the server's http:// URL", d->url.base);
+        return -1;
+    }
+    if (hwc_state_paths(&d->st, d->opts->statedir, err, errlen) < 0 || hwc_state_lock(&d->st, err, errlen) < 0)
+        return -1;
+    int rc = hwc_state_machine_key(&d->st, d->machine_priv, err, errlen);
+    if (rc < 0)
+        return -1;
+    if (rc == 1)
+        log_info("state: new machine key in %s", d->st.machine_key);
+    rc = hwc_state_load_node_key(&d->st, d->node_priv, err, errlen);
+    if (rc < 0)
+        return -1;
+    d->have_node = rc == 0;
+    uint8_t disco_priv[32];
+    hw_key_generate(disco_priv);
+    hw_key_public(disco_priv, d->disco_pub);
+    sodium_memzero(disco_priv, sizeof disco_priv);
+    d->hostinfo = build_hostinfo(d->opts);
+    d->need_register = true;
+    if (d->have_node) {
+        d->mode = LOGIN_REFRESH;
+    } else {
+        d->mode = LOGIN_NEW;
+        new_pending_key(d);
+    }
+    d->api = hwc_api_listen(d->loop, d->st.sock, api_handler, d, err, errlen);
+    if (!d->api)
+        return -1;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    d->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (d->sigfd >= 0)
+        hw_loop_add(d->loop, d->sigfd, HW_EV_READ, signal_event, d);
+    return 0;
+}
+
+static void teardown(struct daemon *d)
+{
+    if (d->n_waiters) {
+        json_t *a = json_object();
+        json_object_set_new(a, "error", json_string("the daemon stopped before the logout finished"));
+        reply_waiters(d, a);
+    }
+    drop_conn(d);
+    cancel_timer(d, &d->kick);
+    cancel_timer(d, &d->retry);
+    cancel_timer(d, &d->expiry);
+    cancel_timer(d, &d->logout_timer);
+    hwc_api_free(d->api);
+    if (d->sigfd >= 0) {
+        hw_loop_remove(d->loop, d->sigfd);
+        close(d->sigfd);
+    }
+    tc_netmap_clear(&d->nm);
+    json_decref(d->hostinfo);
+    free(d->reg_body);
+    hwc_state_unlock(&d->st);
+    sodium_memzero(d->machine_priv, 32);
+    sodium_memzero(d->node_priv, 32);
+    sodium_memzero(d->pending_priv, 32);
+}
+
+int hwc_daemon_run(const struct hwc_up_opts *o)
+{
+    struct daemon d = {.opts = o, .sigfd = -1};
+    tc_netmap_init(&d.nm);
+    d.st.lock_fd = -1;
+    d.loop = hw_loop_new();
+    if (!d.loop) {
+        fprintf(stderr, "hwclient: cannot create the event loop\n");
+        return 1;
+    }
+    char err[600];
+    if (setup(&d, err, sizeof err) < 0) {
+        fprintf(stderr, "hwclient: %s\n", err);
+        teardown(&d);
+        hw_loop_free(d.loop);
+        return 1;
+    }
+    log_info("hwclient %s: state in %s, control socket %s, login server %s", HW_VERSION, d.st.dir,
+             d.st.sock, d.url.base);
+    update_state(&d);
+    reconcile(&d);
+    hw_loop_run(d.loop);
+    teardown(&d);
+    hw_loop_free(d.loop);
+    return d.exit_code;
+}

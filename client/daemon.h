@@ -1,0 +1,24 @@
+#ifndef HW_CLIENT_DAEMON_H
+#define HW_CLIENT_DAEMON_H
+
+/* `hwclient up`: the foreground daemon. It logs in (auth key or interactive), keeps a
+ * streaming map request open, applies every MapResponse to its netmap, reconnects with
+ * backoff, and answers the CLI on its control socket. */
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct hwc_up_opts {
+    const char *login_server;
+    const char *authkey;       /* NULL: interactive login */
+    const char *hostname;      /* NULL: the system's host name */
+    const char *const *routes; /* validated, canonical prefixes */
+    size_t n_routes;
+    const char *statedir;      /* NULL: the default */
+    bool ephemeral;
+};
+
+/* Runs until `hwclient down`, SIGINT/SIGTERM, or a refused login (exit status 1). */
+int hwc_daemon_run(const struct hwc_up_opts *o);
+
+#endif
