@@ -436,7 +436,7 @@ void conn_close(struct conn *c, const char *reason)
     else if (reason && c->state == CONN_WAIT_INFO)
         log_info("derp: %s handshake failed: %s", c->remote_text, reason);
     else if (reason)
-        log_debug("hwrelay: %s closed: %s", c->remote_text, reason);
+        log_debug("derp: %s closed: %s", c->remote_text, reason);
     if (c->registered)
         derp_unregister(c);
     c->close_reason = reason;

@@ -77,6 +77,18 @@ const char *relay_admission_ip(const struct relay_admission *a);       /* withou
 /* allow=false closes the client with `why` in the one log line of the refusal. */
 void relay_admission_done(struct relay_admission *a, bool allow, const char *why);
 
+/* ---- derper's request rules, for an HTTP front end of its own ---- */
+
+enum relay_upgrade { RELAY_UPGRADE_NONE, RELAY_UPGRADE_DERP, RELAY_UPGRADE_WEBSOCKET };
+/* From the Upgrade and Sec-WebSocket-Protocol headers (either may be NULL): WebSocket
+ * only with the "derp" subprotocol; "Upgrade: DERP", or a bare "Upgrade: websocket"
+ * (very old tailscaled, plain DERP), is DERP. */
+enum relay_upgrade relay_upgrade_kind(const char *upgrade, const char *ws_protocol);
+/* Whether a comma-separated header value (may be NULL) lists token, in any case. */
+bool relay_header_has_token(const char *value, const char *token);
+/* An X-Tailscale-Challenge worth echoing: 1..64 of [A-Za-z0-9._:-]. */
+bool relay_challenge_ok(const char *s, size_t len);
+
 /* ---- sockets upgraded elsewhere ---- */
 
 struct relay_adoption {

@@ -120,9 +120,9 @@ static const char home_page[] =
     "<p>\n  It provides STUN, interactive connectivity establishment, and relaying of end-to-end "
     "encrypted traffic\n  for Tailscale clients of this tailnet.\n</p>\n</body>\n</html>\n";
 
-static bool challenge_ok(const char *s, size_t len)
+bool relay_challenge_ok(const char *s, size_t len)
 {
-    if (len == 0 || len > 64)
+    if (!s || len == 0 || len > 64)
         return false;
     for (size_t i = 0; i < len; i++) {
         char ch = s[i];
@@ -134,22 +134,10 @@ static bool challenge_ok(const char *s, size_t len)
     return true;
 }
 
-static void serve_no_content(struct conn *c, const struct req *q)
-{
-    char extra[FIELD_MAX + 160];
-    int n = 0;
-    if (challenge_ok(q->values[H_CHALLENGE], q->value_lens[H_CHALLENGE]))
-        n = snprintf(extra, sizeof extra, "X-Tailscale-Response: response %s\r\n", q->values[H_CHALLENGE]);
-    snprintf(extra + n, sizeof extra - (size_t)n,
-             "Cache-Control: no-cache, no-store, must-revalidate, no-transform, max-age=0\r\n");
-    respond(c, 204, "No Content", extra, NULL, NULL, true);
-}
-
-/* Whether a comma-separated header value lists token (any case). */
-static bool has_token(const char *value, const char *token)
+bool relay_header_has_token(const char *value, const char *token)
 {
     size_t n = strlen(token);
-    for (const char *p = value; *p;) {
+    for (const char *p = value ? value : ""; *p;) {
         while (*p == ' ' || *p == '\t' || *p == ',')
             p++;
         const char *end = p;
@@ -165,6 +153,28 @@ static bool has_token(const char *value, const char *token)
     return false;
 }
 
+enum relay_upgrade relay_upgrade_kind(const char *upgrade, const char *ws_protocol)
+{
+    if (!upgrade)
+        return RELAY_UPGRADE_NONE;
+    /* derper tells real WebSocket clients by the "derp" subprotocol: very old
+     * tailscaled sent "Upgrade: WebSocket" but spoke plain DERP. */
+    if (strcasecmp(upgrade, "websocket") == 0)
+        return ws_protocol && strstr(ws_protocol, "derp") ? RELAY_UPGRADE_WEBSOCKET : RELAY_UPGRADE_DERP;
+    return strcasecmp(upgrade, "derp") == 0 ? RELAY_UPGRADE_DERP : RELAY_UPGRADE_NONE;
+}
+
+static void serve_no_content(struct conn *c, const struct req *q)
+{
+    char extra[FIELD_MAX + 160];
+    int n = 0;
+    if (relay_challenge_ok(q->values[H_CHALLENGE], q->value_lens[H_CHALLENGE]))
+        n = snprintf(extra, sizeof extra, "X-Tailscale-Response: response %s\r\n", q->values[H_CHALLENGE]);
+    snprintf(extra + n, sizeof extra - (size_t)n,
+             "Cache-Control: no-cache, no-store, must-revalidate, no-transform, max-age=0\r\n");
+    respond(c, 204, "No Content", extra, NULL, NULL, true);
+}
+
 /* RFC 6455 server handshake with the checks Go's coder/websocket (derper's library)
  * makes; no compression is offered, and the subprotocol is always "derp". */
 static enum http_result websocket_upgrade(struct conn *c, const struct req *q, unsigned method)
@@ -174,7 +184,7 @@ static enum http_result websocket_upgrade(struct conn *c, const struct req *q, u
         respond(c, 405, "Method Not Allowed", "Allow: GET\r\n", text, "WebSocket protocol violation: handshake request method is not GET\n", false);
         return HTTP_DONE;
     }
-    if (!has_token(q->values[H_CONNECTION], "upgrade")) {
+    if (!relay_header_has_token(q->values[H_CONNECTION], "upgrade")) {
         respond(c, 426, "Upgrade Required", "Connection: Upgrade\r\nUpgrade: websocket\r\n", text,
                 "WebSocket protocol violation: Connection header does not contain Upgrade\n", false);
         return HTTP_DONE;
@@ -265,11 +275,10 @@ enum http_result http_handle(struct conn *c, size_t *head_len)
             respond(c, 404, "Not Found", NULL, "text/plain; charset=utf-8", "derp server disabled\n", false);
             return HTTP_DONE;
         }
-        /* derper tells real WebSocket clients by the "derp" subprotocol: very old
-         * tailscaled sent "Upgrade: WebSocket" but spoke plain DERP, and still can. */
-        if (strcasecmp(q.values[H_UPGRADE], "websocket") == 0 && strstr(q.values[H_WS_PROTOCOL], "derp"))
+        enum relay_upgrade kind = relay_upgrade_kind(q.values[H_UPGRADE], q.values[H_WS_PROTOCOL]);
+        if (kind == RELAY_UPGRADE_WEBSOCKET)
             return websocket_upgrade(c, &q, p.method);
-        if (strcasecmp(q.values[H_UPGRADE], "derp") != 0 && strcasecmp(q.values[H_UPGRADE], "websocket") != 0) {
+        if (kind == RELAY_UPGRADE_NONE) {
             if (q.value_lens[H_UPGRADE])
                 log_info("hwrelay: %s: unsupported upgrade %s", c->remote_text, q.values[H_UPGRADE]);
             respond(c, 426, "Upgrade Required", "X-Content-Type-Options: nosniff\r\n",

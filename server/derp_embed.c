@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "common/log.h"
 #include "common/loop.h"
@@ -54,7 +53,8 @@ struct hw_derp_embed {
 /* ---- admission ---- */
 
 /* Only registered, unexpired nodes of the tailnet, decided by the same code as POST
- * /verify. A store error counts as "no" (Headscale's embedded relay is fail-closed too). */
+ * /verify. A store error counts as "no" (Headscale's embedded relay is fail-closed too).
+ * Answered on the loop: it is one indexed row read, as the control layer does there. */
 static void admit(void *arg, struct relay_admission *a)
 {
     struct hw_derp_embed *d = arg;
@@ -281,37 +281,15 @@ static enum MHD_Result not_found(struct MHD_Connection *conn)
 
 static const char TEXT[] = "text/plain; charset=utf-8";
 
-/* Whether a comma-separated header value lists token (any case). */
-static bool has_token(const char *value, const char *token)
-{
-    size_t n = strlen(token);
-    for (const char *p = value ? value : ""; *p;) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        const char *end = p;
-        while (*end && *end != ',')
-            end++;
-        const char *last = end;
-        while (last > p && (last[-1] == ' ' || last[-1] == '\t'))
-            last--;
-        if ((size_t)(last - p) == n && strncasecmp(p, token, n) == 0)
-            return true;
-        p = end;
-    }
-    return false;
-}
-
 int hw_derp_page(struct hw_derp_embed *d, struct MHD_Connection *conn, const char *method)
 {
     if (!d || !d->started)
         return not_found(conn);
     const char *upgrade = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Upgrade");
     const char *proto = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Sec-WebSocket-Protocol");
-    /* derper's rules: a WebSocket client names the "derp" subprotocol; a bare
-     * "Upgrade: websocket" is a very old tailscaled speaking plain DERP. */
-    bool websocket = upgrade && strcasecmp(upgrade, "websocket") == 0 && proto && strstr(proto, "derp");
-    bool derp = upgrade && (strcasecmp(upgrade, "derp") == 0 || strcasecmp(upgrade, "websocket") == 0);
-    if (!websocket && !derp) {
+    enum relay_upgrade kind = relay_upgrade_kind(upgrade, proto);
+    bool websocket = kind == RELAY_UPGRADE_WEBSOCKET;
+    if (kind == RELAY_UPGRADE_NONE) {
         if (upgrade && *upgrade)
             log_info("derp: /derp with \"Upgrade: %.40s\" refused (a reverse proxy in front of "
                      "headwater must pass Upgrade and Connection through)", upgrade);
@@ -325,7 +303,8 @@ int hw_derp_page(struct hw_derp_embed *d, struct MHD_Connection *conn, const cha
             return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, TEXT,
                          "WebSocket protocol violation: handshake request method is not GET\n",
                          MHD_HTTP_HEADER_ALLOW, "GET", NULL, NULL);
-        if (!has_token(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Connection"), "upgrade"))
+        if (!relay_header_has_token(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Connection"),
+                                    "upgrade"))
             return reply(conn, MHD_HTTP_UPGRADE_REQUIRED, TEXT,
                          "WebSocket protocol violation: Connection header does not contain Upgrade\n",
                          "Upgrade", "websocket", NULL, NULL);
@@ -387,21 +366,6 @@ int hw_derp_probe_page(struct hw_derp_embed *d, struct MHD_Connection *conn, con
     return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, TEXT, "bogus probe method\n", NULL, NULL, NULL, NULL);
 }
 
-static bool challenge_ok(const char *s)
-{
-    size_t len = s ? strlen(s) : 0;
-    if (len == 0 || len > 64)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char ch = s[i];
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                  ch == '.' || ch == '-' || ch == '_' || ch == ':';
-        if (!ok)
-            return false;
-    }
-    return true;
-}
-
 int hw_derp_generate_204(struct hw_derp_embed *d, struct MHD_Connection *conn, const char *method)
 {
     if (!d)
@@ -410,7 +374,7 @@ int hw_derp_generate_204(struct hw_derp_embed *d, struct MHD_Connection *conn, c
      * so the header cannot be used to inject anything. */
     const char *challenge = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Tailscale-Challenge");
     char answer[80];
-    bool echo = challenge_ok(challenge);
+    bool echo = relay_challenge_ok(challenge, challenge ? strlen(challenge) : 0);
     if (echo)
         snprintf(answer, sizeof answer, "response %s", challenge);
     return reply(conn, MHD_HTTP_NO_CONTENT, NULL, NULL, "Cache-Control",

@@ -14,8 +14,8 @@ import time
 import hwtest
 from hwtest import (HEADWATER, SANITIZED, SLOW, Server, api_call, case, check, contains, eq,
                     skip)
-from derpclient import (DerpClient, Refused, keypair, public_key, stun_mapped_address,
-                        stun_request, ws_frame)
+from derpclient import (CLIENT_INFO, DerpClient, Refused, box_seal, frame, keypair, public_key,
+                        stun_mapped_address, stun_request, ws_frame)
 from relayctl import DERP_PAIR, http_get
 
 REFUSAL = "refused: not a registered, unexpired node of this tailnet"
@@ -78,7 +78,7 @@ def wait_log(s, text, count=1, timeout=5):
 
 @case
 def upgrade_answer_and_key_file():
-    with relay_server() as s:
+    with relay_server(verify_clients=False) as s:
         c = DerpClient(s.port, send_client_info=False)
         eq(c.status_line, "HTTP/1.1 101 Switching Protocols", "status")
         eq(c.headers.get("upgrade"), "DERP", "Upgrade")
@@ -94,6 +94,31 @@ def upgrade_answer_and_key_file():
         eq(c.headers.get("derp-public-key"), pub.hex(), "Derp-Public-Key")
         eq(c.server_pub, pub, "ServerKey frame")
         c.close()
+        # Bytes sent right behind the request head (a client that already knows the key)
+        # reach the relay: libmicrohttpd hands them over with the socket.
+        for websocket in (False, True):
+            priv, mine = keypair()
+            msg = b'{"version":2,"CanAckPings":true}'
+            nonce = os.urandom(24)
+            info = frame(CLIENT_INFO, mine + nonce + box_seal(msg, nonce, pub, priv))
+            head = b"GET /derp HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+            if websocket:
+                head += (b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                         b"Sec-WebSocket-Protocol: derp\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                info = ws_frame(info)
+            else:
+                head += b"Upgrade: DERP\r\n\r\n"
+            raw = socket.create_connection(("127.0.0.1", s.port), timeout=5 * SLOW)
+            raw.sendall(head + info)
+            c = DerpClient.__new__(DerpClient)   # adopt the socket mid-stream
+            c.sock, c.priv, c.pub, c.websocket = raw, priv, mine, websocket
+            c.rbuf, c.stream, c.ws_closed, c.ws_control = b"", b"", None, []
+            check(c._read_head().startswith("HTTP/1.1 101"), "101")
+            t, payload = c.read_frame()
+            eq(t, 1, "ServerKey")
+            c.server_pub = pub
+            eq(c.expect_server_info().get("version"), 2, "pipelined ClientInfo (websocket=%s)" % websocket)
+            c.close()
         # The same key after a restart.
         s.restart()
         c = DerpClient(s.port, send_client_info=False)
