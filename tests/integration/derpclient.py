@@ -97,11 +97,18 @@ class DerpClient:
     WebSocket binary messages (subprotocol "derp"), as the browser client does."""
 
     def __init__(self, port, priv=None, websocket=False, host="127.0.0.1", timeout=10,
-                 headers=None, send_client_info=True):
+                 headers=None, send_client_info=True, tls=False):
         self.priv = priv or new_private_key()
         self.pub = public_key(self.priv)
         self.websocket = websocket
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if tls:
+            # The tests' relays use throwaway self-signed certificates.
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=host)
         self.rbuf = b""          # raw bytes from the socket
         self.stream = b""        # DERP bytes (after WebSocket unframing)
         self.ws_closed = None    # close code the server sent

@@ -110,10 +110,30 @@ def main():
                      ("handshake_checks", handshake_checks)]:
         cases.run(name, fn)
 
+    def over_tls():
+        r = Relay("-hostname", "127.0.0.1", certmode="ipself")
+        try:
+            a = DerpClient(r.port, websocket=True, tls=True)
+            a.expect_server_info()
+            b = DerpClient(r.port, tls=True)
+            b.expect_server_info()
+            for size in (10, 65536):
+                data = os.urandom(size)
+                a.send_packet(b.pub, data)
+                assert b.recv_packet() == (a.pub, data)
+                b.send_packet(a.pub, data)
+                assert a.recv_packet() == (b.pub, data)
+            a.close()
+            b.close()
+        finally:
+            why = r.stop()
+        assert why is None, why
+
     def clean_exit():
         why = relay.stop()
         assert why is None, why
 
+    cases.run("over_tls", over_tls)
     cases.run("clean_exit", clean_exit)
     raise SystemExit(1 if cases.failed else 0)
 
