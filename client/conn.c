@@ -78,6 +78,7 @@ struct hwc_conn {
     struct hwc_http_resp *resp;
     bool head_done;
     uint8_t server_pub[32];
+    bool key_known; /* given by the caller: no GET /key */
     char last_connect_error[128];
 
     struct hw_noise_handshake hs;
@@ -290,9 +291,9 @@ static char *upgrade_request(struct hwc_conn *c)
 static void start_connect(struct hwc_conn *c)
 {
     reset_exchange(c);
-    c->req = c->stage == ST_KEY || c->stage == ST_RESOLVE ? key_request(c) : upgrade_request(c);
     if (c->stage == ST_RESOLVE)
-        c->stage = ST_KEY;
+        c->stage = c->key_known ? ST_UPGRADE : ST_KEY;
+    c->req = c->stage == ST_KEY ? key_request(c) : upgrade_request(c);
     if (!c->req)
         return;
     c->req_len = strlen(c->req);
@@ -680,6 +681,15 @@ static void upgrade_readable(struct hwc_conn *c)
         c->stage = ST_HANDSHAKE;
     }
     handshake_readable(c, eof);
+    if (c->stage == ST_READY) {
+        /* The dial buffers (about 100 KiB) are not needed once Noise is up: a process
+         * holding thousands of connections (bench/swarm) should not keep them. */
+        free(c->rbuf);
+        c->rbuf = NULL;
+        c->rcap = c->rlen = 0;
+        free(c->resp);
+        c->resp = NULL;
+    }
 }
 
 static void ready_readable(struct hwc_conn *c)
@@ -751,6 +761,14 @@ struct hwc_conn *hwc_conn_dial(struct hw_loop *loop, const struct hwc_url *url,
                                const uint8_t machine_priv[32], uint16_t capver,
                                const struct hwc_conn_callbacks *cb, void *arg)
 {
+    return hwc_conn_dial_key(loop, url, machine_priv, capver, NULL, cb, arg);
+}
+
+struct hwc_conn *hwc_conn_dial_key(struct hw_loop *loop, const struct hwc_url *url,
+                                   const uint8_t machine_priv[32], uint16_t capver,
+                                   const uint8_t server_pub[32],
+                                   const struct hwc_conn_callbacks *cb, void *arg)
+{
     struct hwc_conn *c = hw_calloc(1, sizeof *c);
     c->loop = loop;
     c->url = *url;
@@ -761,6 +779,10 @@ struct hwc_conn *hwc_conn_dial(struct hw_loop *loop, const struct hwc_url *url,
     c->fd = -1;
     c->resolve_pipe[0] = c->resolve_pipe[1] = -1;
     c->resp = hw_malloc(sizeof *c->resp);
+    if (server_pub) {
+        memcpy(c->server_pub, server_pub, 32);
+        c->key_known = true;
+    }
     c->stage = ST_RESOLVE;
     c->deadline = hw_timer_start(loop, HWC_DIAL_TIMEOUT_MS, deadline_cb, c);
     if (url->https)

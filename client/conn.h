@@ -38,6 +38,13 @@ struct hwc_conn_callbacks {
 struct hwc_conn *hwc_conn_dial(struct hw_loop *loop, const struct hwc_url *url,
                                const uint8_t machine_priv[32], uint16_t capver,
                                const struct hwc_conn_callbacks *cb, void *arg);
+/* The same with the server's Noise key already known (from an earlier connection's
+ * hwc_conn_server_key): no GET /key, as upstream caches the key across reconnects
+ * (controlclient.Direct keeps serverNoiseKey). */
+struct hwc_conn *hwc_conn_dial_key(struct hw_loop *loop, const struct hwc_url *url,
+                                   const uint8_t machine_priv[32], uint16_t capver,
+                                   const uint8_t server_pub[32],
+                                   const struct hwc_conn_callbacks *cb, void *arg);
 /* Closes the socket, drops every request without callbacks. Safe in any state. */
 void hwc_conn_free(struct hwc_conn *c);
 /* Ends the connection from inside a request callback: on_fail follows with why. */

@@ -18,12 +18,12 @@ int hwc_url_parse(const char *text, struct hwc_url *out, char *err, size_t errle
         return -1;
     }
     const char *end = p + strcspn(p, "/?#");
-    if (*end && strcmp(end, "/") != 0) {
-        snprintf(err, errlen, "login server %s: expected no path, query or fragment after the host", text);
-        return -1;
-    }
     if (end == p) {
         snprintf(err, errlen, "login server %s: no host", text);
+        return -1;
+    }
+    if (*end && strcmp(end, "/") != 0) {
+        snprintf(err, errlen, "login server %s: expected no path, query or fragment after the host", text);
         return -1;
     }
     if (memchr(p, '@', (size_t)(end - p))) {

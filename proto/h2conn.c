@@ -422,10 +422,13 @@ static int submit_response(struct hw_h2_stream *st, int status, const char *cont
     st->responded = true;
     char status_text[8];
     snprintf(status_text, sizeof status_text, "%d", status);
-    nghttp2_nv nva[] = {NV(":status", status_text), NV("content-type", content_type)};
+    /* content_type NULL (an empty 200, as for lite map updates) must not reach strlen. */
+    nghttp2_nv nva[2] = {NV(":status", status_text)};
+    size_t nnv = 1;
+    if (content_type)
+        nva[nnv++] = (nghttp2_nv)NV("content-type", content_type);
     nghttp2_data_provider provider = {.source.ptr = st, .read_callback = read_queued};
-    int rv = nghttp2_submit_response(st->h2->session, st->id, nva, content_type ? 2 : 1,
-                                     with_body ? &provider : NULL);
+    int rv = nghttp2_submit_response(st->h2->session, st->id, nva, nnv, with_body ? &provider : NULL);
     if (rv != 0) {
         set_error(st->h2, "HTTP/2 response", rv);
         return -1;

@@ -235,10 +235,30 @@ int tc_zstd_decompress(const uint8_t *in, size_t len, size_t max_out, uint8_t **
 
 /* ---- incremental decoder ------------------------------------------------------------------ */
 
+struct tc_zdec {
+    ZSTD_DCtx *dctx;
+};
+
+struct tc_zdec *tc_zdec_new(void)
+{
+    struct tc_zdec *z = hw_calloc(1, sizeof(*z));
+    z->dctx = new_dctx();
+    return z;
+}
+
+void tc_zdec_free(struct tc_zdec *z)
+{
+    if (!z)
+        return;
+    ZSTD_freeDCtx(z->dctx);
+    free(z);
+}
+
 struct tc_mapdec {
     bool compressed;
     size_t max;
     ZSTD_DCtx *dctx;
+    bool owns_dctx;
     uint8_t hdr[4];
     size_t hdr_have;
     uint8_t *msg; /* payload being assembled, want bytes long */
@@ -252,8 +272,19 @@ struct tc_mapdec *tc_mapdec_new(bool compressed, size_t max_size)
     struct tc_mapdec *d = hw_calloc(1, sizeof(*d));
     d->compressed = compressed;
     d->max = max_size ? max_size : TC_MAPFRAME_MAX;
-    if (compressed)
+    if (compressed) {
         d->dctx = new_dctx();
+        d->owns_dctx = true;
+    }
+    return d;
+}
+
+struct tc_mapdec *tc_mapdec_new_shared(struct tc_zdec *z, size_t max_size)
+{
+    struct tc_mapdec *d = hw_calloc(1, sizeof(*d));
+    d->compressed = true;
+    d->max = max_size ? max_size : TC_MAPFRAME_MAX;
+    d->dctx = z->dctx;
     return d;
 }
 
@@ -261,7 +292,8 @@ void tc_mapdec_free(struct tc_mapdec *d)
 {
     if (!d)
         return;
-    ZSTD_freeDCtx(d->dctx);
+    if (d->owns_dctx)
+        ZSTD_freeDCtx(d->dctx);
     free(d->msg);
     free(d);
 }

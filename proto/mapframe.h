@@ -63,6 +63,16 @@ struct tc_mapdec;
 
 /* max_size 0 means TC_MAPFRAME_MAX. */
 struct tc_mapdec *tc_mapdec_new(bool compressed, size_t max_size);
+/* A zstd decompression context that the decoders of one thread can share: a decoder
+ * uses it only while it inflates a complete message, inside tc_mapdec_feed. A context
+ * keeps up to a window of buffers (about 1 MiB after a large map), so a process holding
+ * thousands of map streams (bench/swarm) wants one context, not one per stream. The
+ * context must outlive its decoders. */
+struct tc_zdec;
+struct tc_zdec *tc_zdec_new(void);
+void tc_zdec_free(struct tc_zdec *z);
+/* A compressed-stream decoder using the shared context. */
+struct tc_mapdec *tc_mapdec_new_shared(struct tc_zdec *z, size_t max_size);
 void tc_mapdec_free(struct tc_mapdec *d);
 
 /* Called once per complete message with its JSON text (NUL-terminated; valid only

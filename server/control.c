@@ -15,6 +15,7 @@
 #include "proto/keys.h"
 #include "proto/mapframe.h"
 #include "proto/tailcfg.h"
+#include "server/derpmap.h"
 #include "server/nodes.h"
 #include "server/tailnet.h"
 #include "server/ts2021.h"
@@ -35,6 +36,8 @@
  * not announced as offline-then-online to every peer. */
 #define OFFLINE_GRACE_MS 10000
 #define TAGGED_USER_ID 2147455555   /* Headscale's synthetic owner of tagged nodes */
+/* Bytes a map stream may have queued and unsent: several full 10,000-peer maps. */
+#define STREAM_QUEUE_LIMIT (64u << 20)
 
 enum stream_kind { STREAM_MAP = 1, STREAM_FOLLOWUP };
 
@@ -47,6 +50,7 @@ struct tn_stream {
     struct ts_session *sess;
     bool compress;
     bool initial_sent;
+    bool abandoned;                     /* reset for not reading; waits for its close */
     int64_t keepalive_due;
     struct tn_stream *node_next;        /* in node->streams */
     struct tn_stream *all_prev, *all_next;
@@ -72,6 +76,7 @@ struct hw_control {
     struct tc_zenc *zenc;
     struct hw_sbuf *keepalive[2];       /* [compressed] */
     struct hw_sbuf *close_frame;        /* the zstd frame of "]}" ending a blocked full map */
+    struct hw_derpmap *derpmap;         /* sources of the DERP map, refreshed off the loop */
     json_t *derp_map;
     json_t *dns_config;
     json_t *packet_filters;
@@ -421,8 +426,19 @@ static void push_full_map(struct hw_control *c, struct tn_stream *ms)
 
 static void push_to_stream(struct tn_stream *ms, struct hw_sbuf *frame)
 {
-    if (!frame || !ms->st)
+    if (!frame || !ms->st || ms->abandoned)
         return;
+    /* A client that stops reading must not make the server hold every delta for it
+     * forever: past the limit its stream is reset, and its next poll starts over with
+     * a fresh full map. */
+    if (hw_h2_queued(ms->st) + frame->len > STREAM_QUEUE_LIMIT) {
+        log_warn("map stream of node %lld: %zu bytes not taken by the client: reset",
+                 ms->node ? (long long)ms->node->row.id : 0LL, hw_h2_queued(ms->st));
+        ms->abandoned = true;
+        hw_h2_reset(ms->st, 8 /* CANCEL */);
+        ts_session_kick(ms->sess);
+        return;
+    }
     hw_h2_push(ms->st, frame);
     ms->keepalive_due = hw_now_ms_mono() + KEEPALIVE_MS + (int64_t)randombytes_uniform(KEEPALIVE_JITTER_MS);
     ts_session_kick(ms->sess);
@@ -1328,57 +1344,28 @@ static void sweep(struct hw_loop *loop, struct hw_timer *t, void *arg)
 
 /* ---- setup ---- */
 
-static void url_host_port(const char *url, char *host, size_t host_len, int *port)
+/* A new DERP map (a source changed): every connected client gets it as a delta. */
+static void on_derp_map_change(json_t *map, void *arg)
 {
-    const char *p = strstr(url, "://");
-    bool https = strncmp(url, "https", 5) == 0;
-    p = p ? p + 3 : url;
-    *port = https ? 443 : 80;
-    size_t n = strcspn(p, "/");
-    char hostport[300];
-    snprintf(hostport, sizeof hostport, "%.*s", (int)n, p);
-    char *colon = hostport[0] == '[' ? strstr(hostport, "]:") : strrchr(hostport, ':');
-    if (colon) {
-        if (hostport[0] == '[')
-            colon++;
-        *port = atoi(colon + 1);
-        *colon = '\0';
+    struct hw_control *c = arg;
+    pthread_mutex_lock(&c->srv->lock);
+    json_decref(c->derp_map);
+    c->derp_map = json_incref(map);
+    struct tc_map_response m = {.derp_map = map, .control_time = tc_time_now()};
+    struct hw_sbuf *frames[2] = {NULL, NULL};
+    size_t pushed = 0;
+    for (struct tn_stream *ms = c->streams; ms; ms = ms->all_next) {
+        if (!ms->initial_sent || !ms->st)
+            continue;
+        if (!frames[ms->compress])
+            frames[ms->compress] = encode(c, &m, NULL, NULL, 0, NULL, ms->compress);
+        push_to_stream(ms, frames[ms->compress]);
+        pushed++;
     }
-    char *h = hostport;
-    if (*h == '[') {
-        h++;
-        char *end = strchr(h, ']');
-        if (end)
-            *end = '\0';
-    }
-    snprintf(host, host_len, "%s", h);
-}
-
-static json_t *build_derp_map(const struct hw_config *cfg)
-{
-    struct tc_derp_map m = {0};
-    if (cfg->derp_server_enabled && cfg->derp_server_auto_add_region) {
-        char host[300];
-        int port;
-        url_host_port(cfg->server_url, host, sizeof host, &port);
-        struct tc_derp_region *r = tc_derp_map_add_region(&m, cfg->derp_server_region_id,
-                                                          cfg->derp_server_region_code,
-                                                          cfg->derp_server_region_name);
-        char name[32];
-        snprintf(name, sizeof name, "%d", cfg->derp_server_region_id);
-        struct tc_derp_node *dn = tc_derp_region_add_node(r, name, host);
-        dn->derp_port = port;
-        const char *stun = cfg->derp_server_stun_listen_addr;
-        const char *colon = stun ? strrchr(stun, ':') : NULL;
-        dn->stun_port = colon ? atoi(colon + 1) : 3478;
-        if (cfg->derp_server_ipv4)
-            dn->ipv4 = hw_strdup(cfg->derp_server_ipv4);
-        if (cfg->derp_server_ipv6)
-            dn->ipv6 = hw_strdup(cfg->derp_server_ipv6);
-    }
-    json_t *j = tc_derp_map_to_json(&m);
-    tc_derp_map_clear(&m);
-    return j;
+    hw_sbuf_unref(frames[0]);
+    hw_sbuf_unref(frames[1]);
+    pthread_mutex_unlock(&c->srv->lock);
+    log_info("DERP map changed: %zu regions, sent to %zu map streams", json_object_size(json_object_get(map, "Regions")), pushed);
 }
 
 static json_t *build_dns_config(const struct hw_config *cfg)
@@ -1426,7 +1413,14 @@ struct hw_control *hw_control_new(struct hw_server *srv, struct hw_loop *loop)
     c->zenc = tc_zenc_new(TC_ZSTD_LEVEL_FAST);
     c->keepalive[0] = tc_mapframe_keepalive(c->zenc, false);
     c->keepalive[1] = tc_mapframe_keepalive(c->zenc, true);
-    c->derp_map = build_derp_map(srv->cfg);
+    char err[256];
+    c->derpmap = hw_derpmap_start(srv->cfg, loop, on_derp_map_change, c, err, sizeof err);
+    if (!c->derpmap) {
+        log_error("DERP map: %s", err);
+        hw_control_free(c);
+        return NULL;
+    }
+    c->derp_map = hw_derpmap_current(c->derpmap);
     c->dns_config = build_dns_config(srv->cfg);
     c->domain = hw_strdup(srv->cfg->dns_base_domain ? srv->cfg->dns_base_domain : "");
     c->packet_filters = json_pack("{s:o}", "base", tc_filter_allow_all());
@@ -1439,6 +1433,7 @@ void hw_control_free(struct hw_control *c)
 {
     if (!c)
         return;
+    hw_derpmap_stop(c->derpmap);
     if (c->sweep_timer)
         hw_timer_cancel(c->loop, c->sweep_timer);
     if (c->flush_timer)

@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/version.h"
+#include "server/derpmap.h"
 #include "server/server.h"
 
 #define SYSTEM_CONFIG "/etc/headwater/config.yaml"
@@ -108,6 +109,12 @@ static int cmd_configtest(const struct config_choice *choice)
             fprintf(stderr, "%s: error: %s\n", choice->path ? choice->path : "embedded default", err);
             rc = -1;
         }
+        /* The DERP map files are part of the configuration an admin writes. */
+        struct hw_derpmap_diags diags = {0};
+        if (hw_derpmap_check_paths(&cfg, &diags) > 0)
+            rc = -1;
+        hw_derpmap_diags_print(&diags, stderr);
+        hw_derpmap_diags_free(&diags);
     }
     if (rc == 0) {
         hw_config_dump(&cfg, stdout);

@@ -185,6 +185,9 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
     log_info("noise key %s (%s), public key mkey:%s", cfg->noise_private_key_path,
              created ? "created" : "loaded", pub_hex);
 
+    if (cfg->policy_path && *cfg->policy_path)
+        log_warn("policy.path %s: ACL policies are not enforced by this version yet; namespaces "
+                 "are the boundary (all within a namespace, nothing across)", cfg->policy_path);
     s->control = hw_control_new(s, s->loop);
     if (!s->control) {
         snprintf(err, err_len, "cannot load the tailnet from %s (see the log above)",

@@ -95,7 +95,7 @@ def wait_until(fn, timeout, what, interval=0.005):
 
 class Client:
     def __init__(self, server, hostname, key=None, extra=(), statedir=None, start=True,
-                 login_server=None):
+                 login_server=None, env=None):
         self.server = server
         self.hostname = hostname
         self.key = key
@@ -105,6 +105,7 @@ class Client:
         self.sock = os.path.join(self.dir, "hwclient.sock")
         self.log_path = os.path.join(self.dir, "hwclient.log")
         self.login_server = login_server or "http://127.0.0.1:%d" % server.port
+        self.env = env
         self.proc = None
         self._log = None
         _live.append(self)
@@ -129,7 +130,7 @@ class Client:
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=self._log, preexec_fn=hwtest._die_with_parent,
-                                     env=hwtest._hermetic_env())
+                                     env=hwtest._hermetic_env(self.env))
         return self
 
     def running(self):

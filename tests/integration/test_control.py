@@ -10,6 +10,7 @@ import datetime
 import ipaddress
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -177,6 +178,10 @@ def state_dir_files_and_second_daemon_refused():
 def authkey_registration_three_clients():
     with Net() as net:
         a = start_tailnet(net, "a", ["box1", "box2", "box3"])
+        # a peer is announced when it registers and goes online when its map stream opens
+        for c in a:
+            c.wait_for(lambda st: all(p["Online"] for p in st["Peer"].values()), 2,
+                       "every peer online")
         own = {}
         for c in a:
             st = c.cli_status_json()
@@ -470,12 +475,32 @@ def server_restart_sigkill_clients_reconnect():
 
 
 @case
+def silent_server_trips_the_map_watchdog():
+    with Net() as net:
+        key = net.authkey("a")
+        c = net.client("watched", key=key, env={"HWCLIENT_MAP_WATCHDOG_MS": "1500"})
+        c.wait_running()
+        before = connects(c)
+        pid = net.server.proc.pid
+        os.kill(pid, signal.SIGSTOP)  # sockets stay open, nothing comes: only the watchdog sees it
+        try:
+            wait_until(lambda: "map stream: no message for 1.5 s" in c.log_text(), 5,
+                       "the watchdog firing")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        c.wait_for(lambda st: st["ControlConnected"] and connects(c) > before, 20,
+                   "reconnecting after the watchdog")
+        eq(c.status()["BackendState"], "Running", "state after the reconnect")
+
+
+@case
 def client_restart_keeps_its_node():
     with Net() as net:
         key = net.authkey("a")
         a = start_tailnet(net, "a", ["box1", "box2"], key=key)
         nid, ips = a[0].node_id(), sorted(a[0].ips())
-        a[0].down()
+        eq(a[0].terminate(), 0, "exit status after SIGTERM")
+        contains(a[0].log_text(), "stopping: Terminated")
         a[0].key = None  # the stored node key is enough: no auth key, no AuthURL
         a[0].start()
         a[0].wait_running()
@@ -511,6 +536,21 @@ def logout_expires_the_node():
 
 
 @case
+def ephemeral_node_is_removed_at_logout():
+    with Net() as net:
+        key = net.authkey("a", extra=["--ephemeral"])
+        c = net.client("temp", key=key, extra=["--ephemeral"])
+        c.wait_running()
+        other = net.client("stays", key=net.authkey("a"))
+        wait_peers(other, ["temp"])
+        check(net.nodes()["temp"]["ephemeral"], "hwctl shows the node ephemeral")
+        c.cli("logout")
+        wait_until(lambda: "temp" not in net.nodes(), 2, "the ephemeral node removed")
+        wait_peers(other, [], timeout=2)
+        eq(c.status()["BackendState"], "NeedsLogin", "state after logout")
+
+
+@case
 def single_use_key_reused_is_refused():
     with Net() as net:
         key = net.authkey("a", reusable=False)
@@ -540,6 +580,30 @@ def expired_key_is_refused():
         rc, _, _ = run_hwclient("up", "--login-server", c.login_server, "--statedir", c.dir,
                                 "--authkey", "hwkey-auth-000000000000-0000", ok=False)
         eq(rc, 1, "exit status with an unknown key")
+        eq(net.nodes(), {}, "no node")
+
+
+@case
+def login_server_by_host_name():
+    with Net() as net:
+        # "localhost" goes through the resolver thread, and may give ::1 first, where
+        # nothing listens: the next address must be tried.
+        c = net.client("named", key=net.authkey("a"),
+                       login_server="http://localhost:%d" % net.server.port)
+        c.wait_running()
+        eq(c.status()["ControlURL"], "http://localhost:%d" % net.server.port, "ControlURL")
+
+
+@case
+def logout_while_waiting_for_the_admin():
+    with Net() as net:
+        net.namespace("a")
+        c = net.client("undecided")
+        c.wait_auth_url()
+        _, out, _ = c.cli("logout")
+        eq(out, "Logged out.\n", "logout output")
+        st = c.status()
+        eq((st["BackendState"], st["AuthURL"]), ("NeedsLogin", ""), "state after logout")
         eq(net.nodes(), {}, "no node")
 
 

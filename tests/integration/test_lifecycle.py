@@ -19,8 +19,8 @@ def offline_then_ephemeral_node_removed():
         eph = net.client("fleeting", eph_key)
         for c in (keeper, eph):
             c.wait_running(timeout=15)
-        keeper.wait_for(lambda st: "fleeting" in keeper.peers(st), timeout=10,
-                        what="keeper sees the ephemeral node")
+        keeper.wait_for(lambda st: keeper.peers(st).get("fleeting", {}).get("Online"), timeout=10,
+                        what="keeper sees the ephemeral node online")
         eq(net.nodes()["fleeting"]["ephemeral"], True, "node is ephemeral")
 
         eph.kill()

@@ -9,7 +9,11 @@
  *   hwprobe URL huge-record      valid Noise, then a record header claiming 65535 bytes
  *
  * The last three expect the server to end the session: they print "closed: <how>" and
- * exit 0 when it does within 5 s, or "still open" and exit 1. */
+ * exit 0 when it does within 5 s, or "still open" and exit 1.
+ *
+ * The machine key is fresh for each run, unless HWPROBE_MACHINE_KEY names a private key
+ * file ("privkey:<hex>", created when missing): several runs are then the same machine,
+ * as a client's key rotation or re-login needs. */
 
 #include <errno.h>
 #include <poll.h>
@@ -192,7 +196,16 @@ int main(int argc, char **argv)
     }
     p.loop = hw_loop_new();
     uint8_t machine[32];
-    hw_key_generate(machine);
+    const char *key_file = getenv("HWPROBE_MACHINE_KEY");
+    if (key_file && *key_file) {
+        if (hw_key_load_or_create_private(key_file, machine, err, sizeof err) < 0) {
+            fprintf(stderr, "hwprobe: %s\n", err);
+            hw_loop_free(p.loop);
+            return 2;
+        }
+    } else {
+        hw_key_generate(machine);
+    }
     struct hwc_conn_callbacks cb = {on_ready, on_fail};
     p.conn = hwc_conn_dial(p.loop, &url, machine, TC_CAPVER, &cb, &p);
     p.deadline = hw_timer_start(p.loop, DEADLINE_MS, on_deadline, &p);

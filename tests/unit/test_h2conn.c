@@ -32,6 +32,9 @@ static void on_request(struct hw_h2 *h2, struct hw_h2_stream *st, void *arg)
     const uint8_t *body = hw_h2_body(st, &len);
     if (strcmp(path, "/echo") == 0) {
         hw_h2_respond(st, 200, "application/json", body, len);
+    } else if (strcmp(path, "/empty") == 0) {
+        /* An empty 200 without a content type, as lite map updates get. */
+        hw_h2_respond(st, 200, NULL, NULL, 0);
     } else if (strcmp(path, "/stream") == 0) {
         hw_h2_respond_streaming(st, 200, "application/octet-stream");
         held_stream = st;
@@ -118,6 +121,20 @@ static void request_response_round_trip(void)
     hw_h2_free(server);
 }
 
+static void empty_response_without_content_type(void)
+{
+    reset_state();
+    struct hw_h2 *server = hw_h2_new_server(&server_cb, &to_client, 1024);
+    struct hw_h2 *client = hw_h2_new_client(&client_cb, &to_server);
+    hw_h2_request(client, "POST", "/empty", "ctl", NULL, "{}", 2, NULL);
+    CHECK(shuttle(server, client) == 0, "shuttle");
+    CHECK_INT(last_status, 200);
+    CHECK_INT(last_body_len, 0);
+    CHECK_INT(closes_client, 1);
+    hw_h2_free(client);
+    hw_h2_free(server);
+}
+
 static void oversize_body_gets_413(void)
 {
     reset_state();
@@ -185,6 +202,7 @@ static void garbage_is_a_protocol_error(void)
 int main(void)
 {
     RUN(request_response_round_trip);
+    RUN(empty_response_without_content_type);
     RUN(oversize_body_gets_413);
     RUN(streaming_response_delivers_pushes_in_order);
     RUN(many_concurrent_streams);

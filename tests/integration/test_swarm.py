@@ -1,0 +1,78 @@
+"""bench/swarm against a real headwater: a small swarm registers, converges, sees each
+kind of change and comes back after a server restart. Keeps the load generator from
+rotting; the numbers themselves are `make bench`'s business."""
+import json
+import os
+import subprocess
+import time
+
+import hwtest
+from hwtest import Server, case, check, eq, main
+
+SWARM = os.path.join(hwtest.BUILD, "bench", "swarm")
+
+
+def run_swarm(s, *extra, restart=False, timeout=120):
+    key = s.hwctl_json("preauthkeys", "create", "-n", "swarm", "--reusable", "-e", "1h")["key"]
+    argv = [SWARM, "--server", "http://127.0.0.1:%d" % s.port, "--authkey", key,
+            "--server-pid", str(s.proc.pid), "--hwctl", hwtest.HWCTL, "--socket", s.socket,
+            "--deadline", str(90 * hwtest.SLOW), "-q"] + [str(a) for a in extra]
+    if restart:
+        argv.append("--restart")
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    results = []
+    try:
+        for line in p.stdout:
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            results.append(r)
+            if r["phase"] == "restart_ready":
+                s.stop()
+                start_ms = int(time.monotonic() * 1000)
+                s.start()
+                p.stdin.write("restarted %d %d\n" % (s.proc.pid, start_ms))
+                p.stdin.flush()
+        rc = p.wait(timeout * hwtest.SLOW)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    err = p.stderr.read()
+    hwtest._check_sanitizer(err, "swarm")
+    eq(rc, 0, "swarm exit status (stderr: %s)" % err.strip()[-500:])
+    return {(r["phase"], r.get("kind")): r for r in results}
+
+
+@case
+def twenty_nodes_register_converge_and_follow_changes():
+    with Server() as s:
+        s.hwctl("namespaces", "create", "swarm")
+        s.hwctl("namespaces", "create", "burst")
+        burst_key = s.hwctl_json("preauthkeys", "create", "-n", "burst", "--reusable", "--ephemeral",
+                                 "-e", "1h")["key"]
+        res = run_swarm(s, "-n", 20, "--concurrency", 5, "--burst", 10, "--burst-authkey", burst_key,
+                        "--idle", 1, "--changes", "join,endpoints,rename,leave", restart=True)
+        burst = res[("burst", None)]
+        eq((burst["registered"], burst["failed"]), (10, 0), "burst registrations")
+        reg = res[("register", None)]
+        eq((reg["registered"], reg["failed"], reg["live"], reg["converged"]), (20, 0, 20, 20),
+           "registered, failed, live, converged")
+        eq((reg["peers_min"], reg["peers_max"]), (19, 19), "peers seen by every node")
+        check(reg["reg_per_s"] > 0 and reg["latency_ms_p99"] is not None, "registration numbers")
+        check(res[("idle", None)]["server_cpu_s"] is not None, "server CPU read from /proc")
+        for kind in ("join", "endpoints", "rename", "leave"):
+            r = res[("change", kind)]
+            check("skipped" not in r and r.get("error") is None, "%s: %s" % (kind, r))
+            eq(r["applied"], r["nodes"], "%s: nodes that applied it" % kind)
+            check(r["nodes"] >= 20 and r["p100_ms"] is not None and r["bytes_rx"] > 0, "%s: %s" % (kind, r))
+        # the burst nodes logged out with an ephemeral key: only the main nodes remain
+        names = [n["name"] for n in s.hwctl_json("nodes", "list")]
+        eq(len(names), 20, "nodes left after the burst logout and the leave (%s)" % names)
+        back = res[("restart", None)]
+        eq((back["back"], back["nodes"], back["full_peer_lists"]), (20, 20, 20), "back after the restart")
+        eq(back["stragglers"], [], "stragglers")
+
+
+main()
