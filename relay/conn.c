@@ -155,7 +155,7 @@ int relay_adopt(struct relay *r, const struct relay_adoption *a)
     c->release = a->release;
     c->release_arg = a->release_arg;
     c->not_ideal = a->not_ideal;
-    c->state = CONN_HTTP_REPLY;   /* until conn_start_derp: nothing is read */
+    c->state = CONN_WAIT_INFO;
     if (a->websocket)
         conn_start_ws_reader(c);
     if (conn_link(c, HW_EV_READ) < 0) {

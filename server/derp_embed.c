@@ -116,8 +116,8 @@ int hw_derp_embed_start(struct hw_derp_embed *d, const uint8_t noise_private[32]
     int state = hw_key_load_or_create_private(path, priv, err, err_len);
     if (state < 0)
         return -1;
-    /* As in Headscale: one key for two jobs would let a DERP client's view of the
-     * relay key stand in for the control server's Noise identity. */
+    /* Headscale refuses to start this way too: a key copied over the other file by
+     * mistake should be noticed, not silently serve as two identities. */
     if (sodium_memcmp(priv, noise_private, 32) == 0) {
         sodium_memzero(priv, sizeof priv);
         snprintf(err, err_len, "derp.server.private_key_path %s holds the same key as "
