@@ -43,6 +43,7 @@ struct hw_derp_embed {
     struct relay *relay;
     struct upgrade_kind kinds[4];
     bool started;                     /* the key is loaded: /derp is served */
+    bool stun;                        /* STUN socket bound */
     char pubhex[65];                  /* for the 101, read on libmicrohttpd threads */
     pthread_mutex_t lock;             /* guards the fields below */
     bool stopping;
@@ -95,6 +96,8 @@ struct hw_derp_embed *hw_derp_embed_new(struct hw_server *s, char *err, size_t e
          * clients find direct paths. */
         log_warn("%s: the built-in relay runs without STUN (embedded default; set "
                  "derp.server.stun_listen_addr in a config file to use another port)", why);
+    } else {
+        d->stun = true;
     }
     return d;
 fail:
@@ -138,6 +141,8 @@ int hw_derp_embed_start(struct hw_derp_embed *d, const uint8_t noise_private[32]
                                              : "verify_clients is off: anyone may relay through it");
     return 0;
 }
+
+bool hw_derp_embed_has_stun(const struct hw_derp_embed *d) { return d && d->stun; }
 
 static void drain_pending(struct hw_derp_embed *d, bool adopt);
 

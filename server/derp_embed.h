@@ -6,6 +6,7 @@
  * upgraded, STUN on derp.server.stun_listen_addr, and admission answered in-process by
  * hw_verify_node_key() (derp.server.verify_clients, fail-closed). */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +23,9 @@ struct hw_derp_embed *hw_derp_embed_new(struct hw_server *s, char *err, size_t e
  * form) and starts taking connections. 0, or -1 with err. */
 int hw_derp_embed_start(struct hw_derp_embed *d, const uint8_t noise_private[32], char *err,
                         size_t err_len);
+
+/* Whether STUN is being served (false only when the embedded default found its port taken). */
+bool hw_derp_embed_has_stun(const struct hw_derp_embed *d);
 
 /* Public pages (libmicrohttpd access handlers, headers complete; return MHD_Result).
  * d may be NULL (relay off): 404, as Headscale has no such routes then. */
