@@ -186,21 +186,35 @@ bool admin_commit(struct admin_req *r)
 
 void admin_rollback(struct admin_req *r) { hw_db_rollback(r->db); }
 
+bool admin_commit_or_fail(struct admin_req *r, int rc, const char *what)
+{
+    if (rc == HW_DB_OK)
+        return admin_commit(r);
+    admin_rollback(r);
+    admin_fail_db(r, rc, what);
+    return false;
+}
+
 static json_t *field(struct admin_req *r, const char *name)
 {
     json_t *v = json_object_get(r->body, name);
     return json_is_null(v) ? NULL : v;
 }
 
+/* What a field reader returns for an absent field: 0, or -1 (400) when it was required. */
+static int field_absent(struct admin_req *r, const char *name, bool required)
+{
+    if (!required)
+        return 0;
+    admin_fail(r, MHD_HTTP_BAD_REQUEST, "missing field \"%s\"", name);
+    return -1;
+}
+
 int admin_field_string(struct admin_req *r, const char *name, bool required, const char **out)
 {
     json_t *v = field(r, name);
-    if (!v) {
-        if (!required)
-            return 0;
-        admin_fail(r, MHD_HTTP_BAD_REQUEST, "missing field \"%s\"", name);
-        return -1;
-    }
+    if (!v)
+        return field_absent(r, name, required);
     if (!json_is_string(v)) {
         admin_fail(r, MHD_HTTP_BAD_REQUEST, "field \"%s\" must be a string", name);
         return -1;
@@ -234,12 +248,8 @@ int admin_field_bool(struct admin_req *r, const char *name, bool *out)
 int admin_field_id(struct admin_req *r, const char *name, bool required, int64_t *out)
 {
     json_t *v = field(r, name);
-    if (!v) {
-        if (!required)
-            return 0;
-        admin_fail(r, MHD_HTTP_BAD_REQUEST, "missing field \"%s\"", name);
-        return -1;
-    }
+    if (!v)
+        return field_absent(r, name, required);
     if (!json_is_integer(v) || json_integer_value(v) <= 0) {
         admin_fail(r, MHD_HTTP_BAD_REQUEST, "field \"%s\" must be a positive integer", name);
         return -1;
@@ -289,12 +299,8 @@ int admin_field_tags(struct admin_req *r, const char *name, bool required, char 
     if (rc < 0)
         return -1;
     *tags_json = NULL;
-    if (rc == 0) {
-        if (!required)
-            return 0;
-        admin_fail(r, MHD_HTTP_BAD_REQUEST, "missing field \"%s\"", name);
-        return -1;
-    }
+    if (rc == 0)
+        return field_absent(r, name, required);
     size_t n = json_array_size(arr);
     if (n > ADMIN_MAX_TAGS) {
         admin_fail(r, MHD_HTTP_BAD_REQUEST, "too many tags (%zu): at most %d", n, ADMIN_MAX_TAGS);
@@ -400,6 +406,28 @@ bool admin_namespace_by_name(struct admin_req *r, const char *name, struct hw_na
         admin_fail(r, MHD_HTTP_NOT_FOUND, "namespace \"%s\" not found", name);
     else
         admin_fail_db(r, rc, "namespace");
+    return false;
+}
+
+bool admin_begin_in_namespace(struct admin_req *r, const char *name, struct hw_namespace *out)
+{
+    if (!admin_begin(r))
+        return false;
+    if (admin_namespace_by_name(r, name, out))
+        return true;
+    admin_rollback(r);
+    return false;
+}
+
+bool admin_node_by_id(struct admin_req *r, int64_t id, struct hw_node *out)
+{
+    int rc = hw_db_node_get(r->db, id, out);
+    if (rc == HW_DB_OK)
+        return true;
+    if (rc == HW_DB_NOT_FOUND)
+        admin_fail(r, MHD_HTTP_NOT_FOUND, "node %lld not found", (long long)id);
+    else
+        admin_fail_db(r, rc, "node");
     return false;
 }
 

@@ -37,6 +37,9 @@ void admin_fail_db(struct admin_req *r, int rc, const char *what);
 bool admin_begin(struct admin_req *r);
 bool admin_commit(struct admin_req *r);
 void admin_rollback(struct admin_req *r);
+/* Ends a handler's transaction on the result rc of its writes: commits when it is
+ * HW_DB_OK, else rolls back and answers as admin_fail_db does. True once committed. */
+bool admin_commit_or_fail(struct admin_req *r, int rc, const char *what);
 
 /* Body fields. Each returns 1 (present and valid: *out set), 0 (absent or null: *out
  * untouched; only for optional fields) or -1 (answer 400 already set). */
@@ -66,6 +69,11 @@ json_t *admin_time(int64_t unix_seconds);
 json_t *admin_json_array(const char *text);
 /* Looks up a namespace by name; answers 404 (or 500) and returns false when it fails. */
 bool admin_namespace_by_name(struct admin_req *r, const char *name, struct hw_namespace *out);
+/* admin_begin, then admin_namespace_by_name inside the transaction (rolled back when
+ * the namespace is not there). */
+bool admin_begin_in_namespace(struct admin_req *r, const char *name, struct hw_namespace *out);
+/* Reads a node (free with hw_node_clear); answers 404 (or 500) and returns false when it fails. */
+bool admin_node_by_id(struct admin_req *r, int64_t id, struct hw_node *out);
 
 /* Resource handlers. */
 void admin_namespaces_list(struct admin_req *r);

@@ -79,27 +79,17 @@ void admin_preauthkeys_create(struct admin_req *r)
         admin_field_expiration(r, "expiration", "1h", &expiration) < 0 ||
         admin_field_tags(r, "tags", false, &tags_json) < 0)
         return;
-    if (!admin_begin(r)) {
-        free(tags_json);
-        return;
-    }
     struct hw_namespace ns;
-    if (!admin_namespace_by_name(r, ns_name, &ns)) {
-        admin_rollback(r);
+    if (!admin_begin_in_namespace(r, ns_name, &ns)) {
         free(tags_json);
         return;
     }
     char key_text[HW_SECRET_TEXT_MAX];
-    struct hw_preauth_key k;
+    struct hw_preauth_key k = {0};
     int rc = hw_db_preauth_create(r->db, ns.id, reusable, ephemeral, expiration, tags_json,
                                   key_text, &k);
     free(tags_json);
-    if (rc != HW_DB_OK) {
-        admin_rollback(r);
-        admin_fail_db(r, rc, "pre-auth key");
-        return;
-    }
-    if (admin_commit(r))
+    if (admin_commit_or_fail(r, rc, "pre-auth key"))
         admin_ok(r, MHD_HTTP_CREATED, preauth_json(&k, ns.name, key_text));
     hw_preauth_key_clear(&k);
 }
@@ -110,26 +100,19 @@ void admin_preauthkeys_expire(struct admin_req *r)
     if (admin_field_string(r, "namespace", true, &ns_name) < 0 ||
         admin_field_string(r, "key", true, &key) < 0)
         return;
-    if (!admin_begin(r))
-        return;
     struct hw_namespace ns;
-    if (!admin_namespace_by_name(r, ns_name, &ns)) {
-        admin_rollback(r);
+    if (!admin_begin_in_namespace(r, ns_name, &ns))
         return;
-    }
     int rc = hw_db_preauth_expire(r->db, ns.id, key);
-    if (rc != HW_DB_OK) {
+    if (rc == HW_DB_NOT_FOUND) {
         admin_rollback(r);
         char label[48];
         key_label(key, label, sizeof label);
-        if (rc == HW_DB_NOT_FOUND)
-            admin_fail(r, MHD_HTTP_NOT_FOUND, "pre-auth key %s not found in namespace \"%s\"",
-                       label, ns_name);
-        else
-            admin_fail_db(r, rc, "pre-auth key");
+        admin_fail(r, MHD_HTTP_NOT_FOUND, "pre-auth key %s not found in namespace \"%s\"", label,
+                   ns_name);
         return;
     }
-    if (admin_commit(r))
+    if (admin_commit_or_fail(r, rc, "pre-auth key"))
         admin_ok(r, MHD_HTTP_OK, json_object());
 }
 
@@ -159,12 +142,7 @@ void admin_apikeys_create(struct admin_req *r)
     char key_text[HW_SECRET_TEXT_MAX];
     struct hw_api_key k;
     int rc = hw_db_apikey_create(r->db, expiration, key_text, &k);
-    if (rc != HW_DB_OK) {
-        admin_rollback(r);
-        admin_fail_db(r, rc, "API key");
-        return;
-    }
-    if (admin_commit(r))
+    if (admin_commit_or_fail(r, rc, "API key"))
         admin_ok(r, MHD_HTTP_CREATED, apikey_json(&k, key_text));
 }
 
@@ -176,16 +154,13 @@ void admin_apikeys_expire(struct admin_req *r)
     if (!admin_begin(r))
         return;
     int rc = hw_db_apikey_expire(r->db, prefix);
-    if (rc != HW_DB_OK) {
+    if (rc == HW_DB_NOT_FOUND) {
         admin_rollback(r);
         char label[48];
         key_label(prefix, label, sizeof label);
-        if (rc == HW_DB_NOT_FOUND)
-            admin_fail(r, MHD_HTTP_NOT_FOUND, "API key %s not found", label);
-        else
-            admin_fail_db(r, rc, "API key");
+        admin_fail(r, MHD_HTTP_NOT_FOUND, "API key %s not found", label);
         return;
     }
-    if (admin_commit(r))
+    if (admin_commit_or_fail(r, rc, "API key"))
         admin_ok(r, MHD_HTTP_OK, json_object());
 }

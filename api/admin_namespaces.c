@@ -11,6 +11,16 @@ static json_t *namespace_json(const struct hw_namespace *ns)
                      (json_int_t)ns->node_count);
 }
 
+/* Ends a create or rename: a name already taken is named in the answer. */
+static bool commit_named(struct admin_req *r, int rc, const char *name)
+{
+    if (rc != HW_DB_EXISTS)
+        return admin_commit_or_fail(r, rc, "namespace");
+    admin_rollback(r);
+    admin_fail(r, MHD_HTTP_CONFLICT, "namespace \"%s\" already exists", name);
+    return false;
+}
+
 static bool valid_name(struct admin_req *r, const char *name)
 {
     const char *problem = hw_dns_label_problem(name);
@@ -44,16 +54,7 @@ void admin_namespaces_create(struct admin_req *r)
     if (!admin_begin(r))
         return;
     struct hw_namespace ns;
-    int rc = hw_db_namespace_create(r->db, name, &ns);
-    if (rc != HW_DB_OK) {
-        admin_rollback(r);
-        if (rc == HW_DB_EXISTS)
-            admin_fail(r, MHD_HTTP_CONFLICT, "namespace \"%s\" already exists", name);
-        else
-            admin_fail_db(r, rc, "namespace");
-        return;
-    }
-    if (!admin_commit(r))
+    if (!commit_named(r, hw_db_namespace_create(r->db, name, &ns), name))
         return;
     /* No node sees a namespace until it has members: nothing to announce. */
     admin_ok(r, MHD_HTTP_CREATED, namespace_json(&ns));
@@ -65,25 +66,13 @@ void admin_namespaces_rename(struct admin_req *r)
     if (admin_field_string(r, "name", true, &name) < 0 ||
         admin_field_string(r, "new_name", true, &new_name) < 0 || !valid_name(r, new_name))
         return;
-    if (!admin_begin(r))
-        return;
     struct hw_namespace ns;
-    if (!admin_namespace_by_name(r, name, &ns)) {
-        admin_rollback(r);
+    if (!admin_begin_in_namespace(r, name, &ns))
         return;
-    }
     int rc = hw_db_namespace_rename(r->db, ns.id, new_name);
     if (rc == HW_DB_OK)
         rc = hw_db_namespace_get(r->db, ns.id, &ns);
-    if (rc != HW_DB_OK) {
-        admin_rollback(r);
-        if (rc == HW_DB_EXISTS)
-            admin_fail(r, MHD_HTTP_CONFLICT, "namespace \"%s\" already exists", new_name);
-        else
-            admin_fail_db(r, rc, "namespace");
-        return;
-    }
-    if (!admin_commit(r))
+    if (!commit_named(r, rc, new_name))
         return;
     hw_server_changed(r->s, HW_CHANGE_NAMESPACE, ns.id);
     admin_ok(r, MHD_HTTP_OK, namespace_json(&ns));
@@ -95,13 +84,9 @@ void admin_namespaces_destroy(struct admin_req *r)
     bool force = false;
     if (admin_field_string(r, "name", true, &name) < 0 || admin_field_bool(r, "force", &force) < 0)
         return;
-    if (!admin_begin(r))
-        return;
     struct hw_namespace ns;
-    if (!admin_namespace_by_name(r, name, &ns)) {
-        admin_rollback(r);
+    if (!admin_begin_in_namespace(r, name, &ns))
         return;
-    }
     /* The ids of the nodes that go with it, so their sessions can be told after. */
     struct hw_node *nodes = NULL;
     size_t n_nodes = 0;
@@ -110,18 +95,15 @@ void admin_namespaces_destroy(struct admin_req *r)
         rc = hw_db_node_list(r->db, ns.id, &nodes, &n_nodes);
     if (rc == HW_DB_OK)
         rc = hw_db_namespace_destroy(r->db, ns.id, force);
-    if (rc != HW_DB_OK) {
+    if (rc == HW_DB_CONFLICT) {
         admin_rollback(r);
         hw_node_list_free(nodes, n_nodes);
-        if (rc == HW_DB_CONFLICT)
-            admin_fail(r, MHD_HTTP_CONFLICT,
-                       "namespace \"%s\" still has %lld node%s: move or delete them, or use --force",
-                       name, (long long)ns.node_count, ns.node_count == 1 ? "" : "s");
-        else
-            admin_fail_db(r, rc, "namespace");
+        admin_fail(r, MHD_HTTP_CONFLICT,
+                   "namespace \"%s\" still has %lld node%s: move or delete them, or use --force",
+                   name, (long long)ns.node_count, ns.node_count == 1 ? "" : "s");
         return;
     }
-    if (!admin_commit(r)) {
+    if (!admin_commit_or_fail(r, rc, "namespace")) {
         hw_node_list_free(nodes, n_nodes);
         return;
     }

@@ -69,20 +69,34 @@ static void answer_node(struct admin_req *r, unsigned status, int64_t id)
     hw_node_clear(&n);
 }
 
-/* Reads the "id" field and the node; answers 400/404 itself. Call inside a transaction. */
-static bool node_from_body(struct admin_req *r, struct hw_node *n)
+/* Opens the transaction of a change to one node and reads the node the "id" field names;
+ * when that fails it has answered (400/404) and rolled back. */
+static bool begin_node_change(struct admin_req *r, int64_t *id, int64_t *namespace_id)
 {
-    int64_t id;
-    if (admin_field_id(r, "id", true, &id) < 0)
+    struct hw_node n;
+    if (!admin_begin(r))
         return false;
-    int rc = hw_db_node_get(r->db, id, n);
-    if (rc == HW_DB_OK)
-        return true;
-    if (rc == HW_DB_NOT_FOUND)
-        admin_fail(r, MHD_HTTP_NOT_FOUND, "node %lld not found", (long long)id);
+    if (admin_field_id(r, "id", true, id) < 0 || !admin_node_by_id(r, *id, &n)) {
+        admin_rollback(r);
+        return false;
+    }
+    if (namespace_id)
+        *namespace_id = n.namespace_id;
+    hw_node_clear(&n);
+    return true;
+}
+
+/* Ends that change on the result rc of its write: commits, tells the peers what happened
+ * to the node, and answers with the node as stored now ({} once it is removed). */
+static void finish_node_change(struct admin_req *r, int rc, enum hw_change_kind kind, int64_t id)
+{
+    if (!admin_commit_or_fail(r, rc, "node"))
+        return;
+    hw_server_changed(r->s, kind, id);
+    if (kind == HW_CHANGE_NODE_REMOVED)
+        admin_ok(r, MHD_HTTP_OK, json_object());
     else
-        admin_fail_db(r, rc, "node");
-    return false;
+        answer_node(r, MHD_HTTP_OK, id);
 }
 
 void admin_nodes_list(struct admin_req *r)
@@ -129,13 +143,9 @@ void admin_nodes_register(struct admin_req *r)
     if (admin_field_string(r, "namespace", true, &ns_name) < 0 ||
         admin_field_string(r, "key", true, &key) < 0)
         return;
-    if (!admin_begin(r))
-        return;
     struct hw_namespace ns;
-    if (!admin_namespace_by_name(r, ns_name, &ns)) {
-        admin_rollback(r);
+    if (!admin_begin_in_namespace(r, ns_name, &ns))
         return;
-    }
     struct hw_pending p;
     int rc = hw_db_pending_get(r->db, key, &p);
     if (rc != HW_DB_OK) {
@@ -190,48 +200,17 @@ void admin_nodes_register(struct admin_req *r)
 
 void admin_nodes_delete(struct admin_req *r)
 {
-    if (!admin_begin(r))
-        return;
-    struct hw_node n;
-    if (!node_from_body(r, &n)) {
-        admin_rollback(r);
-        return;
-    }
-    int64_t id = n.id;
-    hw_node_clear(&n);
-    int rc = hw_db_node_delete(r->db, id);
-    if (rc != HW_DB_OK) {
-        admin_rollback(r);
-        admin_fail_db(r, rc, "node");
-        return;
-    }
-    if (!admin_commit(r))
-        return;
-    hw_server_changed(r->s, HW_CHANGE_NODE_REMOVED, id);
-    admin_ok(r, MHD_HTTP_OK, json_object());
+    int64_t id;
+    if (begin_node_change(r, &id, NULL))
+        finish_node_change(r, hw_db_node_delete(r->db, id), HW_CHANGE_NODE_REMOVED, id);
 }
 
 void admin_nodes_expire(struct admin_req *r)
 {
-    if (!admin_begin(r))
-        return;
-    struct hw_node n;
-    if (!node_from_body(r, &n)) {
-        admin_rollback(r);
-        return;
-    }
-    int64_t id = n.id;
-    hw_node_clear(&n);
-    int rc = hw_db_node_set_expiry(r->db, id, hw_now());
-    if (rc != HW_DB_OK) {
-        admin_rollback(r);
-        admin_fail_db(r, rc, "node");
-        return;
-    }
-    if (!admin_commit(r))
-        return;
-    hw_server_changed(r->s, HW_CHANGE_NODE_UPDATED, id);
-    answer_node(r, MHD_HTTP_OK, id);
+    int64_t id;
+    if (begin_node_change(r, &id, NULL))
+        finish_node_change(r, hw_db_node_set_expiry(r->db, id, hw_now()), HW_CHANGE_NODE_UPDATED,
+                           id);
 }
 
 void admin_nodes_rename(struct admin_req *r)
@@ -244,46 +223,27 @@ void admin_nodes_rename(struct admin_req *r)
         admin_fail(r, MHD_HTTP_BAD_REQUEST, "invalid node name \"%s\": %s", new_name, problem);
         return;
     }
-    if (!admin_begin(r))
+    int64_t id;
+    if (!begin_node_change(r, &id, NULL))
         return;
-    struct hw_node n;
-    if (!node_from_body(r, &n)) {
-        admin_rollback(r);
-        return;
-    }
-    int64_t id = n.id;
-    hw_node_clear(&n);
     int rc = hw_db_given_name_taken(r->db, new_name, id) ? HW_DB_EXISTS
                                                          : hw_db_node_set_given_name(r->db, id, new_name);
-    if (rc != HW_DB_OK) {
+    if (rc == HW_DB_EXISTS) {
         admin_rollback(r);
-        if (rc == HW_DB_EXISTS)
-            admin_fail(r, MHD_HTTP_CONFLICT, "node name \"%s\" is already taken by another node",
-                       new_name);
-        else
-            admin_fail_db(r, rc, "node");
+        admin_fail(r, MHD_HTTP_CONFLICT, "node name \"%s\" is already taken by another node",
+                   new_name);
         return;
     }
-    if (!admin_commit(r))
-        return;
-    hw_server_changed(r->s, HW_CHANGE_NODE_UPDATED, id);
-    answer_node(r, MHD_HTTP_OK, id);
+    finish_node_change(r, rc, HW_CHANGE_NODE_UPDATED, id);
 }
 
 void admin_nodes_move(struct admin_req *r)
 {
     const char *ns_name;
-    if (admin_field_string(r, "namespace", true, &ns_name) < 0)
+    int64_t id, old_ns;
+    if (admin_field_string(r, "namespace", true, &ns_name) < 0 ||
+        !begin_node_change(r, &id, &old_ns))
         return;
-    if (!admin_begin(r))
-        return;
-    struct hw_node n;
-    if (!node_from_body(r, &n)) {
-        admin_rollback(r);
-        return;
-    }
-    int64_t id = n.id, old_ns = n.namespace_id;
-    hw_node_clear(&n);
     struct hw_namespace ns;
     if (!admin_namespace_by_name(r, ns_name, &ns)) {
         admin_rollback(r);
@@ -294,44 +254,20 @@ void admin_nodes_move(struct admin_req *r)
         answer_node(r, MHD_HTTP_OK, id);
         return;
     }
-    int rc = hw_db_node_set_namespace(r->db, id, ns.id);
-    if (rc != HW_DB_OK) {
-        admin_rollback(r);
-        admin_fail_db(r, rc, "node");
-        return;
-    }
-    if (!admin_commit(r))
-        return;
-    hw_server_changed(r->s, HW_CHANGE_NODE_MOVED, id);
-    answer_node(r, MHD_HTTP_OK, id);
+    finish_node_change(r, hw_db_node_set_namespace(r->db, id, ns.id), HW_CHANGE_NODE_MOVED, id);
 }
 
 void admin_nodes_tag(struct admin_req *r)
 {
     char *tags_json = NULL;
+    int64_t id;
     if (admin_field_tags(r, "tags", true, &tags_json) < 0)
         return;
-    if (!admin_begin(r)) {
+    if (!begin_node_change(r, &id, NULL)) {
         free(tags_json);
         return;
     }
-    struct hw_node n;
-    if (!node_from_body(r, &n)) {
-        admin_rollback(r);
-        free(tags_json);
-        return;
-    }
-    int64_t id = n.id;
-    hw_node_clear(&n);
     int rc = hw_db_node_set_tags(r->db, id, tags_json);
     free(tags_json);
-    if (rc != HW_DB_OK) {
-        admin_rollback(r);
-        admin_fail_db(r, rc, "node");
-        return;
-    }
-    if (!admin_commit(r))
-        return;
-    hw_server_changed(r->s, HW_CHANGE_NODE_UPDATED, id);
-    answer_node(r, MHD_HTTP_OK, id);
+    finish_node_change(r, rc, HW_CHANGE_NODE_UPDATED, id);
 }

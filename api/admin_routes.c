@@ -53,15 +53,8 @@ void admin_routes_list(struct admin_req *r)
         }
         node_id = v;
         struct hw_node n;
-        int rc = hw_db_node_get(r->db, node_id, &n);
-        if (rc == HW_DB_NOT_FOUND) {
-            admin_fail(r, MHD_HTTP_NOT_FOUND, "node %lld not found", v);
+        if (!admin_node_by_id(r, node_id, &n))
             return;
-        }
-        if (rc != HW_DB_OK) {
-            admin_fail_db(r, rc, "node");
-            return;
-        }
         hw_node_clear(&n);
     }
     struct hw_route *routes = NULL;
@@ -104,13 +97,8 @@ static void set_enabled(struct admin_req *r, bool enabled)
     if (!admin_begin(r))
         return;
     struct hw_node n;
-    int rc = hw_db_node_get(r->db, node_id, &n);
-    if (rc != HW_DB_OK) {
+    if (!admin_node_by_id(r, node_id, &n)) {
         admin_rollback(r);
-        if (rc == HW_DB_NOT_FOUND)
-            admin_fail(r, MHD_HTTP_NOT_FOUND, "node %lld not found", (long long)node_id);
-        else
-            admin_fail_db(r, rc, "node");
         return;
     }
     hw_node_clear(&n);
@@ -118,7 +106,7 @@ static void set_enabled(struct admin_req *r, bool enabled)
      * answer with. */
     struct hw_route before = {0};
     bool found;
-    rc = find_route(r->db, node_id, canon, &before, &found);
+    int rc = find_route(r->db, node_id, canon, &before, &found);
     if (rc == HW_DB_OK)
         rc = hw_db_route_set_enabled(r->db, node_id, canon, enabled);
     const char *partner = exit_partner(canon);
@@ -142,16 +130,11 @@ static void set_enabled(struct admin_req *r, bool enabled)
     }
     struct hw_route after;
     rc = find_route(r->db, node_id, canon, &after, &found);
-    if (rc != HW_DB_OK) {
-        admin_rollback(r);
-        admin_fail_db(r, rc, "route");
-        return;
-    }
     if (!found) {
         after = before;
         after.enabled = after.is_primary = false;
     }
-    if (!admin_commit(r))
+    if (!admin_commit_or_fail(r, rc, "route"))
         return;
     hw_server_changed(r->s, HW_CHANGE_ROUTES, node_id);
     admin_ok(r, MHD_HTTP_OK, route_json(&after));

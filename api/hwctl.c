@@ -573,12 +573,10 @@ const char *hwctl_socket_path(struct hwctl_ctx *ctx)
 int hwctl_confirm(const struct hwctl_ctx *ctx, const char *what, const char *prompt)
 {
     if (ctx->force || ctx->yes)
-        return 1;
-    if (!isatty(STDIN_FILENO)) {
-        hwctl_usage_err(ctx, "will not %s without confirmation, and stdin is not a terminal "
-                        "to ask on: pass --yes to go ahead", what);
-        return -1;
-    }
+        return HWCTL_OK;
+    if (!isatty(STDIN_FILENO))
+        return hwctl_usage_err(ctx, "will not %s without confirmation, and stdin is not a "
+                               "terminal to ask on: pass --yes to go ahead", what);
     fprintf(stderr, "%s [y/N] ", prompt);
     fflush(stderr);
     char *line = NULL;
@@ -586,9 +584,10 @@ int hwctl_confirm(const struct hwctl_ctx *ctx, const char *what, const char *pro
     ssize_t n = getline(&line, &cap, stdin);
     int yes = n > 0 && (line[0] == 'y' || line[0] == 'Y');
     free(line);
-    if (!yes)
-        hwctl_err("%s: not confirmed: did not %s", ctx->cmd_name, what);
-    return yes;
+    if (yes)
+        return HWCTL_OK;
+    hwctl_err("%s: not confirmed: did not %s", ctx->cmd_name, what);
+    return HWCTL_FAIL;
 }
 
 /* ---- version ---- */

@@ -58,8 +58,9 @@ int hwctl_usage_err(const struct hwctl_ctx *ctx, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* The socket to talk to (see the lookup order in hwctl.c), or NULL after reporting why. */
 const char *hwctl_socket_path(struct hwctl_ctx *ctx);
-/* Asks "PROMPT [y/N]" on the terminal unless --force/--yes. Returns 1 to go on, 0 when
- * the user said no, -1 when stdin is not a terminal (error reported). */
+/* Asks "PROMPT [y/N]" on the terminal unless --force/--yes. Returns HWCTL_OK to go on,
+ * else the exit status: HWCTL_FAIL when the user said no, HWCTL_USAGE when stdin is not a
+ * terminal (error reported). */
 int hwctl_confirm(const struct hwctl_ctx *ctx, const char *what, const char *prompt);
 
 /* ---- hwctl_http.c ---- */
@@ -72,6 +73,8 @@ int hwctl_call(struct hwctl_ctx *ctx, const char *method, const char *path, json
 /* GET path?name=value with value URL-encoded; value NULL or "" = no query. */
 int hwctl_get(struct hwctl_ctx *ctx, const char *path, const char *qname, const char *qvalue,
               json_t **answer);
+/* POST path with body, which it takes (and frees): hwctl_call's answer and result. */
+int hwctl_post(struct hwctl_ctx *ctx, const char *path, json_t *body, json_t **answer);
 /* Used by `version`: like hwctl_call, but reports nothing. Returns 0 on success. */
 int hwctl_call_quiet(struct hwctl_ctx *ctx, const char *method, const char *path,
                      json_t **answer, char *why, size_t why_len);

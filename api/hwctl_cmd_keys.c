@@ -14,9 +14,15 @@ static int check_duration(struct hwctl_ctx *ctx)
                            "24h, 1h30m or 90d (0 = never expires)", ctx->expiration);
 }
 
-/* Table mode prints only the key, so `KEY=$(hwctl preauthkeys create -n default)` works. */
-static int show_new_key(struct hwctl_ctx *ctx, json_t *answer)
+/* Sends a create, with -e/--expiration added to body (taken), and shows the new key. Table
+ * mode prints only the key, so `KEY=$(hwctl preauthkeys create -n default)` works. */
+static int create_key(struct hwctl_ctx *ctx, const char *path, json_t *body)
 {
+    json_t *answer;
+    if (ctx->expiration)
+        json_object_set_new(body, "expiration", json_string(ctx->expiration));
+    if (hwctl_post(ctx, path, body, &answer) < 0)
+        return HWCTL_FAIL;
     if (ctx->output == HWCTL_OUT_TABLE && !json_is_string(json_object_get(answer, "key"))) {
         hwctl_err("headwater's answer holds no key: is hwctl the same version as the server?");
         json_decref(answer);
@@ -39,14 +45,7 @@ int hwctl_preauthkeys_create(struct hwctl_ctx *ctx)
     json_t *body = json_pack("{s:s, s:b, s:b, s:o}", "namespace", ctx->namespace_name,
                              "reusable", ctx->reusable, "ephemeral", ctx->ephemeral,
                              "tags", tags);
-    if (ctx->expiration)
-        json_object_set_new(body, "expiration", json_string(ctx->expiration));
-    json_t *answer;
-    rc = hwctl_call(ctx, "POST", "/api/v1/preauthkeys", body, &answer);
-    json_decref(body);
-    if (rc < 0)
-        return HWCTL_FAIL;
-    return show_new_key(ctx, answer);
+    return create_key(ctx, "/api/v1/preauthkeys", body);
 }
 
 static void preauthkey_row(json_t *k, char **cells)
@@ -87,9 +86,7 @@ int hwctl_preauthkeys_expire(struct hwctl_ctx *ctx)
     json_t *answer;
     json_t *body = json_pack("{s:s, s:s}", "namespace", ctx->namespace_name, "key",
                              ctx->args[0]);
-    int rc = hwctl_call(ctx, "POST", "/api/v1/preauthkeys/expire", body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, "/api/v1/preauthkeys/expire", body, &answer) < 0)
         return HWCTL_FAIL;
     return hwctl_done(ctx, answer, "Pre-auth key expired");
 }
@@ -99,15 +96,7 @@ int hwctl_apikeys_create(struct hwctl_ctx *ctx)
     int rc = check_duration(ctx);
     if (rc)
         return rc;
-    json_t *body = json_object();
-    if (ctx->expiration)
-        json_object_set_new(body, "expiration", json_string(ctx->expiration));
-    json_t *answer;
-    rc = hwctl_call(ctx, "POST", "/api/v1/apikeys", body, &answer);
-    json_decref(body);
-    if (rc < 0)
-        return HWCTL_FAIL;
-    return show_new_key(ctx, answer);
+    return create_key(ctx, "/api/v1/apikeys", json_object());
 }
 
 static void apikey_row(json_t *k, char **cells)
@@ -142,9 +131,7 @@ int hwctl_apikeys_expire(struct hwctl_ctx *ctx)
                                "apikeys list')");
     json_t *answer;
     json_t *body = json_pack("{s:s}", "prefix", ctx->prefix);
-    int rc = hwctl_call(ctx, "POST", "/api/v1/apikeys/expire", body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, "/api/v1/apikeys/expire", body, &answer) < 0)
         return HWCTL_FAIL;
     return hwctl_done(ctx, answer, "API key expired");
 }

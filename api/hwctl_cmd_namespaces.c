@@ -10,9 +10,7 @@ int hwctl_namespaces_create(struct hwctl_ctx *ctx)
     json_t *answer;
     const char *name = ctx->args[0];
     json_t *body = json_pack("{s:s}", "name", name);
-    int rc = hwctl_call(ctx, "POST", "/api/v1/namespaces", body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, "/api/v1/namespaces", body, &answer) < 0)
         return HWCTL_FAIL;
     return hwctl_done(ctx, answer, "Namespace \"%s\" created", hwctl_jstr(answer, "name"));
 }
@@ -65,9 +63,7 @@ int hwctl_namespaces_rename(struct hwctl_ctx *ctx)
                                "rename OLD NEW (or --name OLD --new-name NEW)");
     json_t *answer;
     json_t *body = json_pack("{s:s, s:s}", "name", old, "new_name", new_name);
-    int rc = hwctl_call(ctx, "POST", "/api/v1/namespaces/rename", body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, "/api/v1/namespaces/rename", body, &answer) < 0)
         return HWCTL_FAIL;
     return hwctl_done(ctx, answer, "Namespace \"%s\" renamed to \"%s\"", old,
                       hwctl_jstr(answer, "name"));
@@ -87,18 +83,14 @@ int hwctl_namespaces_destroy(struct hwctl_ctx *ctx)
         return HWCTL_FAIL;
     char *what = hw_sprintf("destroy namespace \"%s\"", name);
     char *prompt = hw_sprintf("Destroy namespace \"%s\" and its pre-auth keys?", name);
-    int ok = hwctl_confirm(ctx, what, prompt);
+    int rc = hwctl_confirm(ctx, what, prompt);
     free(what);
     free(prompt);
-    if (ok < 0)
-        return HWCTL_USAGE;
-    if (ok == 0)
-        return HWCTL_FAIL;
+    if (rc != HWCTL_OK)
+        return rc;
     json_t *answer;
     json_t *body = json_pack("{s:s, s:b}", "name", name, "force", ctx->force);
-    int rc = hwctl_call(ctx, "POST", "/api/v1/namespaces/destroy", body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, "/api/v1/namespaces/destroy", body, &answer) < 0)
         return HWCTL_FAIL;
     return hwctl_done(ctx, answer, "Namespace \"%s\" destroyed", name);
 }

@@ -61,9 +61,7 @@ static int need_identifier(struct hwctl_ctx *ctx)
 static int node_change(struct hwctl_ctx *ctx, const char *path, json_t *body, const char *what)
 {
     json_t *answer;
-    int rc = hwctl_call(ctx, "POST", path, body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, path, body, &answer) < 0)
         return HWCTL_FAIL;
     return hwctl_done(ctx, answer, "Node %lld (%s) %s", hwctl_jint(answer, "id"),
                       hwctl_jstr(answer, "name"), what);
@@ -79,12 +77,10 @@ int hwctl_nodes_register(struct hwctl_ctx *ctx)
                                "printed in its login URL)");
     json_t *answer;
     json_t *body = json_pack("{s:s, s:s}", "namespace", ctx->namespace_name, "key", ctx->key);
-    int rc = hwctl_call(ctx, "POST", "/api/v1/nodes/register", body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, "/api/v1/nodes/register", body, &answer) < 0)
         return HWCTL_FAIL;
     char *ips = hwctl_jjoin(answer, "ip_addresses", ", ");
-    rc = hwctl_done(ctx, answer, "Node %s registered in namespace \"%s\" (id %lld%s%s)",
+    int rc = hwctl_done(ctx, answer, "Node %s registered in namespace \"%s\" (id %lld%s%s)",
                     hwctl_jstr(answer, "name"), hwctl_jstr(answer, "namespace"),
                     hwctl_jint(answer, "id"), *ips ? ", " : "", ips);
     free(ips);
@@ -125,18 +121,14 @@ int hwctl_nodes_delete(struct hwctl_ctx *ctx)
                             *name ? " (" : "", name, *name ? ")" : "");
         free(name);
     }
-    int ok = hwctl_confirm(ctx, what, prompt ? prompt : what);
+    rc = hwctl_confirm(ctx, what, prompt ? prompt : what);
     free(what);
     free(prompt);
-    if (ok < 0)
-        return HWCTL_USAGE;
-    if (ok == 0)
-        return HWCTL_FAIL;
+    if (rc != HWCTL_OK)
+        return rc;
     json_t *answer;
     json_t *body = json_pack("{s:I}", "id", (json_int_t)ctx->identifier);
-    rc = hwctl_call(ctx, "POST", "/api/v1/nodes/delete", body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, "/api/v1/nodes/delete", body, &answer) < 0)
         return HWCTL_FAIL;
     return hwctl_done(ctx, answer, "Node %lld deleted", (long long)ctx->identifier);
 }
@@ -168,9 +160,7 @@ int hwctl_nodes_rename(struct hwctl_ctx *ctx)
     json_t *answer;
     json_t *body = json_pack("{s:I, s:s}", "id", (json_int_t)ctx->identifier, "new_name",
                              new_name);
-    rc = hwctl_call(ctx, "POST", "/api/v1/nodes/rename", body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, "/api/v1/nodes/rename", body, &answer) < 0)
         return HWCTL_FAIL;
     return hwctl_done(ctx, answer, "Node %lld renamed to %s", hwctl_jint(answer, "id"),
                       hwctl_jstr(answer, "name"));
@@ -203,9 +193,7 @@ int hwctl_nodes_tag(struct hwctl_ctx *ctx)
         json_array_append_new(tags, json_string(ctx->tags[i]));
     json_t *answer;
     json_t *body = json_pack("{s:I, s:o}", "id", (json_int_t)ctx->identifier, "tags", tags);
-    rc = hwctl_call(ctx, "POST", "/api/v1/nodes/tag", body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, "/api/v1/nodes/tag", body, &answer) < 0)
         return HWCTL_FAIL;
     char *now = hwctl_jjoin(answer, "tags", ", ");
     rc = hwctl_done(ctx, answer, "Node %lld (%s) %s%s", hwctl_jint(answer, "id"),

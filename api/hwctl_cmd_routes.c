@@ -52,10 +52,8 @@ static int set_route(struct hwctl_ctx *ctx, bool enable)
     json_t *answer;
     json_t *body = json_pack("{s:I, s:s}", "node", (json_int_t)ctx->identifier, "prefix",
                              ctx->route);
-    int rc = hwctl_call(ctx, "POST", enable ? "/api/v1/routes/enable" : "/api/v1/routes/disable",
-                        body, &answer);
-    json_decref(body);
-    if (rc < 0)
+    if (hwctl_post(ctx, enable ? "/api/v1/routes/enable" : "/api/v1/routes/disable", body,
+                   &answer) < 0)
         return HWCTL_FAIL;
     const char *prefix = hwctl_jstr(answer, "prefix");
     bool exit_route = is_exit_route(prefix);

@@ -213,6 +213,13 @@ int hwctl_get(struct hwctl_ctx *ctx, const char *path, const char *qname, const 
     return rc;
 }
 
+int hwctl_post(struct hwctl_ctx *ctx, const char *path, json_t *body, json_t **answer)
+{
+    int rc = hwctl_call(ctx, "POST", path, body, answer);
+    json_decref(body);
+    return rc;
+}
+
 int hwctl_call_quiet(struct hwctl_ctx *ctx, const char *method, const char *path,
                      json_t **answer, char *why, size_t why_len)
 {

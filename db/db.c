@@ -241,6 +241,57 @@ int db_step_done(struct hw_db *db, sqlite3_stmt *st, const char *what)
     return out;
 }
 
+int db_read_rows(struct hw_db *db, sqlite3_stmt *st, const struct db_row_kind *kind, void **rows,
+                 size_t *n_rows)
+{
+    char *list = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+    *rows = NULL;
+    *n_rows = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            char *grown = realloc(list, cap * kind->size);
+            if (!grown)
+                break;
+            list = grown;
+        }
+        kind->read(st, list + n++ * kind->size);
+    }
+    db_done(st);
+    if (rc == SQLITE_DONE) {
+        *rows = list;
+        *n_rows = n;
+        return HW_DB_OK;
+    }
+    for (size_t i = 0; kind->clear && i < n; i++)
+        kind->clear(list + i * kind->size);
+    free(list);
+    if (rc == SQLITE_ROW) /* the loop stopped on realloc */
+        return db_fail(db, HW_DB_ERROR, "out of memory %s", kind->listing);
+    return db_fail_sqlite(db, rc, kind->what);
+}
+
+int db_read_one(struct hw_db *db, sqlite3_stmt *st, void (*read)(sqlite3_stmt *st, void *row),
+                void *row, const char *noun, const char *which)
+{
+    int rc = sqlite3_step(st);
+    int out_rc = HW_DB_OK;
+    if (rc == SQLITE_ROW) {
+        if (row)
+            read(st, row);
+    } else if (rc == SQLITE_DONE) {
+        out_rc = db_fail(db, HW_DB_NOT_FOUND, "%s %s not found", noun, which);
+    } else {
+        char what[64];
+        snprintf(what, sizeof what, "read %s", noun);
+        out_rc = db_fail_sqlite(db, rc, what);
+    }
+    db_done(st);
+    return out_rc;
+}
+
 int db_bind_text_or_null(sqlite3_stmt *st, int idx, const char *text)
 {
     if (!text || !*text)

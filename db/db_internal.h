@@ -70,6 +70,25 @@ int db_bind_id_or_null(sqlite3_stmt *st, int idx, int64_t id);
 void db_column_copy(sqlite3_stmt *st, int col, char *dst, size_t cap);
 char *db_column_dup(sqlite3_stmt *st, int col);
 
+/* One kind of row for db_read_rows: its size, how to read one, how to free what reading
+ * allocated (NULL: nothing), and the words of its two errors. */
+struct db_row_kind {
+    size_t size;
+    void (*read)(sqlite3_stmt *st, void *row);
+    void (*clear)(void *row);
+    const char *listing;        /* "listing nodes": "out of memory listing nodes" */
+    const char *what;           /* "list nodes": SQLite's error, prefixed */
+};
+/* Steps a bound statement to its end, every row read into one malloc'd array (*rows,
+ * *n_rows; NULL and 0 for none). On failure nothing is left allocated. */
+int db_read_rows(struct hw_db *db, sqlite3_stmt *st, const struct db_row_kind *kind, void **rows,
+                 size_t *n_rows);
+
+/* Reads the one row a bound statement returns into *row (when row is not NULL). No row
+ * is NOT_FOUND, "<noun> <which> not found" ("node 7 not found"). */
+int db_read_one(struct hw_db *db, sqlite3_stmt *st, void (*read)(sqlite3_stmt *st, void *row),
+                void *row, const char *noun, const char *which);
+
 /* HW_DB_OK when the namespace exists, HW_DB_NOT_FOUND ("namespace 7 not found") if not. */
 int db_require_namespace(struct hw_db *db, int64_t namespace_id);
 

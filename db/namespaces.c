@@ -11,8 +11,9 @@
     "SELECT ns.id, ns.name, ns.created_at,"                                            \
     " (SELECT count(*) FROM nodes n WHERE n.namespace_id = ns.id) FROM namespaces ns"
 
-static void read_namespace(sqlite3_stmt *st, struct hw_namespace *out)
+static void read_namespace(sqlite3_stmt *st, void *row)
 {
+    struct hw_namespace *out = row;
     memset(out, 0, sizeof *out);
     out->id = sqlite3_column_int64(st, 0);
     db_column_copy(st, 1, out->name, sizeof out->name);
@@ -20,22 +21,8 @@ static void read_namespace(sqlite3_stmt *st, struct hw_namespace *out)
     out->node_count = sqlite3_column_int64(st, 3);
 }
 
-/* Runs a one-row namespace query already bound; `what` names the row for NOT_FOUND. */
-static int fetch_one(struct hw_db *db, sqlite3_stmt *st, struct hw_namespace *out, const char *what)
-{
-    int rc = sqlite3_step(st);
-    int out_rc = HW_DB_OK;
-    if (rc == SQLITE_ROW) {
-        if (out)
-            read_namespace(st, out);
-    } else if (rc == SQLITE_DONE) {
-        out_rc = db_fail(db, HW_DB_NOT_FOUND, "namespace %s not found", what);
-    } else {
-        out_rc = db_fail_sqlite(db, rc, "read namespace");
-    }
-    db_done(st);
-    return out_rc;
-}
+static const struct db_row_kind namespace_rows = {sizeof(struct hw_namespace), read_namespace, NULL,
+                                                  "listing namespaces", "list namespaces"};
 
 static int check_name(struct hw_db *db, const char *name)
 {
@@ -88,7 +75,7 @@ int hw_db_namespace_get(struct hw_db *db, int64_t id, struct hw_namespace *out)
     sqlite3_bind_int64(st, 1, id);
     char what[32];
     snprintf(what, sizeof what, "%lld", (long long)id);
-    return fetch_one(db, st, out, what);
+    return db_read_one(db, st, read_namespace, out, "namespace", what);
 }
 
 int hw_db_namespace_get_by_name(struct hw_db *db, const char *name, struct hw_namespace *out)
@@ -100,7 +87,7 @@ int hw_db_namespace_get_by_name(struct hw_db *db, const char *name, struct hw_na
     sqlite3_bind_text(st, 1, name ? name : "", -1, SQLITE_TRANSIENT);
     char what[HW_NAME_MAX + 8];
     snprintf(what, sizeof what, "\"%.*s\"", HW_NAME_MAX - 1, name ? name : "");
-    return fetch_one(db, st, out, what);
+    return db_read_one(db, st, read_namespace, out, "namespace", what);
 }
 
 int hw_db_namespace_list(struct hw_db *db, struct hw_namespace **out, size_t *n_out)
@@ -111,30 +98,10 @@ int hw_db_namespace_list(struct hw_db *db, struct hw_namespace **out, size_t *n_
     sqlite3_stmt *st = db_stmt(db, sql);
     if (!st)
         return HW_DB_ERROR;
-    size_t n = 0, cap = 0;
-    struct hw_namespace *list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            struct hw_namespace *grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                free(list);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing namespaces");
-            }
-            list = grown;
-        }
-        read_namespace(st, &list[n++]);
-    }
-    db_done(st);
-    if (rc != SQLITE_DONE) {
-        free(list);
-        return db_fail_sqlite(db, rc, "list namespaces");
-    }
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &namespace_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 int hw_db_namespace_rename(struct hw_db *db, int64_t id, const char *new_name)

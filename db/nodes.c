@@ -31,8 +31,9 @@ void hw_node_list_free(struct hw_node *list, size_t n)
     free(list);
 }
 
-static void read_node(sqlite3_stmt *st, struct hw_node *out)
+static void read_node(sqlite3_stmt *st, void *row)
 {
+    struct hw_node *out = row;
     memset(out, 0, sizeof *out);
     out->id = sqlite3_column_int64(st, 0);
     db_column_copy(st, 1, out->machine_key, sizeof out->machine_key);
@@ -55,6 +56,11 @@ static void read_node(sqlite3_stmt *st, struct hw_node *out)
     out->created_at = sqlite3_column_int64(st, 18);
     out->updated_at = sqlite3_column_int64(st, 19);
 }
+
+static void clear_node(void *row) { hw_node_clear(row); }
+
+static const struct db_row_kind node_rows = {sizeof(struct hw_node), read_node, clear_node,
+                                             "listing nodes", "list nodes"};
 
 /* ---- addresses ---- */
 
@@ -157,12 +163,22 @@ static int bind_node_columns(struct hw_db *db, sqlite3_stmt *st, struct hw_node 
     return HW_DB_OK;
 }
 
-/* A foreign key failure names the namespace when that is what is missing. */
-static int missing_reference(struct hw_db *db, const struct hw_node *n)
+/* The part insert and update share: their columns, now as ?19, the step, and a failure
+ * in words the admin can act on. */
+static int write_node(struct hw_db *db, sqlite3_stmt *st, struct hw_node *n, int64_t now,
+                      const char *what)
 {
-    if (db_require_namespace(db, n->namespace_id) != HW_DB_OK)
-        return HW_DB_NOT_FOUND;
-    return db_fail(db, HW_DB_NOT_FOUND, "pre-auth key %lld not found", (long long)n->auth_key_id);
+    int rc = bind_node_columns(db, st, n);
+    if (rc != HW_DB_OK) {
+        db_done(st);
+        return rc;
+    }
+    sqlite3_bind_int64(st, 19, now);
+    rc = db_step_done(db, st, what);
+    /* A foreign key failure: the namespace (its message set by the check) or the key. */
+    if (rc == HW_DB_NOT_FOUND && db_require_namespace(db, n->namespace_id) == HW_DB_OK)
+        return db_fail(db, rc, "pre-auth key %lld not found", (long long)n->auth_key_id);
+    return node_write_failed(db, rc, n, what);
 }
 
 int hw_db_node_insert(struct hw_db *db, struct hw_node *n)
@@ -176,18 +192,10 @@ int hw_db_node_insert(struct hw_db *db, struct hw_node *n)
     sqlite3_stmt *st = db_stmt(db, sql);
     if (!st)
         return HW_DB_ERROR;
-    int rc = bind_node_columns(db, st, n);
-    if (rc != HW_DB_OK) {
-        db_done(st);
-        return rc;
-    }
     int64_t now = hw_now();
-    sqlite3_bind_int64(st, 19, now);
-    rc = db_step_done(db, st, "insert node");
-    if (rc == HW_DB_NOT_FOUND)
-        return missing_reference(db, n);
+    int rc = write_node(db, st, n, now, "insert node");
     if (rc != HW_DB_OK)
-        return node_write_failed(db, rc, n, "insert node");
+        return rc;
     n->id = sqlite3_last_insert_rowid(db->conn);
     n->created_at = n->updated_at = now;
     return HW_DB_OK;
@@ -204,19 +212,11 @@ int hw_db_node_update(struct hw_db *db, struct hw_node *n)
     sqlite3_stmt *st = db_stmt(db, sql);
     if (!st)
         return HW_DB_ERROR;
-    int rc = bind_node_columns(db, st, n);
-    if (rc != HW_DB_OK) {
-        db_done(st);
-        return rc;
-    }
-    int64_t now = hw_now();
-    sqlite3_bind_int64(st, 19, now);
     sqlite3_bind_int64(st, 20, n->id);
-    rc = db_step_done(db, st, "update node");
-    if (rc == HW_DB_NOT_FOUND)
-        return missing_reference(db, n);
+    int64_t now = hw_now();
+    int rc = write_node(db, st, n, now, "update node");
     if (rc != HW_DB_OK)
-        return node_write_failed(db, rc, n, "update node");
+        return rc;
     if (sqlite3_changes(db->conn) == 0)
         return db_fail(db, HW_DB_NOT_FOUND, "node %lld not found", (long long)n->id);
     n->updated_at = now;
@@ -224,20 +224,6 @@ int hw_db_node_update(struct hw_db *db, struct hw_node *n)
 }
 
 /* ---- reads ---- */
-
-static int node_fetch_one(struct hw_db *db, sqlite3_stmt *st, struct hw_node *out, const char *what)
-{
-    int rc = sqlite3_step(st);
-    int out_rc = HW_DB_OK;
-    if (rc == SQLITE_ROW)
-        read_node(st, out);
-    else if (rc == SQLITE_DONE)
-        out_rc = db_fail(db, HW_DB_NOT_FOUND, "node %s not found", what);
-    else
-        out_rc = db_fail_sqlite(db, rc, "read node");
-    db_done(st);
-    return out_rc;
-}
 
 int hw_db_node_get(struct hw_db *db, int64_t id, struct hw_node *out)
 {
@@ -248,7 +234,7 @@ int hw_db_node_get(struct hw_db *db, int64_t id, struct hw_node *out)
     sqlite3_bind_int64(st, 1, id);
     char what[32];
     snprintf(what, sizeof what, "%lld", (long long)id);
-    return node_fetch_one(db, st, out, what);
+    return db_read_one(db, st, read_node, out, "node", what);
 }
 
 int hw_db_node_get_by_machine_key(struct hw_db *db, const char *mkey, struct hw_node *out)
@@ -260,7 +246,7 @@ int hw_db_node_get_by_machine_key(struct hw_db *db, const char *mkey, struct hw_
     sqlite3_bind_text(st, 1, mkey ? mkey : "", -1, SQLITE_TRANSIENT);
     char what[HW_KEY_TEXT_MAX + 16];
     snprintf(what, sizeof what, "with machine key %.*s", HW_KEY_TEXT_MAX - 1, mkey ? mkey : "");
-    return node_fetch_one(db, st, out, what);
+    return db_read_one(db, st, read_node, out, "node", what);
 }
 
 int hw_db_node_get_by_node_key(struct hw_db *db, const char *nodekey, struct hw_node *out)
@@ -272,7 +258,7 @@ int hw_db_node_get_by_node_key(struct hw_db *db, const char *nodekey, struct hw_
     sqlite3_bind_text(st, 1, nodekey ? nodekey : "", -1, SQLITE_TRANSIENT);
     char what[HW_KEY_TEXT_MAX + 16];
     snprintf(what, sizeof what, "with node key %.*s", HW_KEY_TEXT_MAX - 1, nodekey ? nodekey : "");
-    return node_fetch_one(db, st, out, what);
+    return db_read_one(db, st, read_node, out, "node", what);
 }
 
 int hw_db_node_list(struct hw_db *db, int64_t namespace_id, struct hw_node **out, size_t *n_out)
@@ -284,30 +270,10 @@ int hw_db_node_list(struct hw_db *db, int64_t namespace_id, struct hw_node **out
     if (!st)
         return HW_DB_ERROR;
     sqlite3_bind_int64(st, 1, namespace_id);
-    size_t n = 0, cap = 0;
-    struct hw_node *list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            struct hw_node *grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                hw_node_list_free(list, n);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing nodes");
-            }
-            list = grown;
-        }
-        read_node(st, &list[n++]);
-    }
-    db_done(st);
-    if (rc != SQLITE_DONE) {
-        hw_node_list_free(list, n);
-        return db_fail_sqlite(db, rc, "list nodes");
-    }
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &node_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 /* ---- single-column changes ---- */
@@ -445,6 +411,17 @@ void hw_db_string_list_free(char **list, size_t n)
     free(list);
 }
 
+static void read_name(sqlite3_stmt *st, void *row)
+{
+    const char *name = (const char *)sqlite3_column_text(st, 0);
+    *(char **)row = hw_strdup(name ? name : "");
+}
+
+static void free_name(void *row) { free(*(char **)row); }
+
+static const struct db_row_kind name_rows = {sizeof(char *), read_name, free_name,
+                                             "listing node names", "list node names"};
+
 int hw_db_given_names_with_prefix(struct hw_db *db, const char *prefix, int64_t except_node_id,
                                   char ***out, size_t *n_out)
 {
@@ -469,31 +446,10 @@ int hw_db_given_names_with_prefix(struct hw_db *db, const char *prefix, int64_t 
     if (bounded)
         sqlite3_bind_text(st, 2, upper, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 3, except_node_id);
-    size_t n = 0, cap = 0;
-    char **list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            char **grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                hw_db_string_list_free(list, n);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing node names");
-            }
-            list = grown;
-        }
-        const char *name = (const char *)sqlite3_column_text(st, 0);
-        list[n++] = hw_strdup(name ? name : "");
-    }
-    db_done(st);
-    if (rc != SQLITE_DONE) {
-        hw_db_string_list_free(list, n);
-        return db_fail_sqlite(db, rc, "list node names");
-    }
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &name_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 /* Two addresses of one family, parsed; INVALID unless both parse and agree. */

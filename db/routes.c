@@ -13,8 +13,9 @@
     "SELECT r.id, r.node_id, n.given_name, r.prefix, r.advertised, r.enabled,"          \
     " r.is_primary, r.created_at, r.updated_at FROM routes r JOIN nodes n ON n.id = r.node_id"
 
-static void read_route(sqlite3_stmt *st, struct hw_route *out)
+static void read_route(sqlite3_stmt *st, void *row)
 {
+    struct hw_route *out = row;
     memset(out, 0, sizeof *out);
     out->id = sqlite3_column_int64(st, 0);
     out->node_id = sqlite3_column_int64(st, 1);
@@ -27,6 +28,9 @@ static void read_route(sqlite3_stmt *st, struct hw_route *out)
     out->updated_at = sqlite3_column_int64(st, 8);
 }
 
+static const struct db_row_kind route_rows = {sizeof(struct hw_route), read_route, NULL,
+                                              "listing routes", "list routes"};
+
 int hw_db_route_list(struct hw_db *db, int64_t node_id, struct hw_route **out, size_t *n_out)
 {
     static const char sql[] =
@@ -37,30 +41,10 @@ int hw_db_route_list(struct hw_db *db, int64_t node_id, struct hw_route **out, s
     if (!st)
         return HW_DB_ERROR;
     sqlite3_bind_int64(st, 1, node_id);
-    size_t n = 0, cap = 0;
-    struct hw_route *list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            struct hw_route *grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                free(list);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing routes");
-            }
-            list = grown;
-        }
-        read_route(st, &list[n++]);
-    }
-    db_done(st);
-    if (rc != SQLITE_DONE) {
-        free(list);
-        return db_fail_sqlite(db, rc, "list routes");
-    }
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &route_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 static int require_node(struct hw_db *db, int64_t node_id)
@@ -92,6 +76,17 @@ struct stored_route {
     bool advertised, enabled;
 };
 
+static void read_stored_route(sqlite3_stmt *st, void *row)
+{
+    struct stored_route *r = row;
+    db_column_copy(st, 0, r->prefix, sizeof r->prefix);
+    r->advertised = sqlite3_column_int(st, 1) != 0;
+    r->enabled = sqlite3_column_int(st, 2) != 0;
+}
+
+static const struct db_row_kind stored_route_rows = {sizeof(struct stored_route), read_stored_route,
+                                                     NULL, "reading routes", "read routes"};
+
 static int load_node_routes(struct hw_db *db, int64_t node_id, struct stored_route **out, size_t *n_out)
 {
     sqlite3_stmt *st = db_stmt(db, "SELECT prefix, advertised, enabled FROM routes WHERE node_id = ?1");
@@ -100,33 +95,10 @@ static int load_node_routes(struct hw_db *db, int64_t node_id, struct stored_rou
     if (!st)
         return HW_DB_ERROR;
     sqlite3_bind_int64(st, 1, node_id);
-    size_t n = 0, cap = 0;
-    struct stored_route *list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            struct stored_route *grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                free(list);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory reading routes");
-            }
-            list = grown;
-        }
-        db_column_copy(st, 0, list[n].prefix, sizeof list[n].prefix);
-        list[n].advertised = sqlite3_column_int(st, 1) != 0;
-        list[n].enabled = sqlite3_column_int(st, 2) != 0;
-        n++;
-    }
-    db_done(st);
-    if (rc != SQLITE_DONE) {
-        free(list);
-        return db_fail_sqlite(db, rc, "read routes");
-    }
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &stored_route_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 /* One statement on (node, prefix) with the current time as ?1 (the deletes leave ?1

@@ -141,6 +141,30 @@ static void generate_key(struct hw_db *db, const char *kind, char prefix[24],
     sodium_memzero(secret, sizeof secret);
 }
 
+/* Steps an INSERT whose ?1 and ?2 are a fresh key's prefix and hash (the caller bound
+ * the rest: a reset keeps bindings). A 48-bit prefix collides about never; drawing
+ * again keeps "never" true. The key text stays in key_text_out only if the row went in. */
+static int insert_fresh_key(struct hw_db *db, sqlite3_stmt *st, const char *kind, const char *what,
+                            char key_text_out[HW_SECRET_TEXT_MAX])
+{
+    int rc = HW_DB_ERROR;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        char prefix[24];
+        unsigned char hash[HASH_LEN];
+        generate_key(db, kind, prefix, key_text_out, hash);
+        sqlite3_bind_text(st, 1, prefix, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(st, 2, hash, HASH_LEN, SQLITE_TRANSIENT);
+        rc = db_step_done(db, st, what);
+        if (rc != HW_DB_EXISTS)
+            break;
+    }
+    if (rc != HW_DB_OK) {
+        sodium_memzero(key_text_out, HW_SECRET_TEXT_MAX);
+        key_text_out[0] = '\0';
+    }
+    return rc;
+}
+
 /* Compares in constant time; a row whose hash has the wrong length never matches. */
 static bool hash_matches(sqlite3_stmt *st, int col, const unsigned char want[HASH_LEN])
 {
@@ -172,8 +196,9 @@ void hw_preauth_key_list_free(struct hw_preauth_key *list, size_t n)
     " FROM preauth_keys k JOIN namespaces ns ON ns.id = k.namespace_id"
 enum { PK_HASH_COL = 10 };
 
-static void read_preauth(sqlite3_stmt *st, struct hw_preauth_key *out)
+static void read_preauth(sqlite3_stmt *st, void *row)
 {
+    struct hw_preauth_key *out = row;
     memset(out, 0, sizeof *out);
     out->id = sqlite3_column_int64(st, 0);
     db_column_copy(st, 1, out->prefix, sizeof out->prefix);
@@ -187,6 +212,12 @@ static void read_preauth(sqlite3_stmt *st, struct hw_preauth_key *out)
     out->tags_json = db_column_dup(st, 9);
 }
 
+static void clear_preauth(void *row) { hw_preauth_key_clear(row); }
+
+static const struct db_row_kind preauth_rows = {sizeof(struct hw_preauth_key), read_preauth,
+                                                clear_preauth, "listing pre-auth keys",
+                                                "list pre-auth keys"};
+
 static int preauth_get_by_id(struct hw_db *db, int64_t id, struct hw_preauth_key *out)
 {
     static const char sql[] = PREAUTH_SELECT " WHERE k.id = ?1";
@@ -194,16 +225,9 @@ static int preauth_get_by_id(struct hw_db *db, int64_t id, struct hw_preauth_key
     if (!st)
         return HW_DB_ERROR;
     sqlite3_bind_int64(st, 1, id);
-    int rc = sqlite3_step(st);
-    int out_rc = HW_DB_OK;
-    if (rc == SQLITE_ROW)
-        read_preauth(st, out);
-    else if (rc == SQLITE_DONE)
-        out_rc = db_fail(db, HW_DB_NOT_FOUND, "pre-auth key %lld not found", (long long)id);
-    else
-        out_rc = db_fail_sqlite(db, sqlite3_extended_errcode(db->conn), "read pre-auth key");
-    db_done(st);
-    return out_rc;
+    char what[32];
+    snprintf(what, sizeof what, "%lld", (long long)id);
+    return db_read_one(db, st, read_preauth, out, "pre-auth key", what);
 }
 
 int hw_db_preauth_create(struct hw_db *db, int64_t namespace_id, bool reusable, bool ephemeral,
@@ -218,35 +242,19 @@ int hw_db_preauth_create(struct hw_db *db, int64_t namespace_id, bool reusable, 
     int rc = db_require_namespace(db, namespace_id);
     if (rc != HW_DB_OK)
         return rc;
-    /* A 48-bit prefix collides about never; retrying keeps "never" true. */
-    for (int attempt = 0; attempt < 4; attempt++) {
-        char prefix[24];
-        unsigned char hash[HASH_LEN];
-        generate_key(db, "auth", prefix, key_text_out, hash);
-        sqlite3_stmt *st = db_stmt(db, sql);
-        if (!st)
-            return HW_DB_ERROR;
-        sqlite3_bind_text(st, 1, prefix, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_blob(st, 2, hash, HASH_LEN, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 3, namespace_id);
-        sqlite3_bind_int(st, 4, reusable);
-        sqlite3_bind_int(st, 5, ephemeral);
-        sqlite3_bind_int64(st, 6, expiration);
-        db_bind_text_or_null(st, 7, tags_json);
-        sqlite3_bind_int64(st, 8, hw_now());
-        rc = db_step_done(db, st, "insert pre-auth key");
-        if (rc == HW_DB_EXISTS)
-            continue;
-        if (rc != HW_DB_OK)
-            break;
-        int64_t id = sqlite3_last_insert_rowid(db->conn);
-        if (!out)
-            return HW_DB_OK;
-        return preauth_get_by_id(db, id, out);
-    }
-    sodium_memzero(key_text_out, HW_SECRET_TEXT_MAX);
-    key_text_out[0] = '\0';
-    return rc;
+    sqlite3_stmt *st = db_stmt(db, sql);
+    if (!st)
+        return HW_DB_ERROR;
+    sqlite3_bind_int64(st, 3, namespace_id);
+    sqlite3_bind_int(st, 4, reusable);
+    sqlite3_bind_int(st, 5, ephemeral);
+    sqlite3_bind_int64(st, 6, expiration);
+    db_bind_text_or_null(st, 7, tags_json);
+    sqlite3_bind_int64(st, 8, hw_now());
+    rc = insert_fresh_key(db, st, "auth", "insert pre-auth key", key_text_out);
+    if (rc != HW_DB_OK || !out)
+        return rc;
+    return preauth_get_by_id(db, sqlite3_last_insert_rowid(db->conn), out);
 }
 
 int hw_db_preauth_lookup(struct hw_db *db, const char *key_text, struct hw_preauth_key *out)
@@ -299,31 +307,10 @@ int hw_db_preauth_list(struct hw_db *db, int64_t namespace_id, struct hw_preauth
     if (!st)
         return HW_DB_ERROR;
     sqlite3_bind_int64(st, 1, namespace_id);
-    size_t n = 0, cap = 0;
-    struct hw_preauth_key *list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            struct hw_preauth_key *grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                hw_preauth_key_list_free(list, n);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing pre-auth keys");
-            }
-            list = grown;
-        }
-        read_preauth(st, &list[n++]);
-    }
-    if (rc != SQLITE_DONE) {
-        hw_preauth_key_list_free(list, n);
-        db_done(st);
-        return db_fail_sqlite(db, rc, "list pre-auth keys");
-    }
-    db_done(st);
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &preauth_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 int hw_db_preauth_expire(struct hw_db *db, int64_t namespace_id, const char *key_or_prefix)
@@ -357,8 +344,9 @@ int hw_db_preauth_expire(struct hw_db *db, int64_t namespace_id, const char *key
 #define APIKEY_SELECT "SELECT id, prefix, expiration, last_seen, created_at, hash FROM api_keys"
 enum { AK_HASH_COL = 5 };
 
-static void read_apikey(sqlite3_stmt *st, struct hw_api_key *out)
+static void read_apikey(sqlite3_stmt *st, void *row)
 {
+    struct hw_api_key *out = row;
     memset(out, 0, sizeof *out);
     out->id = sqlite3_column_int64(st, 0);
     db_column_copy(st, 1, out->prefix, sizeof out->prefix);
@@ -366,6 +354,9 @@ static void read_apikey(sqlite3_stmt *st, struct hw_api_key *out)
     out->last_seen = sqlite3_column_int64(st, 3);
     out->created_at = sqlite3_column_int64(st, 4);
 }
+
+static const struct db_row_kind apikey_rows = {sizeof(struct hw_api_key), read_apikey, NULL,
+                                               "listing API keys", "list API keys"};
 
 int hw_db_apikey_create(struct hw_db *db, int64_t expiration,
                         char key_text_out[HW_SECRET_TEXT_MAX], struct hw_api_key *out)
@@ -376,40 +367,25 @@ int hw_db_apikey_create(struct hw_db *db, int64_t expiration,
     static const char get_sql[] = APIKEY_SELECT " WHERE id = ?1";
     if (expiration < 0)
         return db_fail(db, HW_DB_INVALID, "expiration must not be negative");
-    int rc = HW_DB_ERROR;
-    for (int attempt = 0; attempt < 4; attempt++) {
-        char prefix[24];
-        unsigned char hash[HASH_LEN];
-        generate_key(db, "api", prefix, key_text_out, hash);
-        sqlite3_stmt *st = db_stmt(db, sql);
-        if (!st)
-            return HW_DB_ERROR;
-        sqlite3_bind_text(st, 1, prefix, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_blob(st, 2, hash, HASH_LEN, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 3, expiration);
-        sqlite3_bind_int64(st, 4, hw_now());
-        rc = db_step_done(db, st, "insert API key");
-        if (rc == HW_DB_EXISTS)
-            continue;
-        if (rc != HW_DB_OK)
-            break;
-        if (!out)
-            return HW_DB_OK;
-        int64_t id = sqlite3_last_insert_rowid(db->conn);
-        st = db_stmt(db, get_sql);
-        if (!st)
-            return HW_DB_ERROR;
-        sqlite3_bind_int64(st, 1, id);
-        int step = sqlite3_step(st);
-        if (step == SQLITE_ROW)
-            read_apikey(st, out);
-        else
-            rc = db_fail_sqlite(db, sqlite3_extended_errcode(db->conn), "read API key");
-        db_done(st);
+    sqlite3_stmt *st = db_stmt(db, sql);
+    if (!st)
+        return HW_DB_ERROR;
+    sqlite3_bind_int64(st, 3, expiration);
+    sqlite3_bind_int64(st, 4, hw_now());
+    int rc = insert_fresh_key(db, st, "api", "insert API key", key_text_out);
+    if (rc != HW_DB_OK || !out)
         return rc;
-    }
-    sodium_memzero(key_text_out, HW_SECRET_TEXT_MAX);
-    key_text_out[0] = '\0';
+    int64_t id = sqlite3_last_insert_rowid(db->conn);
+    st = db_stmt(db, get_sql);
+    if (!st)
+        return HW_DB_ERROR;
+    sqlite3_bind_int64(st, 1, id);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW)
+        read_apikey(st, out);
+    else
+        rc = db_fail_sqlite(db, sqlite3_extended_errcode(db->conn), "read API key");
+    db_done(st);
     return rc;
 }
 
@@ -466,30 +442,10 @@ int hw_db_apikey_list(struct hw_db *db, struct hw_api_key **out, size_t *n_out)
     sqlite3_stmt *st = db_stmt(db, sql);
     if (!st)
         return HW_DB_ERROR;
-    size_t n = 0, cap = 0;
-    struct hw_api_key *list = NULL;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            struct hw_api_key *grown = realloc(list, cap * sizeof *list);
-            if (!grown) {
-                free(list);
-                db_done(st);
-                return db_fail(db, HW_DB_ERROR, "out of memory listing API keys");
-            }
-            list = grown;
-        }
-        read_apikey(st, &list[n++]);
-    }
-    db_done(st);
-    if (rc != SQLITE_DONE) {
-        free(list);
-        return db_fail_sqlite(db, rc, "list API keys");
-    }
-    *out = list;
-    *n_out = n;
-    return HW_DB_OK;
+    void *rows;
+    int rc = db_read_rows(db, st, &apikey_rows, &rows, n_out);
+    *out = rows;
+    return rc;
 }
 
 int hw_db_apikey_expire(struct hw_db *db, const char *key_or_prefix)

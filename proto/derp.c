@@ -582,19 +582,20 @@ int hw_derp_server_info_parse(const uint8_t *json, size_t len, struct hw_derp_se
 
 /* ---- handshake frames ---- */
 
-uint8_t *hw_derp_build_client_info(const uint8_t client_priv[32], const uint8_t client_pub[32],
-                                   const uint8_t server_pub[32],
-                                   const struct hw_derp_client_info *info,
-                                   const uint8_t *nonce, size_t *out_len)
+/* A ClientInfo or ServerInfo frame: [sender_pub] box(json), the sender's public key in
+ * front only in ClientInfo. Frees json. */
+static uint8_t *build_info_frame(uint8_t type, const uint8_t *sender_pub, char *json,
+                                 const uint8_t *nonce, const uint8_t peer_pub[32],
+                                 const uint8_t my_priv[32], size_t *out_len)
 {
-    char *json = hw_derp_client_info_json(info);
-    size_t jlen = strlen(json);
-    size_t payload = HW_DERP_KEY_LEN + HW_DERP_NONCE_LEN + HW_DERP_BOX_OVERHEAD + jlen;
+    size_t jlen = strlen(json), key_len = sender_pub ? HW_DERP_KEY_LEN : 0;
+    size_t payload = key_len + HW_DERP_NONCE_LEN + HW_DERP_BOX_OVERHEAD + jlen;
     uint8_t *frame = hw_malloc(HW_DERP_HDR_LEN + payload);
-    hw_derp_put_header(frame, HW_DERP_CLIENT_INFO, (uint32_t)payload);
-    memcpy(frame + HW_DERP_HDR_LEN, client_pub, HW_DERP_KEY_LEN);
-    size_t sealed = hw_derp_box_seal(frame + HW_DERP_HDR_LEN + HW_DERP_KEY_LEN, (const uint8_t *)json,
-                                     jlen, nonce, server_pub, client_priv);
+    hw_derp_put_header(frame, type, (uint32_t)payload);
+    if (sender_pub)
+        memcpy(frame + HW_DERP_HDR_LEN, sender_pub, key_len);
+    size_t sealed = hw_derp_box_seal(frame + HW_DERP_HDR_LEN + key_len, (const uint8_t *)json,
+                                     jlen, nonce, peer_pub, my_priv);
     free(json);
     if (sealed == 0) {
         free(frame);
@@ -602,6 +603,15 @@ uint8_t *hw_derp_build_client_info(const uint8_t client_priv[32], const uint8_t 
     }
     *out_len = HW_DERP_HDR_LEN + payload;
     return frame;
+}
+
+uint8_t *hw_derp_build_client_info(const uint8_t client_priv[32], const uint8_t client_pub[32],
+                                   const uint8_t server_pub[32],
+                                   const struct hw_derp_client_info *info,
+                                   const uint8_t *nonce, size_t *out_len)
+{
+    return build_info_frame(HW_DERP_CLIENT_INFO, client_pub, hw_derp_client_info_json(info), nonce,
+                            server_pub, client_priv, out_len);
 }
 
 int hw_derp_open_client_info(const uint8_t server_priv[32], const uint8_t *payload, uint32_t len,
@@ -634,20 +644,8 @@ uint8_t *hw_derp_build_server_info(const uint8_t server_priv[32], const uint8_t 
                                    const struct hw_derp_server_info *info, const uint8_t *nonce,
                                    size_t *out_len)
 {
-    char *json = hw_derp_server_info_json(info);
-    size_t jlen = strlen(json);
-    size_t payload = HW_DERP_NONCE_LEN + HW_DERP_BOX_OVERHEAD + jlen;
-    uint8_t *frame = hw_malloc(HW_DERP_HDR_LEN + payload);
-    hw_derp_put_header(frame, HW_DERP_SERVER_INFO, (uint32_t)payload);
-    size_t sealed = hw_derp_box_seal(frame + HW_DERP_HDR_LEN, (const uint8_t *)json, jlen, nonce,
-                                     client_pub, server_priv);
-    free(json);
-    if (sealed == 0) {
-        free(frame);
-        return NULL;
-    }
-    *out_len = HW_DERP_HDR_LEN + payload;
-    return frame;
+    return build_info_frame(HW_DERP_SERVER_INFO, NULL, hw_derp_server_info_json(info), nonce,
+                            client_pub, server_priv, out_len);
 }
 
 int hw_derp_open_server_info(const uint8_t client_priv[32], const uint8_t server_pub[32],

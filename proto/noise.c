@@ -97,6 +97,16 @@ static int hkdf2(const uint8_t ck[32], const uint8_t *ikm, size_t ikm_len, uint8
 
 /* ---- symmetric state ---- */
 
+/* A handshake's secrets go as soon as it ends, whichever way it ends. */
+static void wipe(struct hw_noise_handshake *hs, int stage)
+{
+    sodium_memzero(hs->h, sizeof hs->h);
+    sodium_memzero(hs->ck, sizeof hs->ck);
+    sodium_memzero(hs->e_priv, sizeof hs->e_priv);
+    sodium_memzero(hs->s_priv, sizeof hs->s_priv);
+    hs->stage = stage;
+}
+
 static int fail(struct hw_noise_handshake *hs, bool refuse, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -107,11 +117,7 @@ static int fail(struct hw_noise_handshake *hs, bool refuse, const char *fmt, ...
     vsnprintf(hs->error, sizeof hs->error, fmt, ap);
     va_end(ap);
     hs->refuse = refuse;
-    sodium_memzero(hs->h, sizeof hs->h);
-    sodium_memzero(hs->ck, sizeof hs->ck);
-    sodium_memzero(hs->e_priv, sizeof hs->e_priv);
-    sodium_memzero(hs->s_priv, sizeof hs->s_priv);
-    hs->stage = STAGE_FAILED;
+    wipe(hs, STAGE_FAILED);
     return HW_NOISE_ERROR;
 }
 
@@ -189,13 +195,14 @@ static int split(struct hw_noise_handshake *hs, struct hw_noise_session *out)
     return 0;
 }
 
-static void finish_wipe(struct hw_noise_handshake *hs)
+/* After the response's payload, on both sides: the session's keys, the handshake gone. */
+static int finish(struct hw_noise_handshake *hs, struct hw_noise_session *out)
 {
-    sodium_memzero(hs->h, sizeof hs->h);
-    sodium_memzero(hs->ck, sizeof hs->ck);
-    sodium_memzero(hs->e_priv, sizeof hs->e_priv);
-    sodium_memzero(hs->s_priv, sizeof hs->s_priv);
-    hs->stage = STAGE_DONE;
+    trace(hs, "se");
+    if (split(hs, out) < 0)
+        return fail(hs, false, "BLAKE2s/HMAC computation failed");
+    wipe(hs, STAGE_DONE);
+    return HW_NOISE_OK;
 }
 
 static void put_u16be(uint8_t *p, uint16_t v)
@@ -214,6 +221,45 @@ static void reset(struct hw_noise_handshake *hs)
     hs->error[0] = '\0';
     hs->refuse = false;
     hs->stage = STAGE_IDLE;
+}
+
+/* The two messages' first tokens, which both sides mix alike and differ only in whose
+ * private key meets which public key in the DH (X25519 gives both ends the same result).
+ * Each returns HW_NOISE_OK with k holding the key for the message's next AEAD, or the
+ * failure, already recorded. */
+
+/* Initiation: s (the server's static key), e (the initiator's ephemeral), es. */
+static int mix_initiation_start(struct hw_noise_handshake *hs, const uint8_t server_pub[32],
+                                const uint8_t initiator_e_pub[32], const uint8_t es_priv[32],
+                                const uint8_t es_pub[32], uint8_t k[32])
+{
+    const char *why = NULL;
+    if (sym_init(hs, hs->version) < 0 || mix_hash(hs, server_pub, 32) < 0)
+        return fail(hs, false, "BLAKE2s/HMAC computation failed");
+    trace(hs, "s");
+    if (mix_hash(hs, initiator_e_pub, 32) < 0)
+        return fail(hs, false, "BLAKE2s/HMAC computation failed");
+    trace(hs, "e");
+    if (mix_dh(hs, es_priv, es_pub, k, &why) < 0)
+        return fail(hs, false, "computing es: %s", why);
+    return HW_NOISE_OK;
+}
+
+/* Response: e (the responder's ephemeral), ee, se. */
+static int mix_response_start(struct hw_noise_handshake *hs, const uint8_t responder_e_pub[32],
+                              const uint8_t ee_priv[32], const uint8_t ee_pub[32],
+                              const uint8_t se_priv[32], const uint8_t se_pub[32], uint8_t k[32])
+{
+    const char *why = NULL;
+    if (mix_hash(hs, responder_e_pub, 32) < 0)
+        return fail(hs, false, "BLAKE2s/HMAC computation failed");
+    trace(hs, "e");
+    if (mix_dh(hs, ee_priv, ee_pub, k, &why) < 0)
+        return fail(hs, false, "computing ee: %s", why);
+    trace(hs, "ee");
+    if (mix_dh(hs, se_priv, se_pub, k, &why) < 0)
+        return fail(hs, false, "computing se: %s", why);
+    return HW_NOISE_OK;
 }
 
 /* ---- initiator ---- */
@@ -245,17 +291,9 @@ int hw_noise_client_start(struct hw_noise_handshake *hs, uint16_t version,
     put_u16be(init + 3, HW_NOISE_INITIATION_LEN - 5);
     memcpy(init + 5, e_pub, 32);
 
-    int rc = -1;
-    if (sym_init(hs, version) < 0 || mix_hash(hs, server_pub, 32) < 0)
-        goto crypto;
-    trace(hs, "s");
-    if (mix_hash(hs, e_pub, 32) < 0)
-        goto crypto;
-    trace(hs, "e");
-    if (mix_dh(hs, hs->e_priv, server_pub, k, &why) < 0) {
-        rc = fail(hs, false, "computing es: %s", why);
+    int rc = mix_initiation_start(hs, server_pub, e_pub, hs->e_priv, server_pub, k);
+    if (rc != HW_NOISE_OK)
         goto out;
-    }
     if (encrypt_and_hash(hs, k, machine_pub, 32, init + 37) < 0)
         goto crypto;
     trace(hs, "es");
@@ -302,7 +340,6 @@ static void quote(char *out, size_t cap, const uint8_t *s, size_t len)
 int hw_noise_client_finish(struct hw_noise_handshake *hs, const uint8_t *in, size_t len,
                            size_t *used, struct hw_noise_session *out)
 {
-    const char *why = NULL;
     uint8_t k[32];
     *used = 0;
     if (hs->stage != STAGE_WAIT_RESPONSE)
@@ -331,32 +368,16 @@ int hw_noise_client_finish(struct hw_noise_handshake *hs, const uint8_t *in, siz
 
     const uint8_t *re = in + 3, *tag = in + 35;
     uint8_t empty[1];
-    int rc;
-    if (mix_hash(hs, re, 32) < 0)
-        goto crypto;
-    trace(hs, "e");
-    if (mix_dh(hs, hs->e_priv, re, k, &why) < 0) {
-        rc = fail(hs, false, "computing ee: %s", why);
+    int rc = mix_response_start(hs, re, hs->e_priv, re, hs->s_priv, re, k);
+    if (rc != HW_NOISE_OK)
         goto out;
-    }
-    trace(hs, "ee");
-    if (mix_dh(hs, hs->s_priv, re, k, &why) < 0) {
-        rc = fail(hs, false, "computing se: %s", why);
-        goto out;
-    }
     if (decrypt_and_hash(hs, k, tag, HW_NOISE_TAG_LEN, empty) < 0) {
         rc = fail(hs, false, "decrypting payload: handshake response failed authentication");
         goto out;
     }
-    trace(hs, "se");
-    if (split(hs, out) < 0)
-        goto crypto;
-    finish_wipe(hs);
-    *used = HW_NOISE_RESPONSE_LEN;
-    rc = HW_NOISE_OK;
-    goto out;
-crypto:
-    rc = fail(hs, false, "BLAKE2s/HMAC computation failed");
+    rc = finish(hs, out);
+    if (rc == HW_NOISE_OK)
+        *used = HW_NOISE_RESPONSE_LEN;
 out:
     sodium_memzero(k, sizeof k);
     return rc;
@@ -390,17 +411,9 @@ int hw_noise_server_respond(struct hw_noise_handshake *hs, const uint8_t server_
     const uint8_t *ei = init + 5, *enc_s = init + 37, *tag = init + 85;
     hw_key_public(server_priv, server_pub);
 
-    int rc;
-    if (sym_init(hs, hs->version) < 0 || mix_hash(hs, server_pub, 32) < 0)
-        goto crypto;
-    trace(hs, "s");
-    if (mix_hash(hs, ei, 32) < 0)
-        goto crypto;
-    trace(hs, "e");
-    if (mix_dh(hs, server_priv, ei, k, &why) < 0) {
-        rc = fail(hs, false, "computing es: %s", why);
+    int rc = mix_initiation_start(hs, server_pub, ei, server_priv, ei, k);
+    if (rc != HW_NOISE_OK)
         goto out;
-    }
     if (decrypt_and_hash(hs, k, enc_s, 32 + HW_NOISE_TAG_LEN, machine_pub) < 0) {
         rc = fail(hs, false, "decrypting machine key: authentication failed");
         goto out;
@@ -425,28 +438,13 @@ int hw_noise_server_respond(struct hw_noise_handshake *hs, const uint8_t server_
     resp[0] = HW_NOISE_MSG_RESPONSE;
     put_u16be(resp + 1, HW_NOISE_RESPONSE_LEN - HW_NOISE_HEADER_LEN);
     memcpy(resp + 3, e_pub, 32);
-    if (mix_hash(hs, e_pub, 32) < 0)
-        goto crypto;
-    trace(hs, "e");
-    if (mix_dh(hs, hs->e_priv, ei, k, &why) < 0) {
-        rc = fail(hs, false, "computing ee: %s", why);
+    rc = mix_response_start(hs, e_pub, hs->e_priv, ei, hs->e_priv, machine_pub, k);
+    if (rc != HW_NOISE_OK)
         goto out;
-    }
-    trace(hs, "ee");
-    if (mix_dh(hs, hs->e_priv, machine_pub, k, &why) < 0) {
-        rc = fail(hs, false, "computing se: %s", why);
-        goto out;
-    }
     if (encrypt_and_hash(hs, k, NULL, 0, resp + 35) < 0)
-        goto crypto;
-    trace(hs, "se");
-    if (split(hs, out) < 0)
-        goto crypto;
-    finish_wipe(hs);
-    rc = HW_NOISE_OK;
-    goto out;
-crypto:
-    rc = fail(hs, false, "BLAKE2s/HMAC computation failed");
+        rc = fail(hs, false, "BLAKE2s/HMAC computation failed");
+    else
+        rc = finish(hs, out);
 out:
     sodium_memzero(k, sizeof k);
     return rc;
@@ -467,14 +465,7 @@ size_t hw_noise_error_message(const char *text, uint8_t *out, size_t cap)
     return HW_NOISE_HEADER_LEN + n;
 }
 
-void hw_noise_handshake_wipe(struct hw_noise_handshake *hs)
-{
-    sodium_memzero(hs->h, sizeof hs->h);
-    sodium_memzero(hs->ck, sizeof hs->ck);
-    sodium_memzero(hs->e_priv, sizeof hs->e_priv);
-    sodium_memzero(hs->s_priv, sizeof hs->s_priv);
-    hs->stage = STAGE_IDLE;
-}
+void hw_noise_handshake_wipe(struct hw_noise_handshake *hs) { wipe(hs, STAGE_IDLE); }
 
 void hw_noise_session_wipe(struct hw_noise_session *s)
 {

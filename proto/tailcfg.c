@@ -402,27 +402,46 @@ char *tc_json_dump(const json_t *j, size_t *len_out)
  * Each returns 0 when the field is absent or null (Go leaves the zero value), 1 when
  * present and well-typed, -1 (with err) when present with the wrong type. */
 
-static int get_str(struct pc *p, const json_t *obj, const char *name, const char **out)
+/* What every reader shares; `types` is a mask of (1u << JSON_...) bits, since booleans
+ * and numbers are two jansson types each. */
+static int get_typed(struct pc *p, const json_t *obj, const char *name, unsigned types,
+                     const char *expected, json_t **out)
 {
     json_t *v = json_object_get(obj, name);
     *out = NULL;
     if (!v || json_is_null(v))
         return 0;
-    if (!json_is_string(v))
-        return fail(p, name, "expected a string");
-    *out = json_string_value(v);
+    if (!(types & 1u << json_typeof(v)))
+        return fail(p, name, "expected %s", expected);
+    *out = v;
     return 1;
+}
+
+static int get_str(struct pc *p, const json_t *obj, const char *name, const char **out)
+{
+    json_t *v;
+    int r = get_typed(p, obj, name, 1u << JSON_STRING, "a string", &v);
+    *out = r == 1 ? json_string_value(v) : NULL;
+    return r;
+}
+
+/* Go strings have no null: absent reads as "". */
+static int get_str_or_empty(struct pc *p, const json_t *obj, const char *name, const char **out)
+{
+    int r = get_str(p, obj, name, out);
+    if (!*out)
+        *out = "";
+    return r;
 }
 
 static int get_int(struct pc *p, const json_t *obj, const char *name, int64_t min, int64_t max,
                    int64_t *out)
 {
-    json_t *v = json_object_get(obj, name);
+    json_t *v;
     *out = 0;
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_integer(v))
-        return fail(p, name, "expected an integer");
+    int r = get_typed(p, obj, name, 1u << JSON_INTEGER, "an integer", &v);
+    if (r <= 0)
+        return r;
     json_int_t i = json_integer_value(v);
     if (i < min || i > max)
         return fail(p, name, "%lld out of range [%lld, %lld]", (long long)i, (long long)min,
@@ -431,24 +450,26 @@ static int get_int(struct pc *p, const json_t *obj, const char *name, int64_t mi
     return 1;
 }
 
-static int get_int32(struct pc *p, const json_t *obj, const char *name, int *out)
+static int get_int32_from(struct pc *p, const json_t *obj, const char *name, int64_t min,
+                          int *out)
 {
     int64_t v;
-    int r = get_int(p, obj, name, INT32_MIN, INT32_MAX, &v);
+    int r = get_int(p, obj, name, min, INT32_MAX, &v);
     *out = (int)v;
     return r;
 }
 
+static int get_int32(struct pc *p, const json_t *obj, const char *name, int *out)
+{
+    return get_int32_from(p, obj, name, INT32_MIN, out);
+}
+
 static int get_bool(struct pc *p, const json_t *obj, const char *name, bool *out)
 {
-    json_t *v = json_object_get(obj, name);
-    *out = false;
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_boolean(v))
-        return fail(p, name, "expected true or false");
-    *out = json_is_true(v);
-    return 1;
+    json_t *v;
+    int r = get_typed(p, obj, name, 1u << JSON_TRUE | 1u << JSON_FALSE, "true or false", &v);
+    *out = r == 1 && json_is_true(v);
+    return r;
 }
 
 static int get_optbool(struct pc *p, const json_t *obj, const char *name, enum tc_optbool *out)
@@ -535,26 +556,12 @@ static int get_strv(struct pc *p, const json_t *obj, const char *name, str_check
 
 static int get_object(struct pc *p, const json_t *obj, const char *name, json_t **out)
 {
-    json_t *v = json_object_get(obj, name);
-    *out = NULL;
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_object(v))
-        return fail(p, name, "expected an object");
-    *out = v;
-    return 1;
+    return get_typed(p, obj, name, 1u << JSON_OBJECT, "an object", out);
 }
 
 static int get_array(struct pc *p, const json_t *obj, const char *name, json_t **out)
 {
-    json_t *v = json_object_get(obj, name);
-    *out = NULL;
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_array(v))
-        return fail(p, name, "expected an array");
-    *out = v;
-    return 1;
+    return get_typed(p, obj, name, 1u << JSON_ARRAY, "an array", out);
 }
 
 static bool any_str(const char *s) { return s != NULL; }
@@ -701,10 +708,8 @@ int tc_register_request_parse(const uint8_t *body, size_t len, struct tc_registe
     if (!root)
         return -1;
     out->root = root;
-    int64_t v;
-    if (get_int(&p, root, "Version", 0, INT32_MAX, &v) < 0)
+    if (get_int32_from(&p, root, "Version", 0, &out->version) < 0)
         goto bad;
-    out->version = (int)v;
     if (get_key(&p, root, "NodeKey", "nodekey", out->node_key, true) < 0)
         goto bad;
     if (tc_key_is_zero(out->node_key)) {
@@ -741,19 +746,15 @@ int tc_register_request_parse(const uint8_t *body, size_t len, struct tc_registe
     }
     if (get_time(&p, root, "Expiry", &out->expiry) < 0)
         goto bad;
-    if (get_str(&p, root, "Followup", &out->followup) < 0)
+    if (get_str_or_empty(&p, root, "Followup", &out->followup) < 0)
         goto bad;
-    if (!out->followup)
-        out->followup = "";
     if (tc_hostinfo_parse(json_object_get(root, "Hostinfo"), "RegisterRequest", &out->hostinfo,
                           err, errlen) < 0)
         goto bad;
     if (get_bool(&p, root, "Ephemeral", &out->ephemeral) < 0)
         goto bad;
-    if (get_str(&p, root, "Tailnet", &out->tailnet) < 0)
+    if (get_str_or_empty(&p, root, "Tailnet", &out->tailnet) < 0)
         goto bad;
-    if (!out->tailnet)
-        out->tailnet = "";
     /* NodeKeySignature, SignatureType, Timestamp, DeviceCert, Signature: tailnet lock
      * and device-cert signing, which this server does not offer; ignored. */
     return 0;
@@ -853,13 +854,9 @@ int tc_register_response_parse(const uint8_t *body, size_t len, struct tc_regist
     }
     if (get_bool(&p, root, "NodeKeyExpired", &out->node_key_expired) < 0 ||
         get_bool(&p, root, "MachineAuthorized", &out->machine_authorized) < 0 ||
-        get_str(&p, root, "AuthURL", &out->auth_url) < 0 ||
-        get_str(&p, root, "Error", &out->error) < 0)
+        get_str_or_empty(&p, root, "AuthURL", &out->auth_url) < 0 ||
+        get_str_or_empty(&p, root, "Error", &out->error) < 0)
         goto bad;
-    if (!out->auth_url)
-        out->auth_url = "";
-    if (!out->error)
-        out->error = "";
     return 0;
 bad:
     tc_register_response_free(out);
@@ -883,14 +880,10 @@ int tc_map_request_parse(const uint8_t *body, size_t len, struct tc_map_request 
     if (!root)
         return -1;
     out->root = root;
-    int64_t v;
-    if (get_int(&p, root, "Version", 0, INT32_MAX, &v) < 0)
+    if (get_int32_from(&p, root, "Version", 0, &out->version) < 0)
         goto bad;
-    out->version = (int)v;
-    if (get_str(&p, root, "Compress", &out->compress) < 0)
+    if (get_str_or_empty(&p, root, "Compress", &out->compress) < 0)
         goto bad;
-    if (!out->compress)
-        out->compress = "";
     if (*out->compress && strcmp(out->compress, "zstd") != 0) {
         fail(&p, "Compress", "expected \"zstd\" or \"\", got \"%.20s\"", out->compress);
         goto bad;
@@ -1097,17 +1090,21 @@ static bool is_known_node_field(const char *k)
     return false;
 }
 
-/* CapMap: {"capability": [any JSON values] | null}. */
-static int check_cap_map(struct pc *p, const char *field, const json_t *m)
+/* CapMap: {"capability": [any JSON values] | null}; *out takes a reference. */
+static int get_cap_map(struct pc *p, const json_t *obj, json_t **out)
 {
+    json_t *m, *v;
     const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)m, k, v)
+    int r = get_object(p, obj, "CapMap", &m);
+    if (r <= 0)
+        return r;
+    json_object_foreach(m, k, v)
     {
         if (!json_is_array(v) && !json_is_null(v))
-            return fail(p, field, "\"%.60s\": expected an array of values", k);
+            return fail(p, "CapMap", "\"%.60s\": expected an array of values", k);
     }
-    return 0;
+    *out = json_incref(m);
+    return 1;
 }
 
 int tc_node_parse(const json_t *obj, const char *ctx, struct tc_node *out, char *err,
@@ -1118,7 +1115,6 @@ int tc_node_parse(const json_t *obj, const char *ctx, struct tc_node *out, char 
     if (!json_is_object(obj))
         return fail(&p, NULL, "expected a Node object");
     const char *s;
-    int64_t v;
     if (get_int(&p, obj, "ID", INT64_MIN, INT64_MAX, &out->id) < 0)
         goto bad;
     if (out->id == 0) {
@@ -1166,23 +1162,16 @@ int tc_node_parse(const json_t *obj, const char *ctx, struct tc_node *out, char 
         goto bad;
     out->hostinfo = o ? json_incref(o) : NULL;
     if (get_time(&p, obj, "Created", &out->created) < 0 ||
-        get_int(&p, obj, "Cap", 0, INT32_MAX, &v) < 0)
+        get_int32_from(&p, obj, "Cap", 0, &out->cap) < 0)
         goto bad;
-    out->cap = (int)v;
     if (get_strv(&p, obj, "Tags", any_str, "a string", &out->tags) < 0 ||
         get_strv(&p, obj, "PrimaryRoutes", tc_valid_prefix, "an IP prefix",
                  &out->primary_routes) < 0 ||
         get_time(&p, obj, "LastSeen", &out->last_seen) < 0 ||
         get_optbool(&p, obj, "Online", &out->online) < 0 ||
-        get_bool(&p, obj, "MachineAuthorized", &out->machine_authorized) < 0)
+        get_bool(&p, obj, "MachineAuthorized", &out->machine_authorized) < 0 ||
+        get_cap_map(&p, obj, &out->cap_map) < 0)
         goto bad;
-    if (get_object(&p, obj, "CapMap", &o) < 0)
-        goto bad;
-    if (o) {
-        if (check_cap_map(&p, "CapMap", o) < 0)
-            goto bad;
-        out->cap_map = json_incref(o);
-    }
     if (get_bool(&p, obj, "UnsignedPeerAPIOnly", &out->unsigned_peerapi_only) < 0)
         goto bad;
     if (get_str(&p, obj, "ComputedName", &s) < 0)
@@ -1264,21 +1253,12 @@ int tc_peer_change_parse(const json_t *obj, const char *ctx, struct tc_peer_chan
     memset(out, 0, sizeof(*out));
     if (!json_is_object(obj))
         return fail(&p, NULL, "expected a PeerChange object");
-    int64_t v;
     const char *s;
     if (get_int(&p, obj, "NodeID", INT64_MIN, INT64_MAX, &out->node_id) < 0 ||
         get_int32(&p, obj, "DERPRegion", &out->derp_region) < 0 ||
-        get_int(&p, obj, "Cap", 0, INT32_MAX, &v) < 0)
+        get_int32_from(&p, obj, "Cap", 0, &out->cap) < 0 ||
+        get_cap_map(&p, obj, &out->cap_map) < 0)
         goto bad;
-    out->cap = (int)v;
-    json_t *o;
-    if (get_object(&p, obj, "CapMap", &o) < 0)
-        goto bad;
-    if (o) {
-        if (check_cap_map(&p, "CapMap", o) < 0)
-            goto bad;
-        out->cap_map = json_incref(o);
-    }
     int r = get_strv(&p, obj, "Endpoints", tc_valid_addrport, "an ip:port", &out->endpoints);
     if (r < 0)
         goto bad;
@@ -1471,14 +1451,10 @@ static int parse_derp_node(struct pc *p, const json_t *o, struct tc_derp_node *n
 
 static int get_double(struct pc *p, const json_t *o, const char *name, double *out)
 {
-    json_t *v = json_object_get(o, name);
-    *out = 0;
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_number(v))
-        return fail(p, name, "expected a number");
-    *out = json_number_value(v);
-    return 1;
+    json_t *v;
+    int r = get_typed(p, o, name, 1u << JSON_INTEGER | 1u << JSON_REAL, "a number", &v);
+    *out = r == 1 ? json_number_value(v) : 0;
+    return r;
 }
 
 int tc_derp_map_parse(const json_t *obj, struct tc_derp_map *out, char *err, size_t errlen)

@@ -41,7 +41,7 @@ struct tn_node {
 /* Full maps are sent as several zstd frames: one per block of TN_CHUNK consecutive node
  * ids, compressed once and reused for every member whose own node is not in the block.
  * [0] starts with a comma, [1] does not (for the first block in a message). */
-#define TN_CHUNK 128
+#define TN_CHUNK 32
 struct tn_chunk {
     struct hw_sbuf *frame[2];
 };
