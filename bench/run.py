@@ -117,6 +117,7 @@ def main():
     ap.add_argument("--changes", default=None)
     ap.add_argument("--idle", type=int, default=10)
     ap.add_argument("--no-restart", action="store_true")
+    ap.add_argument("--reconnect-timeout", type=int, default=None, help="seconds (default: 120, 300 above 5,000 nodes)")
     ap.add_argument("--deadline", type=int, default=None, help="hard stop in seconds")
     ap.add_argument("--json", default=None, help="also write the JSON lines here")
     ap.add_argument("--log-level", default="info", help="headwater's log level")
@@ -158,7 +159,8 @@ def main():
         if burst > 0:
             argv += ["--burst", str(burst), "--burst-authkey", burst_key]
         if not args.no_restart:
-            argv += ["--restart"]
+            argv += ["--restart", "--reconnect-timeout",
+                     str(args.reconnect_timeout or (300 if n > 5000 else 120))]
         if args.changes:
             argv += ["--changes", args.changes]
         rc, _, _ = hwtest.run_hwctl("--socket", server.socket, "policy", "--help", ok=None)

@@ -226,5 +226,9 @@ int hw_db_pending_get(struct hw_db *db, const char *id, struct hw_pending *out);
 int hw_db_pending_delete(struct hw_db *db, const char *id);
 /* Removes registrations with 0 < expires_at <= now; returns how many, or an error. */
 int hw_db_pending_delete_expired(struct hw_db *db, int64_t now);
+/* A machine waits for one login at a time: its earlier pending rows go. */
+int hw_db_pending_delete_machine(struct hw_db *db, const char *machine_key);
+/* Pending registrations not yet expired, or a negative hw_db_rc. */
+int64_t hw_db_pending_count(struct hw_db *db, int64_t now);
 
 #endif

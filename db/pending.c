@@ -93,3 +93,24 @@ int hw_db_pending_delete_expired(struct hw_db *db, int64_t now)
     int rc = db_step_done(db, st, "delete expired registrations");
     return rc == HW_DB_OK ? sqlite3_changes(db->conn) : rc;
 }
+
+int hw_db_pending_delete_machine(struct hw_db *db, const char *machine_key)
+{
+    sqlite3_stmt *st = db_stmt(db, "DELETE FROM pending_registrations WHERE machine_key = ?1");
+    if (!st)
+        return HW_DB_ERROR;
+    sqlite3_bind_text(st, 1, machine_key, -1, SQLITE_TRANSIENT);
+    return db_step_done(db, st, "delete a machine's earlier registrations");
+}
+
+int64_t hw_db_pending_count(struct hw_db *db, int64_t now)
+{
+    sqlite3_stmt *st = db_stmt(db, "SELECT COUNT(*) FROM pending_registrations"
+                                   " WHERE expires_at = 0 OR expires_at > ?1");
+    if (!st)
+        return HW_DB_ERROR;
+    sqlite3_bind_int64(st, 1, now);
+    int64_t n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : HW_DB_ERROR;
+    sqlite3_reset(st);
+    return n;
+}

@@ -32,12 +32,21 @@
 #define SWEEP_MS 1000
 /* An interactive login waits this long for `hwctl nodes register`. */
 #define PENDING_REGISTRATION_S (30 * 60)
+/* Logins waiting at once. Each costs a client only a Noise handshake, so without a cap
+ * anyone who can reach the server could fill the database with them. */
+#define MAX_PENDING_REGISTRATIONS 10000
 /* A node whose last stream closed stays "online" this long, so a quick reconnect is
  * not announced as offline-then-online to every peer. */
 #define OFFLINE_GRACE_MS 10000
 #define TAGGED_USER_ID 2147455555   /* Headscale's synthetic owner of tagged nodes */
 /* Bytes a map stream may have queued and unsent: several full 10,000-peer maps. */
 #define STREAM_QUEUE_LIMIT (64u << 20)
+/* Map bytes queued on all streams together (shared blocks counted once per stream)
+ * above which new streams wait for their first map: after a restart every client asks
+ * at once, and their maps should go out as fast as they are read, not all be built
+ * into memory first. */
+#define FULL_MAP_BUDGET (256u << 20)
+#define ADMIT_RETRY_MS 20
 
 enum stream_kind { STREAM_MAP = 1, STREAM_FOLLOWUP };
 
@@ -51,6 +60,8 @@ struct tn_stream {
     bool compress;
     bool initial_sent;
     bool abandoned;                     /* reset for not reading; waits for its close */
+    bool waiting;                       /* in c->waiting: its first map is not built yet */
+    struct tn_stream *wait_next;
     int64_t keepalive_due;
     struct tn_stream *node_next;        /* in node->streams */
     struct tn_stream *all_prev, *all_next;
@@ -86,6 +97,9 @@ struct hw_control {
     struct followup *followups;
     struct hw_timer *flush_timer;
     struct hw_timer *sweep_timer;
+    struct tn_stream *waiting, *waiting_tail;  /* streams waiting for their first map */
+    struct hw_timer *admit_timer;
+    size_t queued_estimate;             /* map bytes queued on all streams, roughly */
     struct tn_node **offline_candidates;
     size_t n_offline, cap_offline;
 };
@@ -786,6 +800,15 @@ static void start_interactive(struct hw_control *c, struct hw_h2_stream *st, con
     p.hostinfo_json = r->hostinfo.raw ? tc_json_dump(r->hostinfo.raw, NULL) : NULL;
     p.created_at = hw_now();
     p.expires_at = p.created_at + PENDING_REGISTRATION_S;
+    hw_db_pending_delete_machine(c->srv->db, mkey);
+    if (hw_db_pending_count(c->srv->db, p.created_at) >= MAX_PENDING_REGISTRATIONS) {
+        free(p.hostinfo_json);
+        log_warn("register: %d logins already wait for an admin: refusing %s",
+                 MAX_PENDING_REGISTRATIONS, mkey);
+        register_answer(st, NULL, NULL,
+                        "too many logins are waiting for an administrator; try again later", false);
+        return;
+    }
     int rc = hw_db_pending_insert(c->srv->db, &p);
     free(p.hostinfo_json);
     if (rc != HW_DB_OK) {
@@ -1185,6 +1208,74 @@ static void set_online(struct hw_control *c, struct tn_node *n, bool online)
     schedule_flush(c);
 }
 
+static size_t queued_total(struct hw_control *c)
+{
+    size_t total = 0;
+    for (struct tn_stream *ms = c->streams; ms; ms = ms->all_next)
+        if (ms->st)
+            total += hw_h2_queued(ms->st);
+    return total;
+}
+
+/* Sends the first map and counts what it queued against the budget. */
+static void start_stream(struct hw_control *c, struct tn_stream *ms)
+{
+    size_t before = hw_h2_queued(ms->st);
+    ms->initial_sent = true;
+    push_full_map(c, ms);
+    c->queued_estimate += hw_h2_queued(ms->st) - before;
+}
+
+static void admit_waiting(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct hw_control *c = arg;
+    c->admit_timer = NULL;
+    pthread_mutex_lock(&c->srv->lock);
+    c->queued_estimate = queued_total(c);
+    while (c->waiting && c->queued_estimate < FULL_MAP_BUDGET) {
+        struct tn_stream *ms = c->waiting;
+        c->waiting = ms->wait_next;
+        if (!c->waiting)
+            c->waiting_tail = NULL;
+        ms->waiting = false;
+        ms->wait_next = NULL;
+        if (ms->st && ms->node && !ms->abandoned)
+            start_stream(c, ms);
+    }
+    if (c->waiting)
+        c->admit_timer = hw_timer_start(loop, ADMIT_RETRY_MS, admit_waiting, c);
+    pthread_mutex_unlock(&c->srv->lock);
+}
+
+static void wait_for_budget(struct hw_control *c, struct tn_stream *ms)
+{
+    ms->waiting = true;
+    if (c->waiting_tail)
+        c->waiting_tail->wait_next = ms;
+    else
+        c->waiting = ms;
+    c->waiting_tail = ms;
+    if (!c->admit_timer)
+        c->admit_timer = hw_timer_start(c->loop, ADMIT_RETRY_MS, admit_waiting, c);
+}
+
+static void unwait(struct hw_control *c, struct tn_stream *ms)
+{
+    struct tn_stream *prev = NULL;
+    for (struct tn_stream *it = c->waiting; it; prev = it, it = it->wait_next) {
+        if (it != ms)
+            continue;
+        if (prev)
+            prev->wait_next = it->wait_next;
+        else
+            c->waiting = it->wait_next;
+        if (c->waiting_tail == it)
+            c->waiting_tail = prev;
+        break;
+    }
+    ms->waiting = false;
+}
+
 static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_h2_stream *st)
 {
     size_t len;
@@ -1241,8 +1332,11 @@ static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_
     stream_link(c, ms);
     hw_h2_respond_streaming(st, 200, "application/octet-stream");
     set_online(c, n, true);
-    ms->initial_sent = true;
-    push_full_map(c, ms);
+    /* Streams already waiting go first, so the budget is shared in arrival order. */
+    if (c->waiting || c->queued_estimate >= FULL_MAP_BUDGET)
+        wait_for_budget(c, ms);
+    else
+        start_stream(c, ms);
 done:
     pthread_mutex_unlock(&c->srv->lock);
     tc_map_request_free(&r);
@@ -1291,6 +1385,8 @@ void hw_control_stream_closed(struct hw_control *c, struct hw_h2_stream *st)
     } else {
         struct tn_stream *ms = user;
         struct tn_node *n = ms->node;
+        if (ms->waiting)
+            unwait(c, ms);
         stream_unlink(c, ms);
         free(ms);
         /* The node goes offline only if no stream comes back within the grace period
@@ -1313,6 +1409,7 @@ static void sweep(struct hw_loop *loop, struct hw_timer *t, void *arg)
         if (ms->initial_sent && ms->st && now_ms >= ms->keepalive_due)
             push_to_stream(ms, c->keepalive[ms->compress]);
     }
+    c->queued_estimate = queued_total(c);
     int64_t ephemeral_timeout = c->srv->cfg->ephemeral_node_inactivity_timeout_ms / 1000;
     for (size_t i = 0; i < c->tn.by_id_cap; i++) {
         struct tn_node *n = c->tn.by_id[i];
@@ -1438,6 +1535,8 @@ void hw_control_free(struct hw_control *c)
         hw_timer_cancel(c->loop, c->sweep_timer);
     if (c->flush_timer)
         hw_timer_cancel(c->loop, c->flush_timer);
+    if (c->admit_timer)
+        hw_timer_cancel(c->loop, c->admit_timer);
     for (struct followup *f = c->followups, *next; f; f = next) {
         next = f->next;
         free(f);

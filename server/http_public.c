@@ -141,7 +141,8 @@ int hw_listen_tcp(const char *addr, char *bound, size_t bound_len, char *err, si
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
             if (ai->ai_family == AF_INET6 && !host[0])
                 setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 256) == 0)
+            /* A deep queue: after a restart every client reconnects within seconds. */
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 4096) == 0)
                 break;
             saved = errno;
             close(fd);

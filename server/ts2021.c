@@ -201,6 +201,11 @@ static int write_out(struct ts_session *s)
         return -1;
     }
     s->out_off = s->out_len = 0;
+    if (s->out_cap > 65536) {
+        free(s->out);
+        s->out = NULL;
+        s->out_cap = 0;
+    }
     set_interest(s, false);
     return 0;
 }

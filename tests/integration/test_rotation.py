@@ -117,6 +117,20 @@ def lite_map_update_is_stored_and_answered_empty():
 
 
 @case
+def a_machine_waits_for_one_login_at_a_time():
+    with Server() as s:
+        m = os.path.join(s.dir, "waiting.key")
+        first = register(s, m, req(nodekey()))["AuthURL"]
+        second = register(s, m, req(nodekey()))["AuthURL"]
+        check(first and second and first != second, "two AuthURLs %r %r" % (first, second))
+        rows = s.sqlite("SELECT id FROM pending_registrations")
+        eq([r[0] for r in rows], [second.rsplit("/", 1)[1]], "only the newest login waits")
+        other = os.path.join(s.dir, "other.key")
+        register(s, other, req(nodekey()))
+        eq(len(s.sqlite("SELECT id FROM pending_registrations")), 2, "another machine waits too")
+
+
+@case
 def too_old_client_gets_a_message():
     with Server() as s:
         m = os.path.join(s.dir, "old.key")
