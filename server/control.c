@@ -1342,6 +1342,11 @@ done:
     tc_map_request_free(&r);
 }
 
+void hw_control_reload_derp_map(struct hw_control *c)
+{
+    hw_derpmap_refresh(c->derpmap);
+}
+
 bool hw_control_node_online(struct hw_control *c, int64_t node_id)
 {
     struct tn_node *n = hw_tailnet_node(&c->tn, node_id);

@@ -98,6 +98,14 @@ static void on_signal(struct hw_loop *loop, int fd, int events, void *arg)
     struct hw_server *s = arg;
     struct signalfd_siginfo si;
     while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGHUP) {
+            /* systemctl reload: re-read the DERP map sources now (the rest of the
+             * configuration needs a restart). */
+            log_info("received SIGHUP: re-reading the DERP map sources");
+            if (s->control)
+                hw_control_reload_derp_map(s->control);
+            continue;
+        }
         log_info("received %s: shutting down", si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
         s->stopping = 1;
     }
@@ -105,7 +113,7 @@ static void on_signal(struct hw_loop *loop, int fd, int events, void *arg)
         hw_loop_stop(loop);
 }
 
-/* SIGINT/SIGTERM are taken through a signalfd on the loop, so shutdown runs as plain
+/* SIGINT/SIGTERM (and SIGHUP) are taken through a signalfd on the loop, so shutdown runs as plain
  * code on the main thread instead of inside a handler. The mask is set before any
  * thread starts, so every thread inherits it and only the signalfd sees them. */
 static int setup_signals(struct hw_server *s, char *err, size_t err_len)
@@ -114,6 +122,7 @@ static int setup_signals(struct hw_server *s, char *err, size_t err_len)
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) {
         snprintf(err, err_len, "cannot block signals: %s", strerror(errno));
         return -1;
