@@ -39,7 +39,6 @@ struct hw_ts2021 {
     bool drain_posted;
     struct upgrade_handoff *pending, *pending_tail;
     struct ts_session *sessions;
-    size_t n_sessions;
     struct ts_session *dirty;       /* sessions to flush at the end of this loop turn */
     bool flush_scheduled;
 };
@@ -87,8 +86,6 @@ static void session_close(struct ts_session *s, const char *why);
 static void session_flush(struct ts_session *s);
 
 const char *ts_session_machine_key(struct ts_session *s) { return s->machine_key; }
-uint16_t ts_session_version(struct ts_session *s) { return s->noise.version; }
-size_t hw_ts2021_session_count(struct hw_ts2021 *ts) { return ts->n_sessions; }
 
 struct ts_session *ts_session_of_stream(struct hw_h2_stream *st)
 {
@@ -401,7 +398,6 @@ static void session_unlink(struct ts_session *s)
     if (s->next)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
-    ts->n_sessions--;
 }
 
 static void session_free(struct ts_session *s)
@@ -472,7 +468,6 @@ static void start_session(struct hw_loop *loop, void *arg)
     if (ts->sessions)
         ts->sessions->prev = s;
     ts->sessions = s;
-    ts->n_sessions++;
 
     /* The handshake response goes out in clear, then (as Tailscale's and Headscale's
      * servers do on the native path) the early payload with a fresh challenge key,
