@@ -34,7 +34,8 @@ LIB_SRCS    := $(wildcard common/*.c proto/*.c db/*.c)
 # headwater without its main(), so unit tests can link the server modules.
 SERVER_SRCS := $(filter-out server/main.c,$(wildcard server/*.c)) $(wildcard api/admin_*.c)
 HWCTL_SRCS  := $(wildcard api/hwctl*.c)
-RELAY_SRCS  := $(wildcard relay/*.c)
+# The relay core without its main(): hwrelay and headwater's built-in relay link it.
+RELAY_SRCS  := $(filter-out relay/main.c,$(wildcard relay/*.c))
 CLIENT_SRCS := $(wildcard client/*.c)
 # hwclient without its main(): the benchmarks and unit tests drive its connections too.
 CLIENT_LIB_SRCS := $(filter-out client/main.c,$(CLIENT_SRCS))
@@ -46,12 +47,10 @@ UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 LIB_OBJS    := $(call obj,$(LIB_SRCS))
 SERVER_OBJS := $(call obj,$(SERVER_SRCS))
+RELAY_OBJS  := $(call obj,$(RELAY_SRCS))
 CLIENT_LIB  := $(if $(CLIENT_LIB_SRCS),$(BUILD)/lib/libhwclient.a)
 
-PROGRAMS := $(BUILD)/headwater $(BUILD)/hwctl
-ifneq ($(RELAY_SRCS),)
-PROGRAMS += $(BUILD)/hwrelay
-endif
+PROGRAMS := $(BUILD)/headwater $(BUILD)/hwctl $(BUILD)/hwrelay
 ifneq ($(CLIENT_SRCS),)
 PROGRAMS += $(BUILD)/hwclient
 endif
@@ -85,31 +84,38 @@ $(BUILD)/lib/libhwserver.a: $(SERVER_OBJS)
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^
 
+$(BUILD)/lib/libhwrelay.a: $(RELAY_OBJS)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
 $(BUILD)/lib/libhwclient.a: $(call obj,$(CLIENT_LIB_SRCS))
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^
 
-$(BUILD)/headwater: $(call obj,server/main.c) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+# Archive order matters: each library may only use those after it.
+SERVER_LIBS := $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhwrelay.a $(BUILD)/lib/libhw.a
+
+$(BUILD)/headwater: $(call obj,server/main.c) $(SERVER_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/hwctl: $(call obj,$(HWCTL_SRCS)) $(BUILD)/lib/libhw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/hwrelay: $(call obj,$(RELAY_SRCS)) $(BUILD)/lib/libhw.a
+$(BUILD)/hwrelay: $(call obj,relay/main.c) $(BUILD)/lib/libhwrelay.a $(BUILD)/lib/libhw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/hwclient: $(call obj,client/main.c) $(CLIENT_LIB) $(BUILD)/lib/libhw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(CLIENT_LIB) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(CLIENT_LIB) $(SERVER_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bench/%: $(call obj,bench/%.c) $(CLIENT_LIB) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+$(BUILD)/bench/%: $(call obj,bench/%.c) $(CLIENT_LIB) $(SERVER_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tools/%: $(call obj,tests/tools/%.c) $(CLIENT_LIB) $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhw.a
+$(BUILD)/tools/%: $(call obj,tests/tools/%.c) $(CLIENT_LIB) $(SERVER_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -4,7 +4,8 @@
  *   derp_pair idle     -s HOST:PORT -n CLIENTS [-hold SECONDS]
  *   derp_pair nothere|ping|peergone|dup|garbage|slowreader  -s HOST:PORT
  *   (pairs with -s2 HOST:PORT puts the second client of each pair on another relay)
- * -key HEX gives the first client of a scenario that private key (admission tests).
+ * -key HEX gives the first client of a scenario that private key (admission tests);
+ * in pairs mode, -key and -key2 are the keys of the two clients of the first pair.
  * TLS: -tls [-ca FILE] [-pin SHA256HEX] [-sni NAME]; without -ca or -pin the system
  * roots must vouch for the certificate.
  *
@@ -44,6 +45,7 @@ struct opts {
     bool tls;
     const char *ca, *pin, *sni;
     const char *key;          /* hex private key for the first client of a scenario */
+    const char *key2;         /* pairs: the second client of the first pair */
     int n, k, size, window, hold;
 };
 
@@ -437,8 +439,14 @@ static void *run_pair(void *arg)
     struct pair_result *res = arg;
     struct dc *a = hw_malloc(sizeof *a), *b = hw_malloc(sizeof *b);
     char why[256];
-    if (dc_open(a, O.server, NULL, NULL, why, sizeof why) < 0 || dc_open(b, O.server2 ? O.server2 : O.server,
-                                                                      NULL, NULL, why, sizeof why) < 0) {
+    uint8_t ka[32], kb[32];
+    const uint8_t *use_a = NULL, *use_b = NULL;
+    if (res->id == 0 && O.key && hw_hex_decode(O.key, ka, 32) == 32)
+        use_a = ka;
+    if (res->id == 0 && O.key2 && hw_hex_decode(O.key2, kb, 32) == 32)
+        use_b = kb;
+    if (dc_open(a, O.server, use_a, NULL, why, sizeof why) < 0 ||
+        dc_open(b, O.server2 ? O.server2 : O.server, use_b, NULL, why, sizeof why) < 0) {
         snprintf(res->why, sizeof res->why, "%s", why);
         free(a);
         free(b);
@@ -791,12 +799,18 @@ int main(int argc, char **argv)
         OPT("-pin", O.pin = v);
         OPT("-sni", O.sni = v);
         OPT("-key", O.key = v);
+        OPT("-key2", O.key2 = v);
 #undef OPT
         if (!strcmp(a, "-tls")) {
             O.tls = true;
             continue;
         }
         fprintf(stderr, "derp_pair: unknown argument %s\n", a);
+        return 2;
+    }
+    uint8_t check[32];
+    if ((O.key && hw_hex_decode(O.key, check, 32) != 32) || (O.key2 && hw_hex_decode(O.key2, check, 32) != 32)) {
+        fprintf(stderr, "derp_pair: -key and -key2 want 64 hex digits\n");
         return 2;
     }
     if (!O.server || O.n < 1 || O.k < 1 || O.size < 12 || O.size > 65536 || O.window < 1) {

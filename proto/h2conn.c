@@ -28,7 +28,7 @@ struct hw_h2_stream {
     struct header headers[MAX_HEADERS];
     size_t n_headers;
     size_t header_bytes;
-    char *method, *path, *authority;
+    char *method, *path;
     uint8_t *body;
     size_t body_len, body_cap;
     bool body_too_large;
@@ -49,9 +49,7 @@ struct hw_h2 {
     bool is_server;
     size_t max_request_body;
     struct hw_h2_stream *streams;
-    size_t n_streams;
     char error[160];
-    bool in_free;
 };
 
 static void set_error(struct hw_h2 *h2, const char *what, int rv)
@@ -60,7 +58,6 @@ static void set_error(struct hw_h2 *h2, const char *what, int rv)
 }
 
 const char *hw_h2_last_error(struct hw_h2 *h2) { return h2->error; }
-size_t hw_h2_open_streams(struct hw_h2 *h2) { return h2->n_streams; }
 void *hw_h2_conn_arg(struct hw_h2 *h2) { return h2->arg; }
 
 static struct hw_h2_stream *stream_new(struct hw_h2 *h2, int32_t id)
@@ -72,7 +69,6 @@ static struct hw_h2_stream *stream_new(struct hw_h2 *h2, int32_t id)
     if (h2->streams)
         h2->streams->prev = st;
     h2->streams = st;
-    h2->n_streams++;
     return st;
 }
 
@@ -85,7 +81,6 @@ static void stream_free(struct hw_h2_stream *st)
         h2->streams = st->next;
     if (st->next)
         st->next->prev = st->prev;
-    h2->n_streams--;
     for (size_t i = 0; i < st->n_headers; i++) {
         free(st->headers[i].name);
         free(st->headers[i].value);
@@ -146,8 +141,6 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         st->method = h->value;
     else if (strcmp(h->name, ":path") == 0)
         st->path = h->value;
-    else if (strcmp(h->name, ":authority") == 0)
-        st->authority = h->value;
     return 0;
 }
 
@@ -349,7 +342,6 @@ void hw_h2_free(struct hw_h2 *h2)
 {
     if (!h2)
         return;
-    h2->in_free = true;
     while (h2->streams) {
         struct hw_h2_stream *st = h2->streams;
         nghttp2_session_set_stream_user_data(h2->session, st->id, NULL);
@@ -384,11 +376,6 @@ int hw_h2_pump(struct hw_h2 *h2)
 bool hw_h2_finished(struct hw_h2 *h2)
 {
     return !nghttp2_session_want_read(h2->session) && !nghttp2_session_want_write(h2->session);
-}
-
-void hw_h2_goaway(struct hw_h2 *h2)
-{
-    nghttp2_session_terminate_session(h2->session, NGHTTP2_NO_ERROR);
 }
 
 int32_t hw_h2_stream_id(struct hw_h2_stream *st) { return st->id; }

@@ -50,11 +50,8 @@ int hw_h2_feed(struct hw_h2 *h2, const uint8_t *data, size_t len);
 int hw_h2_pump(struct hw_h2 *h2);
 /* Neither side wants to read or write any more (GOAWAY exchanged, or fatal error). */
 bool hw_h2_finished(struct hw_h2 *h2);
-/* Sends GOAWAY; open streams are allowed to finish. */
-void hw_h2_goaway(struct hw_h2 *h2);
 const char *hw_h2_last_error(struct hw_h2 *h2);
 void *hw_h2_conn_arg(struct hw_h2 *h2);   /* the arg given at creation */
-size_t hw_h2_open_streams(struct hw_h2 *h2);
 
 /* Stream accessors. Strings are NUL-terminated, owned by the stream. */
 int32_t hw_h2_stream_id(struct hw_h2_stream *st);

@@ -35,6 +35,8 @@ static void set_interest(struct conn *c)
     c->want_write = ww;
 }
 
+void conn_update_interest(struct conn *c) { set_interest(c); }
+
 static void on_deadline(struct hw_loop *loop, struct hw_timer *t, void *arg)
 {
     struct conn *c = arg;
@@ -43,6 +45,57 @@ static void on_deadline(struct hw_loop *loop, struct hw_timer *t, void *arg)
                   : c->state == CONN_WAIT_INFO  ? "no ClientInfo within 10s"
                   : c->state == CONN_VERIFYING ? "admission check not answered within 10s"
                                                : "handshake timeout");
+}
+
+/* derper's socket settings for a client connection: no Nagle delay, keepalive probes
+ * after 10 min, and a short user timeout so a dead peer with unacknowledged data is
+ * noticed in 15 s. */
+static void tune_client_socket(int fd)
+{
+    int one = 1, idle = 600, user_timeout = 15000;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+}
+
+static struct conn *conn_alloc(struct relay *r, int fd, const struct sockaddr *peer)
+{
+    struct conn *c = hw_calloc(1, sizeof *c);
+    c->relay = r;
+    c->fd = fd;
+    c->id = ++r->next_conn_id;
+    c->refs = 1;
+    if (peer) {
+        hw_stun_addr_from_sockaddr(peer, &c->remote);
+        hw_stun_addr_format(&c->remote, c->remote_text, sizeof c->remote_text);
+    }
+    hw_derp_reader_init(&c->reader, HW_DERP_SIDE_SERVER);
+    return c;
+}
+
+/* Watches the socket and links the connection in; on failure the caller still owns fd. */
+static int conn_link(struct conn *c, int interest)
+{
+    struct relay *r = c->relay;
+    if (hw_loop_add(r->loop, c->fd, interest, on_conn_event, c) < 0)
+        return -1;
+    c->want_write = (interest & HW_EV_WRITE) != 0;
+    c->deadline = hw_timer_start(r->loop, HANDSHAKE_DEADLINE_MS, on_deadline, c);
+    c->all_next = r->all;
+    if (r->all)
+        r->all->all_prev = c;
+    r->all = c;
+    r->n_conns++;
+    return 0;
+}
+
+static void conn_discard(struct conn *c)
+{
+    if (c->ssl)
+        SSL_free(c->ssl);
+    hw_derp_reader_free(&c->reader);
+    free(c);
 }
 
 void conn_accept(struct relay *r, int lfd, bool tls, bool http_port)
@@ -57,106 +110,205 @@ void conn_accept(struct relay *r, int lfd, bool tls, bool http_port)
                 log_warn("hwrelay: accept: %s", strerror(errno));
             return;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        /* derper's defaults: keepalive probes after 10 min, and a short user timeout so
-         * a dead peer with unacknowledged data is noticed in 15 s. */
-        int idle = 600, user_timeout = 15000;
-        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
-
-        struct conn *c = hw_calloc(1, sizeof *c);
-        c->relay = r;
-        c->fd = fd;
-        c->id = ++r->next_conn_id;
-        c->refs = 1;
+        tune_client_socket(fd);
+        struct conn *c = conn_alloc(r, fd, (struct sockaddr *)&ss);
         c->via_tls = tls;
         c->is_http_port = http_port;
         c->state = tls ? CONN_TLS_HANDSHAKE : CONN_HTTP;
-        hw_stun_addr_from_sockaddr((struct sockaddr *)&ss, &c->remote);
-        hw_stun_addr_format(&c->remote, c->remote_text, sizeof c->remote_text);
-        hw_derp_reader_init(&c->reader, HW_DERP_SIDE_SERVER);
         if (tls) {
             c->ssl = tls_new_ssl(r);
             if (!c->ssl) {
                 close(fd);
-                free(c);
+                conn_discard(c);
                 continue;
             }
             SSL_set_fd(c->ssl, fd);
             SSL_set_accept_state(c->ssl);
         }
-        if (hw_loop_add(r->loop, fd, HW_EV_READ, on_conn_event, c) < 0) {
-            if (c->ssl)
-                SSL_free(c->ssl);
+        if (conn_link(c, HW_EV_READ) < 0) {
             close(fd);
-            free(c);
-            continue;
+            conn_discard(c);
         }
-        c->deadline = hw_timer_start(r->loop, HANDSHAKE_DEADLINE_MS, on_deadline, c);
-        c->all_next = r->all;
-        if (r->all)
-            r->all->all_prev = c;
-        r->all = c;
-        r->n_conns++;
     }
+}
+
+static void conn_start_ws_reader(struct conn *c)
+{
+    c->websocket = true;
+    c->ws_reader = hw_malloc(sizeof *c->ws_reader);
+    hw_ws_reader_init(c->ws_reader);
+}
+
+int relay_adopt(struct relay *r, const struct relay_adoption *a)
+{
+    if (r->stopping || !r->pubhex[0])
+        return -1;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getpeername(a->fd, (struct sockaddr *)&ss, &sl) < 0)
+        return -1;
+    int flags = fcntl(a->fd, F_GETFL);
+    if (flags < 0 || fcntl(a->fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        return -1;
+    tune_client_socket(a->fd);
+    struct conn *c = conn_alloc(r, a->fd, (struct sockaddr *)&ss);
+    c->release = a->release;
+    c->release_arg = a->release_arg;
+    c->not_ideal = a->not_ideal;
+    c->state = CONN_WAIT_INFO;
+    if (a->websocket)
+        conn_start_ws_reader(c);
+    if (conn_link(c, HW_EV_READ) < 0) {
+        free(c->ws_reader);
+        conn_discard(c);
+        return -1;
+    }
+    c->refs++;   /* conn_start_derp may close it: keep c readable until the flush */
+    conn_start_derp(c, a->early, a->early_len);
+    relay_flush_dirty(r);
+    conn_unref(c);
+    return 0;
 }
 
 struct conn *conn_new_outgoing(struct relay *r, int fd, SSL *ssl, struct mesh_peer *peer)
 {
-    struct conn *c = hw_calloc(1, sizeof *c);
-    c->relay = r;
-    c->fd = fd;
-    c->id = ++r->next_conn_id;
-    c->refs = 1;
+    struct conn *c = conn_alloc(r, fd, NULL);
     c->ssl = ssl;
     c->via_tls = ssl != NULL;
     c->mesh_peer = peer;
     c->can_mesh = true;   /* the longer write timeout of mesh links */
     c->state = CONN_MESH_CONNECTING;
+    hw_derp_reader_free(&c->reader);
     hw_derp_reader_init(&c->reader, HW_DERP_SIDE_CLIENT);
-    if (hw_loop_add(r->loop, fd, HW_EV_WRITE, on_conn_event, c) < 0) {
-        free(c);
+    if (conn_link(c, HW_EV_WRITE) < 0) {
+        c->ssl = NULL;   /* the caller frees what it passed in */
+        conn_discard(c);
         return NULL;
     }
-    c->want_write = true;
-    c->deadline = hw_timer_start(r->loop, HANDSHAKE_DEADLINE_MS, on_deadline, c);
-    c->all_next = r->all;
-    if (r->all)
-        r->all->all_prev = c;
-    r->all = c;
-    r->n_conns++;
     return c;
 }
 
-size_t conn_out_pending(const struct conn *c) { return c->out_len - c->out_off; }
+size_t conn_out_pending(const struct conn *c)
+{
+    return (c->out_len - c->out_off) + (c->ws_len - c->ws_off);
+}
+
+/* Room for len more bytes at the end of a buffer whose bytes before *off are sent. */
+static uint8_t *buf_reserve(uint8_t **buf, size_t *blen, size_t *off, size_t *cap, size_t len)
+{
+    if (*off > 0 && *off == *blen)
+        *off = *blen = 0;
+    if (*blen + len > *cap) {
+        /* Slide unsent bytes to the front before growing. */
+        if (*off > 0) {
+            memmove(*buf, *buf + *off, *blen - *off);
+            *blen -= *off;
+            *off = 0;
+        }
+        if (*blen + len > *cap) {
+            size_t ncap = *cap ? *cap : 4096;
+            while (ncap < *blen + len)
+                ncap *= 2;
+            uint8_t *grown = realloc(*buf, ncap);
+            if (!grown)
+                abort();
+            *buf = grown;
+            *cap = ncap;
+        }
+    }
+    uint8_t *p = *buf + *blen;
+    *blen += len;
+    return p;
+}
 
 uint8_t *conn_reserve(struct conn *c, size_t len)
 {
-    if (c->out_off > 0 && c->out_off == c->out_len)
-        c->out_off = c->out_len = 0;
-    if (c->out_len + len > c->out_cap) {
-        /* Slide unsent bytes to the front before growing. */
-        if (c->out_off > 0) {
-            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-            c->out_len -= c->out_off;
-            c->out_off = 0;
-        }
-        if (c->out_len + len > c->out_cap) {
-            size_t cap = c->out_cap ? c->out_cap : 4096;
-            while (cap < c->out_len + len)
-                cap *= 2;
-            uint8_t *grown = realloc(c->out, cap);
-            if (!grown)
-                abort();
-            c->out = grown;
-            c->out_cap = cap;
-        }
+    return buf_reserve(&c->out, &c->out_len, &c->out_off, &c->out_cap, len);
+}
+
+/* ---- WebSocket output ---- */
+
+/* Each message at most this big: Go's coder/websocket reads 32 KiB messages by
+ * default, and the DERP stream does not care where messages end. */
+#define WS_MESSAGE_MAX (16 << 10)
+
+static uint8_t *ws_reserve(struct conn *c, size_t len)
+{
+    return buf_reserve(&c->ws, &c->ws_len, &c->ws_off, &c->ws_cap, len);
+}
+
+/* Moves the DERP bytes of out into ws as binary messages. */
+static void ws_wrap(struct conn *c)
+{
+    while (c->out_off < c->out_len) {
+        size_t n = c->out_len - c->out_off;
+        if (n > WS_MESSAGE_MAX)
+            n = WS_MESSAGE_MAX;
+        uint8_t hdr[10];
+        size_t h = hw_ws_frame_header(HW_WS_BINARY, n, hdr);
+        uint8_t *p = ws_reserve(c, h + n);
+        memcpy(p, hdr, h);
+        memcpy(p + h, c->out + c->out_off, n);
+        c->out_off += n;
     }
-    uint8_t *p = c->out + c->out_len;
-    c->out_len += len;
-    return p;
+    c->out_off = c->out_len = 0;
+}
+
+/* ws holds whole frames only, so a control frame can go at its end. */
+static void ws_control(struct conn *c, enum hw_ws_opcode op, const uint8_t *payload, size_t len)
+{
+    ws_wrap(c);
+    uint8_t hdr[10];
+    size_t h = hw_ws_frame_header(op, len, hdr);
+    uint8_t *p = ws_reserve(c, h + len);
+    memcpy(p, hdr, h);
+    if (len)
+        memcpy(p + h, payload, len);
+}
+
+void conn_enter_websocket(struct conn *c)
+{
+    /* The 101 in out goes on the wire as it is; what follows is framed. */
+    size_t n = c->out_len - c->out_off;
+    memcpy(ws_reserve(c, n), c->out + c->out_off, n);
+    c->out_off = c->out_len = 0;
+    conn_start_ws_reader(c);
+}
+
+/* Writes what the socket takes now, without ever blocking. Returns bytes or -1. */
+static ssize_t conn_send(struct conn *c, const uint8_t *p, size_t n, bool *blocked)
+{
+    *blocked = false;
+    if (c->ssl) {
+        ERR_clear_error();
+        int rc = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+        if (rc > 0)
+            return rc;
+        int e = SSL_get_error(c->ssl, rc);
+        *blocked = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ;
+        return -1;
+    }
+    ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+    if (w < 0)
+        *blocked = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    return w;
+}
+
+/* Ends a WebSocket connection: a close frame with code if the socket takes it now
+ * (queued DERP output is dropped, never sent after the close), then conn_close. */
+static void ws_close_now(struct conn *c, uint16_t code, const char *why)
+{
+    uint8_t payload[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+    c->out_off = c->out_len = 0;
+    ws_control(c, HW_WS_CLOSE, payload, sizeof payload);
+    bool blocked;
+    while (c->ws_off < c->ws_len) {
+        ssize_t w = conn_send(c, c->ws + c->ws_off, c->ws_len - c->ws_off, &blocked);
+        if (w <= 0)
+            break;
+        c->ws_off += (size_t)w;
+    }
+    conn_close(c, why);
 }
 
 void conn_write(struct conn *c, const void *data, size_t len)
@@ -188,45 +340,45 @@ static void on_stall(struct hw_loop *loop, struct hw_timer *t, void *arg)
     c->stall_timer = hw_timer_start(loop, limit - idle, on_stall, c);
 }
 
+static void shrink_idle(uint8_t **buf, size_t *cap)
+{
+    /* A big burst shouldn't pin its buffer on an idle connection. */
+    if (*cap > 64 << 10) {
+        free(*buf);
+        *buf = NULL;
+        *cap = 0;
+    }
+}
+
 /* Returns -1 when the connection died. */
 static int flush_out(struct conn *c)
 {
-    while (conn_out_pending(c) > 0) {
-        size_t n = conn_out_pending(c);
-        ssize_t w;
-        if (c->ssl) {
-            ERR_clear_error();
-            int rc = SSL_write(c->ssl, c->out + c->out_off, n > INT32_MAX ? INT32_MAX : (int)n);
-            if (rc <= 0) {
-                int e = SSL_get_error(c->ssl, rc);
-                if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
-                    break;
-                conn_close(c, "TLS write failed");
-                return -1;
-            }
-            w = rc;
-        } else {
-            w = send(c->fd, c->out + c->out_off, n, MSG_NOSIGNAL);
-            if (w < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-                    break;
-                conn_close(c, "write failed");
-                return -1;
-            }
+    for (;;) {
+        if (c->websocket)
+            ws_wrap(c);
+        uint8_t *buf = c->websocket ? c->ws : c->out;
+        size_t *off = c->websocket ? &c->ws_off : &c->out_off;
+        size_t n = (c->websocket ? c->ws_len : c->out_len) - *off;
+        if (n == 0)
+            break;
+        bool blocked;
+        ssize_t w = conn_send(c, buf + *off, n, &blocked);
+        if (w < 0) {
+            if (blocked)
+                break;
+            conn_close(c, c->ssl ? "TLS write failed" : "write failed");
+            return -1;
         }
-        c->out_off += (size_t)w;
+        *off += (size_t)w;
         c->last_write_progress = hw_now_ms_mono();
         if (c->state == CONN_ACTIVE && conn_out_pending(c) == 0)
             derp_build_output(c);   /* refill from the queues while the socket takes it */
     }
     if (conn_out_pending(c) == 0) {
         c->out_off = c->out_len = 0;
-        /* A big burst shouldn't pin its buffer on an idle connection. */
-        if (c->out_cap > 64 << 10) {
-            free(c->out);
-            c->out = NULL;
-            c->out_cap = 0;
-        }
+        c->ws_off = c->ws_len = 0;
+        shrink_idle(&c->out, &c->out_cap);
+        shrink_idle(&c->ws, &c->ws_cap);
         if (c->stall_timer) {
             hw_timer_cancel(c->relay->loop, c->stall_timer);
             c->stall_timer = NULL;
@@ -284,7 +436,7 @@ void conn_close(struct conn *c, const char *reason)
     else if (reason && c->state == CONN_WAIT_INFO)
         log_info("derp: %s handshake failed: %s", c->remote_text, reason);
     else if (reason)
-        log_debug("hwrelay: %s closed: %s", c->remote_text, reason);
+        log_debug("derp: %s closed: %s", c->remote_text, reason);
     if (c->registered)
         derp_unregister(c);
     c->close_reason = reason;
@@ -296,7 +448,10 @@ void conn_close(struct conn *c, const char *reason)
         SSL_free(c->ssl);
         c->ssl = NULL;
     }
-    close(c->fd);
+    if (c->release)
+        c->release(c->release_arg, c->fd);
+    else
+        close(c->fd);
     c->fd = -1;
     if (c->deadline)
         hw_timer_cancel(r->loop, c->deadline);
@@ -312,6 +467,11 @@ void conn_close(struct conn *c, const char *reason)
     free(c->out);
     c->out = NULL;
     c->out_len = c->out_off = c->out_cap = 0;
+    free(c->ws);
+    c->ws = NULL;
+    c->ws_len = c->ws_off = c->ws_cap = 0;
+    free(c->ws_reader);
+    c->ws_reader = NULL;
     if (c->all_prev)
         c->all_prev->all_next = c->all_next;
     else
@@ -346,6 +506,18 @@ static ssize_t conn_read(struct conn *c, uint8_t *buf, size_t cap)
     return -1;
 }
 
+/* Frames behind ClientInfo wait for the admission verdict. Reading stops while it is
+ * pending, so this holds at most what one read brought. */
+static void hold_for_verdict(struct conn *c, const uint8_t *data, size_t len)
+{
+    char *grown = realloc(c->http_buf, c->http_len + len);
+    if (!grown)
+        abort();
+    c->http_buf = grown;
+    memcpy(c->http_buf + c->http_len, data, len);
+    c->http_len += len;
+}
+
 /* Runs DERP frames in data through the server; stops early if the connection leaves
  * a frame-reading state (closed, or waiting for an admission verdict). */
 static void feed_derp(struct conn *c, const uint8_t *data, size_t len)
@@ -361,12 +533,56 @@ static void feed_derp(struct conn *c, const uint8_t *data, size_t len)
         conn_close(c, c->reader.error);
         return;
     }
-    if (c->state == CONN_VERIFYING && len > 0) {
-        /* Frames that came in the same read as ClientInfo wait for the verdict. */
-        c->http_buf = hw_malloc(len);
-        memcpy(c->http_buf, data, len);
-        c->http_len = len;
+    if (c->state == CONN_VERIFYING && len > 0)
+        hold_for_verdict(c, data, len);
+}
+
+/* WebSocket: the payload of binary messages is the DERP stream. */
+static int ws_on_data(void *arg, const uint8_t *p, size_t len)
+{
+    struct conn *c = arg;
+    if (c->state == CONN_VERIFYING) {
+        hold_for_verdict(c, p, len);
+        return 0;
     }
+    if (c->state != CONN_WAIT_INFO && c->state != CONN_ACTIVE)
+        return -2;
+    feed_derp(c, p, len);
+    return c->state == CONN_CLOSED ? -2 : 0;
+}
+
+static void ws_on_ping(void *arg, const uint8_t *p, size_t len)
+{
+    struct conn *c = arg;
+    ws_control(c, HW_WS_PONG, p, len);
+    conn_mark_dirty(c);
+}
+
+static const struct hw_ws_events ws_events = {.data = ws_on_data, .ping = ws_on_ping};
+
+static void feed_ws(struct conn *c, const uint8_t *data, size_t len)
+{
+    int rc = hw_ws_reader_feed(c->ws_reader, data, len, &ws_events, c);
+    if (c->state == CONN_CLOSED)
+        return;
+    if (rc == -1) {
+        /* 1002: protocol error. Only this connection goes. */
+        char why[128];
+        snprintf(why, sizeof why, "%s", c->ws_reader->error);
+        ws_close_now(c, 1002, why);
+        return;
+    }
+    if (c->ws_reader->closed)
+        ws_close_now(c, 1000, "WebSocket closed by the client");
+}
+
+/* The stream a connection reads: WebSocket messages or DERP frames directly. */
+static void feed_stream(struct conn *c, const uint8_t *data, size_t len)
+{
+    if (c->websocket)
+        feed_ws(c, data, len);
+    else
+        feed_derp(c, data, len);
 }
 
 void conn_start_derp(struct conn *c, const uint8_t *early, size_t early_len)
@@ -381,7 +597,7 @@ void conn_start_derp(struct conn *c, const uint8_t *early, size_t early_len)
         hw_timer_cancel(r->loop, c->deadline);
     c->deadline = hw_timer_start(r->loop, HANDSHAKE_DEADLINE_MS, on_deadline, c);
     if (early_len > 0)
-        feed_derp(c, early, early_len);
+        feed_stream(c, early, early_len);
 }
 
 void conn_resume_after_verify(struct conn *c)
@@ -479,6 +695,8 @@ static void handle_http_bytes(struct conn *c, const uint8_t *data, size_t len)
         c->http_len = 0;
         return;
     }
+    if (res == HTTP_UPGRADE_WEBSOCKET)
+        conn_enter_websocket(c);
     /* Upgrade: whatever followed the head is already DERP (fast-start clients send
      * ClientInfo right behind their request). */
     char *buf = c->http_buf;
@@ -526,7 +744,7 @@ static void read_some(struct conn *c)
             break;
         case CONN_WAIT_INFO:
         case CONN_ACTIVE:
-            feed_derp(c, r->rbuf, (size_t)n);
+            feed_stream(c, r->rbuf, (size_t)n);
             break;
         case CONN_MESH_HEAD:
             handle_mesh_head(c, r->rbuf, (size_t)n);

@@ -459,9 +459,9 @@ static void on_client_info(struct conn *c, const struct hw_derp_frame *f)
                   sodium_memcmp(r->mesh_key, c->info.mesh_key, 32) == 0;
     if (c->info.has_mesh_key && !c->can_mesh)
         log_warn("derp: %s %s sent a wrong mesh key", c->short_key, c->remote_text);
-    if (!c->can_mesh && r->cfg.verify_url) {
+    if (!c->can_mesh && r->admit) {
         c->state = CONN_VERIFYING;
-        verify_start(c);
+        admission_start(c);
         return;
     }
     derp_admit(c);

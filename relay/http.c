@@ -1,8 +1,10 @@
 /* The few HTTP routes derper serves on its listener (PROTOCOL.md 8.1). Requests are
- * parsed with http_parser; every answer closes the connection except the DERP upgrade,
- * which turns the same socket into a DERP stream. */
+ * parsed with http_parser; every answer closes the connection except the two /derp
+ * upgrades, which turn the same socket into a DERP stream (plain, or inside WebSocket
+ * binary messages for browsers). */
 #include <http_parser.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -19,14 +21,17 @@ struct req {
     char field[64];
     size_t field_len;
     int cur;                 /* which header value is being collected, -1 none */
-    char values[5][FIELD_MAX];
-    size_t value_lens[5];
+    char values[9][FIELD_MAX];
+    size_t value_lens[9];
     bool head_done;
 };
 
-enum { H_UPGRADE, H_FAST_START, H_IDEAL_NODE, H_CHALLENGE, H_HOST };
+enum { H_UPGRADE, H_FAST_START, H_IDEAL_NODE, H_CHALLENGE, H_HOST, H_CONNECTION, H_WS_KEY,
+       H_WS_PROTOCOL, H_WS_VERSION };
 static const char *const wanted[] = {"Upgrade", "Derp-Fast-Start", "Ideal-Node",
-                                     "X-Tailscale-Challenge", "Host"};
+                                     "X-Tailscale-Challenge", "Host", "Connection",
+                                     "Sec-WebSocket-Key", "Sec-WebSocket-Protocol",
+                                     "Sec-WebSocket-Version"};
 
 static int on_url(http_parser *p, const char *at, size_t len)
 {
@@ -115,9 +120,9 @@ static const char home_page[] =
     "<p>\n  It provides STUN, interactive connectivity establishment, and relaying of end-to-end "
     "encrypted traffic\n  for Tailscale clients of this tailnet.\n</p>\n</body>\n</html>\n";
 
-static bool challenge_ok(const char *s, size_t len)
+bool relay_challenge_ok(const char *s, size_t len)
 {
-    if (len == 0 || len > 64)
+    if (!s || len == 0 || len > 64)
         return false;
     for (size_t i = 0; i < len; i++) {
         char ch = s[i];
@@ -129,15 +134,77 @@ static bool challenge_ok(const char *s, size_t len)
     return true;
 }
 
+bool relay_header_has_token(const char *value, const char *token)
+{
+    size_t n = strlen(token);
+    for (const char *p = value ? value : ""; *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        const char *last = end;
+        while (last > p && (last[-1] == ' ' || last[-1] == '\t'))
+            last--;
+        if ((size_t)(last - p) == n && strncasecmp(p, token, n) == 0)
+            return true;
+        p = end;
+    }
+    return false;
+}
+
+enum relay_upgrade relay_upgrade_kind(const char *upgrade, const char *ws_protocol)
+{
+    if (!upgrade)
+        return RELAY_UPGRADE_NONE;
+    /* derper tells real WebSocket clients by the "derp" subprotocol: very old
+     * tailscaled sent "Upgrade: WebSocket" but spoke plain DERP. */
+    if (strcasecmp(upgrade, "websocket") == 0)
+        return ws_protocol && strstr(ws_protocol, "derp") ? RELAY_UPGRADE_WEBSOCKET : RELAY_UPGRADE_DERP;
+    return strcasecmp(upgrade, "derp") == 0 ? RELAY_UPGRADE_DERP : RELAY_UPGRADE_NONE;
+}
+
 static void serve_no_content(struct conn *c, const struct req *q)
 {
     char extra[FIELD_MAX + 160];
     int n = 0;
-    if (challenge_ok(q->values[H_CHALLENGE], q->value_lens[H_CHALLENGE]))
+    if (relay_challenge_ok(q->values[H_CHALLENGE], q->value_lens[H_CHALLENGE]))
         n = snprintf(extra, sizeof extra, "X-Tailscale-Response: response %s\r\n", q->values[H_CHALLENGE]);
     snprintf(extra + n, sizeof extra - (size_t)n,
              "Cache-Control: no-cache, no-store, must-revalidate, no-transform, max-age=0\r\n");
     respond(c, 204, "No Content", extra, NULL, NULL, true);
+}
+
+/* RFC 6455 server handshake with the checks Go's coder/websocket (derper's library)
+ * makes; no compression is offered, and the subprotocol is always "derp". */
+static enum http_result websocket_upgrade(struct conn *c, const struct req *q, unsigned method)
+{
+    const char *text = "text/plain; charset=utf-8";
+    if (method != HTTP_GET) {
+        respond(c, 405, "Method Not Allowed", "Allow: GET\r\n", text, "WebSocket protocol violation: handshake request method is not GET\n", false);
+        return HTTP_DONE;
+    }
+    if (!relay_header_has_token(q->values[H_CONNECTION], "upgrade")) {
+        respond(c, 426, "Upgrade Required", "Connection: Upgrade\r\nUpgrade: websocket\r\n", text,
+                "WebSocket protocol violation: Connection header does not contain Upgrade\n", false);
+        return HTTP_DONE;
+    }
+    if (strcmp(q->values[H_WS_VERSION], "13") != 0) {
+        respond(c, 400, "Bad Request", "Sec-WebSocket-Version: 13\r\n", text,
+                "unsupported WebSocket protocol version (only 13 is supported)\n", false);
+        return HTTP_DONE;
+    }
+    char accept[HW_WS_ACCEPT_LEN];
+    if (hw_ws_accept_key(q->values[H_WS_KEY], accept) < 0) {
+        respond(c, 400, "Bad Request", NULL, text, "WebSocket protocol violation: invalid Sec-WebSocket-Key\n", false);
+        return HTTP_DONE;
+    }
+    char *head = hw_sprintf("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                            "Sec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: derp\r\n\r\n", accept);
+    conn_write(c, head, strlen(head));
+    free(head);
+    c->not_ideal = q->value_lens[H_IDEAL_NODE] > 0;
+    return HTTP_UPGRADE_WEBSOCKET;
 }
 
 enum http_result http_handle(struct conn *c, size_t *head_len)
@@ -208,7 +275,10 @@ enum http_result http_handle(struct conn *c, size_t *head_len)
             respond(c, 404, "Not Found", NULL, "text/plain; charset=utf-8", "derp server disabled\n", false);
             return HTTP_DONE;
         }
-        if (strcasecmp(q.values[H_UPGRADE], "derp") != 0) {
+        enum relay_upgrade kind = relay_upgrade_kind(q.values[H_UPGRADE], q.values[H_WS_PROTOCOL]);
+        if (kind == RELAY_UPGRADE_WEBSOCKET)
+            return websocket_upgrade(c, &q, p.method);
+        if (kind == RELAY_UPGRADE_NONE) {
             if (q.value_lens[H_UPGRADE])
                 log_info("hwrelay: %s: unsupported upgrade %s", c->remote_text, q.values[H_UPGRADE]);
             respond(c, 426, "Upgrade Required", "X-Content-Type-Options: nosniff\r\n",

@@ -165,6 +165,7 @@ static int parse_flags(int argc, char **argv, struct relay_config *cfg, const ch
 static int load_or_create_key(struct relay *r)
 {
     const char *path = r->cfg.config_path;
+    uint8_t priv[32];
     size_t len = 0;
     char *text = hw_read_file(path, &len);
     if (!text) {
@@ -172,11 +173,11 @@ static int load_or_create_key(struct relay *r)
             log_error("hwrelay: %s: %s", path, strerror(errno));
             return -1;
         }
-        randombytes_buf(r->priv, 32);
-        r->priv[0] &= 248;
-        r->priv[31] = (r->priv[31] & 127) | 64;
+        randombytes_buf(priv, 32);
+        priv[0] &= 248;
+        priv[31] = (priv[31] & 127) | 64;
         char hex[65];
-        hw_hex_encode(r->priv, 32, hex);
+        hw_hex_encode(priv, 32, hex);
         char *priv_text = hw_sprintf("privkey:%s", hex);
         json_t *o = json_object();
         json_object_set_new(o, "PrivateKey", json_string(priv_text));
@@ -201,15 +202,15 @@ static int load_or_create_key(struct relay *r)
         free(text);
         const char *pk = json_string_value(json_object_get(o, "PrivateKey"));
         int ok = pk && strncmp(pk, "privkey:", 8) == 0 && strlen(pk) == 72 &&
-                 hw_hex_decode(pk + 8, r->priv, 32) == 32;
+                 hw_hex_decode(pk + 8, priv, 32) == 32;
         json_decref(o);
         if (!ok) {
             log_error("hwrelay: %s: want {\"PrivateKey\":\"privkey:<64 hex digits>\"}", path);
             return -1;
         }
     }
-    crypto_scalarmult_base(r->pub, r->priv);
-    key_to_hex(r->pub, r->pubhex);
+    relay_set_key(r, priv);
+    sodium_memzero(priv, sizeof priv);
     return 0;
 }
 
@@ -246,34 +247,8 @@ static int load_mesh_key(struct relay *r)
     return 0;
 }
 
-int relay_split_hostport(const char *addr, char *host, size_t host_len, int *port)
-{
-    const char *colon;
-    host[0] = '\0';
-    if (addr[0] == '[') {
-        const char *end = strchr(addr, ']');
-        if (!end || end[1] != ':' || (size_t)(end - addr - 1) >= host_len)
-            return -1;
-        memcpy(host, addr + 1, (size_t)(end - addr - 1));
-        host[end - addr - 1] = '\0';
-        colon = end + 1;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon || (size_t)(colon - addr) >= host_len || memchr(addr, ':', (size_t)(colon - addr)))
-            return -1;
-        memcpy(host, addr, (size_t)(colon - addr));
-        host[colon - addr] = '\0';
-    }
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (colon[1] == '\0' || *end || p < 0 || p > 65535)
-        return -1;
-    *port = (int)p;
-    return 0;
-}
-
 /* Empty host: IPv4 and IPv6 wildcards (v6-only, so each family has its own socket). */
-int relay_listen_tcp(const char *host, int port, int out_fds[2])
+static int relay_listen_tcp(const char *host, int port, int out_fds[2])
 {
     const char *hosts[2] = {host, NULL};
     int nh = 1, n = 0;
@@ -362,24 +337,10 @@ static int start_listeners(struct relay *r, const char *host, int port)
 
 int main(int argc, char **argv)
 {
-    struct relay r;
-    memset(&r, 0, sizeof r);
-    r.cfg = (struct relay_config){
-        .addr = ":443",
-        .hostname = "derp.example.com",
-        .certmode = CERTMODE_MANUAL,
-        .certdir = "/var/lib/hwrelay/certs",
-        .http_port = 80,
-        .stun_port = 3478,
-        .stun = true,
-        .derp = true,
-        .queue_depth = 32,
-        .write_timeout_ms = 2000,
-        .verify_allow_ttl_ms = 30000,
-        .verify_deny_ttl_ms = 5000,
-    };
+    struct relay_config cfg;
+    relay_config_defaults(&cfg);
     const char *log_level = "info";
-    if (parse_flags(argc, argv, &r.cfg, &log_level) < 0)
+    if (parse_flags(argc, argv, &cfg, &log_level) < 0)
         return 2;
     enum hw_log_level lvl;
     if (hw_log_parse_level(log_level, &lvl) < 0) {
@@ -391,21 +352,21 @@ int main(int argc, char **argv)
         log_error("hwrelay: libsodium failed to start");
         return 1;
     }
-    if (!r.cfg.config_path) {
+    if (!cfg.config_path) {
         if (getuid() != 0) {
             log_error("hwrelay: -c <key file> not given");
             return 2;
         }
-        r.cfg.config_path = "/var/lib/hwrelay/hwrelay.key";
-        log_info("hwrelay: no -c given; using %s", r.cfg.config_path);
+        cfg.config_path = "/var/lib/hwrelay/hwrelay.key";
+        log_info("hwrelay: no -c given; using %s", cfg.config_path);
     }
     char host[256];
     int port;
-    if (relay_split_hostport(r.cfg.addr, host, sizeof host, &port) < 0) {
-        log_error("hwrelay: invalid -a %s: want :port, ip:port or [ip]:port", r.cfg.addr);
+    if (relay_split_hostport(cfg.addr, host, sizeof host, &port) < 0) {
+        log_error("hwrelay: invalid -a %s: want :port, ip:port or [ip]:port", cfg.addr);
         return 2;
     }
-    if (r.cfg.mesh_with && !r.cfg.mesh_psk_file) {
+    if (cfg.mesh_with && !cfg.mesh_psk_file) {
         log_error("hwrelay: -mesh-with requires -mesh-psk-file");
         return 2;
     }
@@ -418,54 +379,36 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     int rc = 1;
-    r.loop = hw_loop_new();
-    if (!r.loop)
+    struct hw_loop *loop = hw_loop_new();
+    if (!loop)
         return 1;
-    r.rbuf_cap = 64 << 10;
-    r.rbuf = hw_malloc(r.rbuf_cap);
-    hw_strmap_init(&r.clients);
-    hw_strmap_init(&r.gone_watchers);
-    hw_strmap_init(&r.forwarders);
-    for (int i = 0; i < 2; i++)
-        r.stun_fds[i] = -1;
+    struct relay *r = relay_new(loop, &cfg);
 
-    if (load_or_create_key(&r) < 0 || load_mesh_key(&r) < 0 || tls_init(&r) < 0 || verify_init(&r) < 0)
+    if (load_or_create_key(r) < 0 || load_mesh_key(r) < 0 || tls_init(r) < 0 || verify_init(r) < 0)
         goto out;
-    if (r.cfg.stun && stun_listen(&r, host) < 0)
+    if (cfg.stun) {
+        char err[256];
+        if (relay_stun_listen(r, host, cfg.stun_port, err, sizeof err) < 0) {
+            log_error("hwrelay: %s", err);
+            goto out;
+        }
+    }
+    if (start_listeners(r, host, port) < 0)
         goto out;
-    if (start_listeners(&r, host, port) < 0)
-        goto out;
-    if (mesh_init(&r) < 0)
+    if (mesh_init(r) < 0)
         goto out;
 
-    signal_loop = r.loop;
+    signal_loop = loop;
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    hw_loop_run(r.loop);
-    log_info("hwrelay: shutting down (%zu connections, %llu packets relayed, %llu dropped)", r.n_conns,
-             (unsigned long long)r.packets_relayed, (unsigned long long)r.packets_dropped);
+    hw_loop_run(loop);
+    log_info("hwrelay: shutting down (%zu connections, %llu packets relayed, %llu dropped)", r->n_conns,
+             (unsigned long long)r->packets_relayed, (unsigned long long)r->packets_dropped);
     rc = 0;
 out:
-    r.stopping = true;
-    mesh_free(&r);
-    while (r.all)
-        conn_close(r.all, NULL);
-    relay_flush_dirty(&r);   /* releases the dirty list's references */
-    verify_free(&r);
-    for (int i = 0; i < r.n_listen; i++) {
-        hw_loop_remove(r.loop, r.listen_fds[i]);
-        close(r.listen_fds[i]);
-    }
-    stun_close(&r);
-    tls_free(&r);
-    hw_strmap_free(&r.clients);
-    hw_strmap_free(&r.gone_watchers);
-    hw_strmap_free(&r.forwarders);
-    free(r.watchers);
-    free(r.rbuf);
-    sodium_memzero(r.priv, sizeof r.priv);
-    hw_loop_free(r.loop);
+    relay_free(r);
+    hw_loop_free(loop);
     return rc;
 }

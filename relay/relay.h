@@ -1,9 +1,10 @@
 #ifndef HW_RELAY_RELAY_H
 #define HW_RELAY_RELAY_H
 
-/* hwrelay: a DERP relay with STUN that upstream tailscaled uses exactly as it uses
- * derper. One epoll loop owns every socket; admission checks run on a worker thread
- * and come back with hw_loop_post(). */
+/* The relay's insides, shared by the files of relay/ (the API for other programs is core.h).
+ * A DERP relay with STUN that upstream tailscaled uses exactly as it uses derper. One
+ * epoll loop owns every socket; hwrelay's admission checks run on worker threads and
+ * come back with hw_loop_post(). */
 
 #include <netinet/in.h>
 #include <openssl/ssl.h>
@@ -16,33 +17,8 @@
 #include "common/strmap.h"
 #include "proto/derp.h"
 #include "proto/stun.h"
-
-/* ---- settings (flags) ---- */
-
-enum relay_certmode {
-    CERTMODE_MANUAL,     /* certdir/<hostname>.crt+.key; an IP hostname gets a self-signed one */
-    CERTMODE_IPSELF,     /* always a self-signed certificate for the IP hostname, kept fresh */
-    CERTMODE_HTTP,       /* no TLS: plain HTTP (derper without -certmode manual on a non-443 port) */
-};
-
-struct relay_config {
-    const char *addr;                 /* -a */
-    const char *hostname;             /* -hostname */
-    enum relay_certmode certmode;     /* -certmode */
-    const char *certdir;              /* -certdir */
-    int http_port;                    /* -http-port, -1 = off */
-    int stun_port;                    /* -stun-port */
-    bool stun;                        /* -stun */
-    bool derp;                        /* -derp */
-    const char *config_path;          /* -c */
-    const char *verify_url;           /* -verify-client-url */
-    bool verify_fail_open;            /* -verify-client-url-fail-open */
-    const char *mesh_with;            /* -mesh-with */
-    const char *mesh_psk_file;        /* -mesh-psk-file */
-    int queue_depth;                  /* packets per client per kind, derper's 32 */
-    int64_t write_timeout_ms;         /* -tcp-write-timeout, derper's 2 s; 0 = none */
-    int64_t verify_allow_ttl_ms, verify_deny_ttl_ms;
-};
+#include "proto/websocket.h"
+#include "relay/core.h"
 
 /* ---- connections ---- */
 
@@ -98,9 +74,20 @@ struct conn {
     struct hw_stun_addr remote;
     char remote_text[64];
 
-    /* HTTP head, bounded */
+    /* adopted from another server (headwater): hand the socket back instead of closing it */
+    void (*release)(void *arg, int fd);
+    void *release_arg;
+
+    /* HTTP head, bounded; after ClientInfo, the bytes held back during admission */
     char *http_buf;
     size_t http_len;
+
+    /* WebSocket (/derp with the "derp" subprotocol): DERP bytes still gather in out and
+     * become binary messages in ws just before they are written. */
+    bool websocket;
+    struct hw_ws_reader *ws_reader;
+    uint8_t *ws;
+    size_t ws_len, ws_off, ws_cap;
 
     /* output bytes not yet written */
     uint8_t *out;
@@ -162,6 +149,8 @@ struct relay {
     uint8_t mesh_key[32];
     struct tls_state *tls;
     struct verifier *verifier;
+    relay_admit_fn admit;             /* NULL: everyone is admitted */
+    void *admit_arg;
     struct mesh *mesh;
 
     int listen_fds[4];
@@ -194,14 +183,19 @@ void conn_unref(struct conn *c);
 void conn_write(struct conn *c, const void *data, size_t len);
 uint8_t *conn_reserve(struct conn *c, size_t len);
 void conn_mark_dirty(struct conn *c);
+/* Re-derives the epoll interest from the state and the pending output. */
+void conn_update_interest(struct conn *c);
 void relay_flush_dirty(struct relay *r);
 size_t conn_out_pending(const struct conn *c);
 void conn_start_derp(struct conn *c, const uint8_t *early, size_t early_len);
 /* After a verdict of allow: process held-back frames and resume reading. */
 void conn_resume_after_verify(struct conn *c);
 
+/* The answer to an upgrade is in c->out; from here on the stream is WebSocket framed. */
+void conn_enter_websocket(struct conn *c);
+
 /* http.c: a complete request head has been read (data = head + any bytes after it). */
-enum http_result { HTTP_NEED_MORE, HTTP_DONE, HTTP_UPGRADE_DERP, HTTP_BAD };
+enum http_result { HTTP_NEED_MORE, HTTP_DONE, HTTP_UPGRADE_DERP, HTTP_UPGRADE_WEBSOCKET, HTTP_BAD };
 enum http_result http_handle(struct conn *c, size_t *head_len);
 
 /* derp_server.c */
@@ -222,14 +216,14 @@ SSL *tls_new_ssl(struct relay *r);
 void tls_free(struct relay *r);
 
 /* stun_server.c */
-int stun_listen(struct relay *r, const char *host);
 void stun_close(struct relay *r);
 
-/* verify.c */
+/* relay.c: asks r->admit about a client in CONN_VERIFYING. */
+void admission_start(struct conn *c);
+
+/* verify.c: -verify-client-url as the relay's admission callback. */
 int verify_init(struct relay *r);
 void verify_free(struct relay *r);
-/* Starts the admission check; calls derp_admit() or closes the connection later. */
-void verify_start(struct conn *c);
 
 /* An outgoing connection (mesh): fd is connecting; ssl (client mode) may be NULL. */
 struct conn *conn_new_outgoing(struct relay *r, int fd, SSL *ssl, struct mesh_peer *peer);
@@ -250,7 +244,7 @@ bool mesh_forward(struct relay *r, const uint8_t src[32], const uint8_t dst[32],
 
 /* helpers */
 void key_to_hex(const uint8_t key[32], char out[65]);
+/* ":port", "ip:port", "[ip]:port" (no lookup). */
 int relay_split_hostport(const char *addr, char *host, size_t host_len, int *port);
-int relay_listen_tcp(const char *host, int port, int out_fds[2]);
 
 #endif

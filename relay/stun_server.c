@@ -52,10 +52,10 @@ static int bind_udp(const struct addrinfo *ai)
     return fd;
 }
 
-int stun_listen(struct relay *r, const char *host)
+int relay_stun_listen(struct relay *r, const char *host, int port, char *err, size_t err_len)
 {
-    char port[16];
-    snprintf(port, sizeof port, "%d", r->cfg.stun_port);
+    char ports[16];
+    snprintf(ports, sizeof ports, "%d", port);
     /* No host: both wildcards. A host: only that address, as derper binds. */
     const char *hosts[2] = {host, NULL};
     int nh = 1;
@@ -65,10 +65,14 @@ int stun_listen(struct relay *r, const char *host)
         nh = 2;
     }
     for (int i = 0; i < nh; i++) {
+        if (r->n_stun >= (int)HW_ARRAY_LEN(r->stun_fds)) {
+            snprintf(err, err_len, "STUN: too many sockets");
+            return -1;
+        }
         struct addrinfo hints = {.ai_socktype = SOCK_DGRAM, .ai_flags = AI_PASSIVE | AI_NUMERICHOST};
         struct addrinfo *res = NULL;
-        if (getaddrinfo(hosts[i], port, &hints, &res) != 0 || !res) {
-            log_error("hwrelay: STUN: bad address %s", hosts[i]);
+        if (getaddrinfo(hosts[i], ports, &hints, &res) != 0 || !res) {
+            snprintf(err, err_len, "STUN: %s is not an IP address", hosts[i]);
             return -1;
         }
         int fd = bind_udp(res);
@@ -76,16 +80,20 @@ int stun_listen(struct relay *r, const char *host)
         if (fd < 0) {
             /* A host without IPv6 still serves IPv4. */
             if (nh == 2 && i == 1 && (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL)) {
-                log_warn("hwrelay: STUN: no IPv6 (%s)", strerror(errno));
+                log_warn("STUN: no IPv6 (%s)", strerror(errno));
                 continue;
             }
-            log_error("hwrelay: STUN: cannot bind %s port %s: %s", hosts[i], port, strerror(errno));
+            snprintf(err, err_len, "STUN: cannot bind %s port %s/udp: %s", hosts[i], ports, strerror(errno));
             return -1;
         }
-        hw_loop_add(r->loop, fd, HW_EV_READ, on_stun, r);
+        if (hw_loop_add(r->loop, fd, HW_EV_READ, on_stun, r) < 0) {
+            snprintf(err, err_len, "STUN: cannot watch the socket: %s", strerror(errno));
+            close(fd);
+            return -1;
+        }
         r->stun_fds[r->n_stun++] = fd;
-        log_info("hwrelay: STUN on %s%s%s:%s/udp", strchr(hosts[i], ':') ? "[" : "", hosts[i],
-                 strchr(hosts[i], ':') ? "]" : "", port);
+        log_info("STUN on %s%s%s:%s/udp", strchr(hosts[i], ':') ? "[" : "", hosts[i],
+                 strchr(hosts[i], ':') ? "]" : "", ports);
     }
     return 0;
 }

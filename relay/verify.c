@@ -34,7 +34,7 @@
 enum verdict { V_ALLOW, V_DENY, V_UNREACHABLE };
 
 struct job {
-    struct conn *c;
+    struct relay_admission *a;
     struct relay *relay;
     char key[66 + 8];
     char cache_key[140];
@@ -283,17 +283,6 @@ static void cache_put(struct verifier *v, const char *key, bool allow, int64_t t
     }
 }
 
-static void apply(struct relay *r, struct conn *c, bool allow, const char *why)
-{
-    if (c->state != CONN_VERIFYING)
-        return;
-    if (allow)
-        derp_admit(c);
-    else
-        conn_close(c, why);
-    relay_flush_dirty(r);
-}
-
 static void live_remove(struct verifier *v, struct job *j)
 {
     pthread_mutex_lock(&v->lock);
@@ -325,8 +314,7 @@ static void on_verdict(struct hw_loop *loop, void *arg)
     } else {
         cache_put(v, j->cache_key, allow, allow ? r->cfg.verify_allow_ttl_ms : r->cfg.verify_deny_ttl_ms, now);
     }
-    apply(r, j->c, allow, j->why);
-    conn_unref(j->c);
+    relay_admission_done(j->a, allow, j->why);
     free(j);
 }
 
@@ -353,41 +341,30 @@ static void *worker(void *arg)
     }
 }
 
-void verify_start(struct conn *c)
+/* The relay's admission callback: a cached answer at once, else a job for the workers. */
+static void verify_admit(void *arg, struct relay_admission *a)
 {
-    struct relay *r = c->relay;
+    struct relay *r = arg;
     struct verifier *v = r->verifier;
-    char ip[64];
-    struct hw_stun_addr a = c->remote;
-    char *colon;
-    hw_stun_addr_format(&a, ip, sizeof ip);
-    /* The request names the IP without the port, as derper's does. */
-    if (a.family == 4 && (colon = strrchr(ip, ':')))
-        *colon = '\0';
-    else if (a.family == 6 && (colon = strrchr(ip, ']'))) {
-        *colon = '\0';
-        memmove(ip, ip + 1, strlen(ip));
-    }
     char cache_key[140];
-    snprintf(cache_key, sizeof cache_key, "%s|%s", c->keyhex, ip);
+    snprintf(cache_key, sizeof cache_key, "%s|%s", relay_admission_keyhex(a), relay_admission_ip(a));
     struct cache_ent *e = hw_strmap_get(&v->cache, cache_key);
     if (e && e->expires > hw_loop_now_ms(r->loop)) {
-        apply(r, c, e->allow, "admission controller: not allowed (cached)");
+        relay_admission_done(a, e->allow, "admission controller: not allowed (cached)");
         return;
     }
     pthread_mutex_lock(&v->lock);
     bool full = v->pending >= MAX_PENDING;
     pthread_mutex_unlock(&v->lock);
     if (full) {
-        conn_close(c, "too many admission checks pending");
+        relay_admission_done(a, false, "too many admission checks pending");
         return;
     }
     struct job *j = hw_calloc(1, sizeof *j);
-    j->c = c;
+    j->a = a;
     j->relay = r;
-    c->refs++;   /* until the verdict is back on the loop */
-    snprintf(j->key, sizeof j->key, "nodekey:%s", c->keyhex);
-    snprintf(j->ip, sizeof j->ip, "%s", ip);
+    snprintf(j->key, sizeof j->key, "nodekey:%s", relay_admission_keyhex(a));
+    snprintf(j->ip, sizeof j->ip, "%s", relay_admission_ip(a));
     snprintf(j->cache_key, sizeof j->cache_key, "%s", cache_key);
     pthread_mutex_lock(&v->lock);
     if (v->tail)
@@ -468,6 +445,7 @@ int verify_init(struct relay *r)
         log_error("hwrelay: cannot start admission check threads");
         return -1;
     }
+    relay_set_admission(r, verify_admit, r);
     log_info("hwrelay: admitting clients via %s (fail-%s)", url, r->cfg.verify_fail_open ? "open" : "closed");
     return 0;
 }
@@ -488,7 +466,7 @@ void verify_free(struct relay *r)
     while (v->live) {
         struct job *j = v->live;
         v->live = j->live_next;
-        conn_unref(j->c);
+        relay_admission_done(j->a, false, NULL);   /* its client is closed by now */
         free(j);
     }
     while (v->fifo_head) {

@@ -93,7 +93,6 @@ struct hw_control {
     json_t *packet_filters;
     char *domain;
     struct tn_stream *streams;          /* every map stream, for the keep-alive sweep */
-    size_t n_streams;
     struct followup *followups;
     struct hw_timer *flush_timer;
     struct hw_timer *sweep_timer;
@@ -471,13 +470,10 @@ static bool node_has_live_streams(const struct tn_node *n)
  * not receive itself as a peer, and it gets its own Node). */
 static void flush_namespace(struct hw_control *c, struct tn_namespace *ns)
 {
-    size_t n_changed = 0, n_patch = 0;
-    for (struct tn_node *n = ns->pending_head; n; n = n->pending_next) {
+    size_t n_changed = 0;
+    for (struct tn_node *n = ns->pending_head; n; n = n->pending_next)
         if (n->pending & TN_PEER_CHANGED)
             n_changed++;
-        else if (n->pending & TN_PEER_ONLINE)
-            n_patch++;
-    }
     struct tn_node **changed = hw_calloc(n_changed + 1, sizeof *changed);
     json_t *patches = json_array();
     size_t k = 0;
@@ -493,7 +489,6 @@ static void flush_namespace(struct hw_control *c, struct tn_namespace *ns)
             json_array_append_new(patches, tc_peer_change_to_json(&pc));
         }
     }
-    (void)n_patch;
 
     json_t **patch_items = hw_calloc(json_array_size(patches) + 1, sizeof *patch_items);
     for (size_t i = 0; i < json_array_size(patches); i++)
@@ -1172,7 +1167,6 @@ static void stream_link(struct hw_control *c, struct tn_stream *ms)
     if (c->streams)
         c->streams->all_prev = ms;
     c->streams = ms;
-    c->n_streams++;
 }
 
 static void stream_unlink(struct hw_control *c, struct tn_stream *ms)
@@ -1191,7 +1185,6 @@ static void stream_unlink(struct hw_control *c, struct tn_stream *ms)
         c->streams = ms->all_next;
     if (ms->all_next)
         ms->all_next->all_prev = ms->all_prev;
-    c->n_streams--;
 }
 
 static void set_online(struct hw_control *c, struct tn_node *n, bool online)
@@ -1340,6 +1333,11 @@ static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_
 done:
     pthread_mutex_unlock(&c->srv->lock);
     tc_map_request_free(&r);
+}
+
+void hw_control_reload_derp_map(struct hw_control *c)
+{
+    hw_derpmap_refresh(c->derpmap);
 }
 
 bool hw_control_node_online(struct hw_control *c, int64_t node_id)

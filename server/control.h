@@ -27,6 +27,9 @@ void hw_control_stream_closed(struct hw_control *c, struct hw_h2_stream *st);
  * the live tailnet and pushes the deltas. */
 void hw_control_notify(struct hw_control *c, enum hw_change_kind kind, int64_t id);
 
+/* Re-reads the DERP map sources now (SIGHUP); a change reaches clients as usual. */
+void hw_control_reload_derp_map(struct hw_control *c);
+
 /* Whether the node has a live map stream (or lost it less than the grace period ago).
  * Call with the server lock held. */
 bool hw_control_node_online(struct hw_control *c, int64_t node_id);

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/version.h"
+#include "server/derp_embed.h"
 #include "server/httputil.h"
 #include "server/register_page.h"
 #include "server/server.h"
@@ -267,7 +268,27 @@ static enum MHD_Result page_ts2021(struct hw_server *s, struct MHD_Connection *c
     return (enum MHD_Result)hw_ts2021_handle(s->ts2021, conn, method);
 }
 
-/* Exact paths, each with the methods it answers. */
+/* The built-in relay's pages answer 404 when it is off, as Headscale has no such routes
+ * then; they check methods themselves, the way derper does. */
+static enum MHD_Result page_derp(struct hw_server *s, struct MHD_Connection *conn,
+                                 const char *method)
+{
+    return (enum MHD_Result)hw_derp_page(s->derp, conn, method);
+}
+
+static enum MHD_Result page_derp_probe(struct hw_server *s, struct MHD_Connection *conn,
+                                       const char *method)
+{
+    return (enum MHD_Result)hw_derp_probe_page(s->derp, conn, method);
+}
+
+static enum MHD_Result page_generate_204(struct hw_server *s, struct MHD_Connection *conn,
+                                         const char *method)
+{
+    return (enum MHD_Result)hw_derp_generate_204(s->derp, conn, method);
+}
+
+/* Exact paths, each with the methods it answers ("*": the page decides). */
 static const struct {
     const char *path;
     const char *methods;
@@ -278,10 +299,16 @@ static const struct {
     {"/key", "GET, HEAD", page_key},
     {"/robots.txt", "GET, HEAD", page_robots},
     {"/ts2021", "POST, GET", page_ts2021},   /* native upgrade / WebSocket */
+    {"/derp", "*", page_derp},               /* Upgrade: DERP / WebSocket */
+    {"/derp/probe", "*", page_derp_probe},
+    {"/derp/latency-check", "*", page_derp_probe},
+    {"/generate_204", "*", page_generate_204},
 };
 
 static bool method_listed(const char *methods, const char *method)
 {
+    if (strcmp(methods, "*") == 0)
+        return true;
     size_t n = strlen(method);
     for (const char *p = methods; (p = strstr(p, method)) != NULL; p += n) {
         if ((p == methods || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))

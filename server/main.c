@@ -11,6 +11,7 @@
 #include "common/util.h"
 #include "common/version.h"
 #include "server/derpmap.h"
+#include "server/derp_embed.h"
 #include "server/server.h"
 
 #define SYSTEM_CONFIG "/etc/headwater/config.yaml"
@@ -61,7 +62,8 @@ static int load_config(const struct config_choice *choice, struct hw_config *cfg
     return rc < 0 ? -1 : 0;
 }
 
-static void print_banner(const struct hw_config *cfg, const char *argv0)
+static void print_banner(const struct hw_config *cfg, const struct hw_server *server,
+                         const char *argv0)
 {
     /* Suggest the hwctl next to this binary when started by path (./build/headwater). */
     char *hwctl;
@@ -73,10 +75,18 @@ static void print_banner(const struct hw_config *cfg, const char *argv0)
         hwctl = hw_strdup("hwctl");
     }
     const char *url = cfg->server_url ? cfg->server_url : "http://127.0.0.1:8080";
+    char *relay;
+    if (!server->derp)
+        relay = hw_strdup("off");
+    else if (hw_derp_embed_has_stun(server->derp))
+        relay = hw_sprintf("%s/derp, STUN on udp %s", url, cfg->derp_server_stun_listen_addr);
+    else
+        relay = hw_sprintf("%s/derp, no STUN (udp %s is taken)", url, cfg->derp_server_stun_listen_addr);
     fprintf(stderr,
             "\n"
             "  headwater is running on the embedded default configuration:\n"
             "    control server  %s (this machine only)\n"
+            "    DERP relay      %s\n"
             "    data            %s, %s\n"
             "    admin socket    %s\n"
             "\n"
@@ -88,8 +98,9 @@ static void print_banner(const struct hw_config *cfg, const char *argv0)
             "  For a real server, write " SYSTEM_CONFIG " (Headscale's keys work)\n"
             "  and check it with: headwater configtest\n"
             "\n",
-            url, cfg->database_sqlite_path, cfg->noise_private_key_path, cfg->unix_socket, hwctl,
-            hwctl, url);
+            url, relay, cfg->database_sqlite_path, cfg->noise_private_key_path, cfg->unix_socket,
+            hwctl, hwctl, url);
+    free(relay);
     free(hwctl);
 }
 
@@ -153,7 +164,7 @@ static int cmd_serve(const struct config_choice *choice, const char *argv0)
         return 1;
     }
     if (!choice->path)
-        print_banner(&cfg, argv0);
+        print_banner(&cfg, &server, argv0);
     hw_server_run(&server);
     hw_server_stop(&server);
     log_info("stopped");

@@ -18,6 +18,7 @@
 #include "common/util.h"
 #include "server/http_public.h"
 #include "server/control.h"
+#include "server/derp_embed.h"
 #include "proto/keys.h"
 #include "server/ts2021.h"
 
@@ -97,6 +98,14 @@ static void on_signal(struct hw_loop *loop, int fd, int events, void *arg)
     struct hw_server *s = arg;
     struct signalfd_siginfo si;
     while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGHUP) {
+            /* systemctl reload: re-read the DERP map sources now (the rest of the
+             * configuration needs a restart). */
+            log_info("received SIGHUP: re-reading the DERP map sources");
+            if (s->control)
+                hw_control_reload_derp_map(s->control);
+            continue;
+        }
         log_info("received %s: shutting down", si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
         s->stopping = 1;
     }
@@ -104,7 +113,7 @@ static void on_signal(struct hw_loop *loop, int fd, int events, void *arg)
         hw_loop_stop(loop);
 }
 
-/* SIGINT/SIGTERM are taken through a signalfd on the loop, so shutdown runs as plain
+/* SIGINT/SIGTERM (and SIGHUP) are taken through a signalfd on the loop, so shutdown runs as plain
  * code on the main thread instead of inside a handler. The mask is set before any
  * thread starts, so every thread inherits it and only the signalfd sees them. */
 static int setup_signals(struct hw_server *s, char *err, size_t err_len)
@@ -113,6 +122,7 @@ static int setup_signals(struct hw_server *s, char *err, size_t err_len)
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) {
         snprintf(err, err_len, "cannot block signals: %s", strerror(errno));
         return -1;
@@ -161,6 +171,8 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
     s->public_fd = hw_listen_tcp(cfg->listen_addr, bound, sizeof bound, err, err_len);
     if (s->public_fd < 0)
         goto fail;
+    if (cfg->derp_server_enabled && !(s->derp = hw_derp_embed_new(s, err, err_len)))
+        goto fail;
 
     char why[512];
     s->db = hw_db_open(cfg->database_sqlite_path, why, sizeof why);
@@ -192,6 +204,8 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
         goto fail;
     }
     s->ts2021 = hw_ts2021_new(s->loop, s->control, s->noise_private);
+    if (s->derp && hw_derp_embed_start(s->derp, s->noise_private, err, err_len) < 0)
+        goto fail;
 
     if (hw_http_public_start(s, err, err_len) < 0 || hw_admin_api_start(s, err, err_len) < 0)
         goto fail;
@@ -213,13 +227,16 @@ void hw_server_run(struct hw_server *s)
 
 void hw_server_stop(struct hw_server *s)
 {
-    /* Noise sessions first: their sockets are upgraded libmicrohttpd connections, which
-     * must be handed back before that daemon stops. Then the listeners: requests in
+    /* Noise sessions and DERP clients first: their sockets are upgraded libmicrohttpd
+     * connections, which must be handed back before that daemon stops. Then the listeners: requests in
      * progress finish under the lock and their changes are committed before the store
      * closes. */
     hw_ts2021_free(s->ts2021);
     s->ts2021 = NULL;
+    hw_derp_embed_stop(s->derp);
     hw_http_public_stop(s);
+    hw_derp_embed_free(s->derp);
+    s->derp = NULL;
     hw_admin_api_stop(s);
     if (s->public_fd >= 0)
         close(s->public_fd);

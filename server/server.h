@@ -16,6 +16,7 @@ struct MHD_Daemon;
 struct hw_loop;
 struct hw_control;
 struct hw_ts2021;
+struct hw_derp_embed;
 
 /* What changed, so the map streamer can push the smallest delta to the right sessions. */
 enum hw_change_kind {
@@ -50,6 +51,8 @@ struct hw_server {
     /* The control protocol on the loop: Noise sessions and the live tailnet. */
     struct hw_control *control;
     struct hw_ts2021 *ts2021;
+    /* The built-in relay (derp.server.enabled), NULL when off. */
+    struct hw_derp_embed *derp;
 };
 
 /* Checks what the server needs beyond what the config reader checks (listen_addr form,

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <microhttpd.h>
 #include <sodium.h>
 #include <stdlib.h>
@@ -30,8 +31,14 @@ struct hw_ts2021 {
     struct hw_loop *loop;
     struct hw_control *control;
     uint8_t server_private[32];
+    /* Upgraded sockets on their way from libmicrohttpd's thread to the loop. A list
+     * rather than one post each: at shutdown the loop no longer runs posts, and every
+     * socket still on its way must be handed back (or libmicrohttpd waits for it). */
+    pthread_mutex_t lock;
+    bool stopping;
+    bool drain_posted;
+    struct upgrade_handoff *pending, *pending_tail;
     struct ts_session *sessions;
-    size_t n_sessions;
     struct ts_session *dirty;       /* sessions to flush at the end of this loop turn */
     bool flush_scheduled;
 };
@@ -72,14 +79,13 @@ struct upgrade_handoff {
     struct MHD_UpgradeResponseHandle *urh;
     uint8_t *extra;
     size_t extra_len;
+    struct upgrade_handoff *next;
 };
 
 static void session_close(struct ts_session *s, const char *why);
 static void session_flush(struct ts_session *s);
 
 const char *ts_session_machine_key(struct ts_session *s) { return s->machine_key; }
-uint16_t ts_session_version(struct ts_session *s) { return s->noise.version; }
-size_t hw_ts2021_session_count(struct hw_ts2021 *ts) { return ts->n_sessions; }
 
 struct ts_session *ts_session_of_stream(struct hw_h2_stream *st)
 {
@@ -392,7 +398,6 @@ static void session_unlink(struct ts_session *s)
     if (s->next)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
-    ts->n_sessions--;
 }
 
 static void session_free(struct ts_session *s)
@@ -463,7 +468,6 @@ static void start_session(struct hw_loop *loop, void *arg)
     if (ts->sessions)
         ts->sessions->prev = s;
     ts->sessions = s;
-    ts->n_sessions++;
 
     /* The handshake response goes out in clear, then (as Tailscale's and Headscale's
      * servers do on the native path) the early payload with a fresh challenge key,
@@ -500,11 +504,44 @@ done:
     free(h);
 }
 
+static void handoff_discard(struct upgrade_handoff *h)
+{
+    MHD_upgrade_action(h->urh, MHD_UPGRADE_ACTION_CLOSE);
+    sodium_memzero(&h->noise, sizeof h->noise);
+    free(h->refusal);
+    free(h->extra);
+    free(h);
+}
+
+/* Takes every socket waiting for the loop: into a session, or back when stopping. */
+static void drain_handoffs(struct hw_ts2021 *ts, bool start)
+{
+    pthread_mutex_lock(&ts->lock);
+    struct upgrade_handoff *h = ts->pending;
+    ts->pending = ts->pending_tail = NULL;
+    ts->drain_posted = false;
+    pthread_mutex_unlock(&ts->lock);
+    while (h) {
+        struct upgrade_handoff *next = h->next;
+        if (start)
+            start_session(ts->loop, h);
+        else
+            handoff_discard(h);
+        h = next;
+    }
+}
+
+static void on_drain(struct hw_loop *loop, void *arg)
+{
+    drain_handoffs(arg, true);
+}
+
 static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls,
                         const char *extra_in, size_t extra_in_size, MHD_socket sock,
                         struct MHD_UpgradeResponseHandle *urh)
 {
     struct upgrade_handoff *h = cls;
+    struct hw_ts2021 *ts = h->ts;
     h->fd = sock;
     h->urh = urh;
     if (extra_in_size > 0) {
@@ -512,7 +549,22 @@ static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_
         memcpy(h->extra, extra_in, extra_in_size);
         h->extra_len = extra_in_size;
     }
-    hw_loop_post(h->ts->loop, start_session, h);
+    pthread_mutex_lock(&ts->lock);
+    bool stopping = ts->stopping, post = false;
+    if (!stopping) {
+        if (ts->pending_tail)
+            ts->pending_tail->next = h;
+        else
+            ts->pending = h;
+        ts->pending_tail = h;
+        post = !ts->drain_posted;
+        ts->drain_posted = true;
+    }
+    pthread_mutex_unlock(&ts->lock);
+    if (stopping)
+        handoff_discard(h);
+    else if (post)
+        hw_loop_post(ts->loop, on_drain, ts);
 }
 
 static enum MHD_Result answer_text(struct MHD_Connection *conn, unsigned status, const char *text)
@@ -603,6 +655,7 @@ struct hw_ts2021 *hw_ts2021_new(struct hw_loop *loop, struct hw_control *control
                                 const uint8_t server_private[32])
 {
     struct hw_ts2021 *ts = hw_calloc(1, sizeof *ts);
+    pthread_mutex_init(&ts->lock, NULL);
     ts->loop = loop;
     ts->control = control;
     memcpy(ts->server_private, server_private, 32);
@@ -613,6 +666,10 @@ void hw_ts2021_free(struct hw_ts2021 *ts)
 {
     if (!ts)
         return;
+    pthread_mutex_lock(&ts->lock);
+    ts->stopping = true;
+    pthread_mutex_unlock(&ts->lock);
+    drain_handoffs(ts, false);
     while (ts->sessions)
         session_close(ts->sessions, "server shutting down");
     struct ts_session *list = ts->dirty;
@@ -622,5 +679,6 @@ void hw_ts2021_free(struct hw_ts2021 *ts)
         list = next;
     }
     sodium_memzero(ts->server_private, sizeof ts->server_private);
+    pthread_mutex_destroy(&ts->lock);
     free(ts);
 }

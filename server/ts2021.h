@@ -29,11 +29,9 @@ int hw_ts2021_handle(struct hw_ts2021 *ts, struct MHD_Connection *conn, const ch
 
 /* For the control layer. */
 const char *ts_session_machine_key(struct ts_session *s);   /* "mkey:<hex>" */
-uint16_t ts_session_version(struct ts_session *s);
 struct ts_session *ts_session_of_stream(struct hw_h2_stream *st);
 /* Data was queued on one of the session's streams from outside its own input path:
  * flush it soon (coalesced per loop iteration). */
 void ts_session_kick(struct ts_session *s);
-size_t hw_ts2021_session_count(struct hw_ts2021 *ts);
 
 #endif

@@ -436,14 +436,15 @@ class Server:
     def columns(self, table):
         return [r[1] for r in self.sqlite("PRAGMA table_info(%s)" % table)]
 
-    def add_pending(self, reg_id, hostname="laptop", expires_in=3600):
+    def add_pending(self, reg_id, hostname="laptop", expires_in=3600, node_key=None):
         """A pending registration as an interactive login leaves it, waiting for
-        `hwctl nodes register --key REG_ID`. Returns the keys used."""
+        `hwctl nodes register --key REG_ID`. node_key ("nodekey:<hex>") is the test's own
+        when it must act as that node (DERP); else a random one. Returns the keys used."""
         now = int(time.time())
         h = os.urandom(32).hex()
         keys = {
             "machine_key": "mkey:" + h,
-            "node_key": "nodekey:" + os.urandom(32).hex(),
+            "node_key": node_key or "nodekey:" + os.urandom(32).hex(),
             "disco_key": "discokey:" + os.urandom(32).hex(),
         }
         hostinfo = json.dumps({"Hostname": hostname, "OS": "linux"})
@@ -465,10 +466,10 @@ class Server:
                 "is_primary": 0, "created_at": now, "updated_at": now,
             })
 
-    def register_node(self, namespace, hostname="laptop", reg_id=None):
+    def register_node(self, namespace, hostname="laptop", reg_id=None, node_key=None):
         """A pending row plus `hwctl nodes register`: returns the node (API JSON)."""
         reg_id = reg_id or "reg-" + os.urandom(8).hex()
-        self.add_pending(reg_id, hostname)
+        self.add_pending(reg_id, hostname, node_key=node_key)
         return self.hwctl_json("nodes", "register", "-n", namespace, "--key", reg_id)
 
 

@@ -4,6 +4,7 @@ the first map, and pushed to connected clients when the file changes; configtest
 the files too."""
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -61,6 +62,26 @@ def derp_paths_reach_clients_and_changes_are_pushed():
         a.wait_for(lambda st: regions(a) == ["901", "902"], timeout=15,
                    what="the new region pushed to the connected client")
         contains(net.server.log_text(), "DERP map changed", "server log")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@case
+def sighup_rereads_the_derp_map():
+    tmp = tempfile.mkdtemp(prefix="hw-derp-")
+    derp_file = os.path.join(tmp, "derp.yaml")
+    with open(derp_file, "w") as f:
+        f.write(REGION)
+    with Net(config={"derp": {"paths": [derp_file], "auto_update_enabled": False}}) as net:
+        a = net.client("a1", net.authkey("lab"))
+        a.wait_running(timeout=15)
+        eq(regions(a), ["901"], "regions in the first map")
+        with open(derp_file, "a") as f:
+            f.write(SECOND)
+        net.server.proc.send_signal(signal.SIGHUP)
+        a.wait_for(lambda st: regions(a) == ["901", "902"], timeout=15,
+                   what="the new region after SIGHUP")
+        check(net.server.proc.poll() is None, "headwater still running after SIGHUP")
+        contains(net.server.log_text(), "received SIGHUP", "server log")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
