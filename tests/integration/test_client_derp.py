@@ -441,6 +441,37 @@ def derp_map_change_keeps_or_moves_home():
         eq((r.get("Acked"), r.get("Problem")), (500, None), "a->b through the new home")
 
 
+@case
+def headwater_built_in_relay():
+    # The relay inside headwater: /derp on its own HTTP port, STUN beside it, admission
+    # answered in-process. Plain HTTP, as headwater listens without TLS here.
+    stun = free_port()
+    cfg = {"derp": {"server": {"enabled": True, "region_id": 999, "region_code": "hw",
+                               "region_name": "Headwater", "stun_listen_addr": "127.0.0.1:%d" % stun,
+                               "private_key_path": "derp_server_private.key", "verify_clients": True},
+                    "urls": [], "paths": [], "auto_update_enabled": False}}
+    net = Net(config=cfg)
+    ok = False
+    try:
+        key = net.authkey("a")
+        a = net.client("a", key=key, extra=["--port", "0"], env=PLAIN)
+        b = net.client("b", key=key, extra=["--port", "0"], env=PLAIN)
+        for c, peer in ((a, "b"), (b, "a")):
+            c.wait_running()
+            wait_home(c, 999)
+            wait_derp_up(c, 999)
+            wait_peer_home(c, peer, 999)
+        r = derp_send(a, "b", 2000)
+        eq((r.get("Acked"), r.get("Problem")), (2000, None), "a->b through headwater's relay")
+        check_complete(b, "a", 2000)
+        _, out, _ = a.cli("netcheck")
+        contains(out, "\t* Nearest DERP: Headwater")
+        contains(out, "\t* UDP: true")
+        ok = True
+    finally:
+        net.close(check=ok)
+
+
 def pinned_relay():
     relay = Relay("-hostname", "127.0.0.1", certmode="ipself")
     line = [l for l in relay.stdout_text().splitlines() if l.startswith("{")][0]
