@@ -1161,9 +1161,9 @@ static void reconcile(struct daemon *d)
 
 static json_t *status_json(struct daemon *d)
 {
-    const char *health[3];
+    const char *health[4];
     size_t n = 0;
-    char h1[1024], h2[1024];
+    char h1[1024], h2[1024], h3[1024];
     if (d->login_error[0]) {
         snprintf(h1, sizeof h1, "login refused by the server: %s", d->login_error);
         health[n++] = h1;
@@ -1172,6 +1172,8 @@ static json_t *status_json(struct daemon *d)
         snprintf(h2, sizeof h2, "not connected to the control server %s: %s", d->url.base, d->problem);
         health[n++] = h2;
     }
+    if (hwc_magic_home_problem(d->magic, h3, sizeof h3))
+        health[n++] = h3;
     struct hwc_status_in in = {
         .backend_state = backend_state(d),
         .auth_url = d->auth_url,

@@ -714,7 +714,8 @@ static void start_node(struct hwc_derp *d)
     close_socket(d);
     d->n_addrs = d->addr_idx = 0;
     if (d->node_idx >= d->n_nodes) {
-        fail(d, "no node of region %s accepted a connection (last: %s)", d->region_code,
+        fail(d, "no node of region %s accepted a connection (last: %s): is the relay running, and do the "
+                "DERP map's addresses and DERPPort point at it?", d->region_code,
              d->last_dial_error[0] ? d->last_dial_error : "no node to dial");
         return;
     }

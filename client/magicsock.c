@@ -124,7 +124,7 @@ static void routes_drop_region(struct hwc_magic *m, int region)
 
 /* ---- connections ---- */
 
-static struct region_conn *conn_find(struct hwc_magic *m, int region)
+static struct region_conn *conn_find(const struct hwc_magic *m, int region)
 {
     for (struct region_conn *rc = m->conns; rc; rc = rc->next)
         if (rc->region == region)
@@ -792,6 +792,19 @@ uint16_t hwc_magic_port(const struct hwc_magic *m) { return m->port; }
 json_t *hwc_magic_derp_map_json(const struct hwc_magic *m)
 {
     return m->have_map ? tc_derp_map_to_json(&m->dm) : NULL;
+}
+
+bool hwc_magic_home_problem(const struct hwc_magic *m, char *out, size_t len)
+{
+    if (!m->have_key || !m->home)
+        return false;
+    const struct region_conn *rc = conn_find(m, m->home);
+    if (!rc || (rc->d && hwc_derp_is_up(rc->d)) || !rc->last_error[0])
+        return false;
+    const struct tc_derp_region *reg = tc_derp_map_region(&m->dm, m->home);
+    snprintf(out, len, "not connected to home DERP region %d (%s): %s", m->home,
+             reg && reg->region_code ? reg->region_code : "?", rc->last_error);
+    return true;
 }
 
 json_t *hwc_magic_status(const struct hwc_magic *m)

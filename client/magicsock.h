@@ -82,6 +82,9 @@ int hwc_magic_home(const struct hwc_magic *m);
 uint16_t hwc_magic_port(const struct hwc_magic *m);
 /* The DERP map as JSON (NULL when none), for printing reports. */
 json_t *hwc_magic_derp_map_json(const struct hwc_magic *m);
+/* When the home region's connection is down after a failure: a line for `hwclient
+ * status`'s health list (false when all is well or it is still connecting). */
+bool hwc_magic_home_problem(const struct hwc_magic *m, char *out, size_t len);
 /* Home, UDP port, connections, routes, last report. */
 json_t *hwc_magic_status(const struct hwc_magic *m);
 

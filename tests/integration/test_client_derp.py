@@ -257,6 +257,9 @@ def relay_restart_reconnects():
         for c in (a, b):
             wait_until(lambda: conn(stats(c), 900)["State"] != "up", 10, "%s noticing the relay went" % c.hostname,
                        interval=0.05)
+        # `hwclient status` says so until it is back
+        wait_until(lambda: any("not connected to home DERP region 900 (loc)" in h
+                               for h in a.status()["Health"]), 10, "the DERP problem in a's health")
         time.sleep(1.5)  # a few failed attempts: the backoff grows
         again = Relay(port=relay.port, stun_port=relay.stun_port, workdir=relay.dir)
         relays[0] = again
@@ -268,6 +271,7 @@ def relay_restart_reconnects():
                        "%s reconnecting" % c.hostname, interval=0.05)
             wait_derp_up(c, 900)
             contains(c.log_text(), "reconnecting in", "%s's log" % c.hostname)
+        eq([h for h in a.status()["Health"] if "DERP" in h], [], "a's health after the reconnect")
         r = derp_send(a, "b", 1000)
         eq((r.get("Acked"), r.get("Problem")), (1000, None), "a->b after the restart")
         r = derp_send(b, "a", 1000)
