@@ -320,7 +320,11 @@ void hwc_nc_print(FILE *out, const json_t *rep, const json_t *dm)
         char l[32] = "";
         if (rows[i].ns)
             hwc_nc_format_latency(rows[i].ns / 1000, l, sizeof l);
-        fprintf(out, "\t\t- %3s: %-7s (%s)\n", str_of(r, "RegionCode"), l, str_of(r, "RegionName"));
+        /* Go pads by characters, and "µ" is two bytes */
+        int width = 7;
+        for (const char *c = l; *c; c++)
+            width += ((unsigned char)*c & 0xc0) == 0x80;
+        fprintf(out, "\t\t- %3s: %-*s (%s)\n", str_of(r, "RegionCode"), width, l, str_of(r, "RegionName"));
     }
     free(rows);
 }
