@@ -30,6 +30,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
     ap.add_argument("--packets", type=int, default=400000, help="total packets per run (both directions)")
+    ap.add_argument("--idle", default="1000", help="comma-separated counts of idle clients to measure RSS with")
     args = ap.parse_args()
     os.environ["HW_BUILD"] = os.path.join(ROOT, args.build)
     import relayctl  # after HW_BUILD is set
@@ -49,17 +50,17 @@ def main():
         line = out.splitlines()[0] if out else "(no output)"
         print("%s relay_cpu_s=%.2f relay_us_per_packet=%.2f %s" % (line, used, used * 1e6 / max(1, 2 * pairs * k),
                                                                    "" if ok else "FAILED"))
-    rss0 = rss_kib(pid)
-    n = 1000
-    p = subprocess.Popen([relayctl.DERP_PAIR, "idle", "-s", relay.addr, "-n", str(n), "-hold", "60"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    line = p.stdout.readline().decode().strip()
-    time.sleep(1)
-    rss1 = rss_kib(pid)
-    p.stdin.close()
-    p.wait(timeout=60)
-    print("idle clients: %s; relay VmRSS %d KiB -> %d KiB: %.1f KiB per idle client" %
-          (line, rss0, rss1, (rss1 - rss0) / n))
+    for n in (int(x) for x in args.idle.split(",")):
+        rss0 = rss_kib(pid)
+        p = subprocess.Popen([relayctl.DERP_PAIR, "idle", "-s", relay.addr, "-n", str(n), "-hold", "60"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = p.stdout.readline().decode().strip()
+        time.sleep(1)
+        rss1 = rss_kib(pid)
+        p.stdin.close()
+        p.wait(timeout=60)
+        print("idle clients: %s; relay VmRSS %d KiB -> %d KiB: %.1f KiB per idle client" %
+              (line, rss0, rss1, (rss1 - rss0) / n))
     why = relay.stop()
     if why:
         print("relay did not stop cleanly: " + why)
