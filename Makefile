@@ -15,7 +15,7 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wformat=2 -Wvla
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -I. -MMD -MP
 # http_parser (HTTP/1.1 for hwrelay) ships no .pc file.
-LDLIBS  += -lpthread -lhttp_parser
+LDLIBS  += -lpthread -lhttp_parser -lm
 
 ifeq ($(SAN),1)
 BUILD   := build-asan

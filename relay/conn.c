@@ -26,13 +26,16 @@ static void set_interest(struct conn *c)
         return;
     /* While an admission check runs, frames stay in the socket (derper blocks the
      * same way), so nothing after ClientInfo is processed before the verdict. */
-    int want = c->state == CONN_VERIFYING ? 0 : HW_EV_READ;
+    /* A client over its rate limit is not read either, so TCP holds it back. */
+    bool no_read = c->state == CONN_VERIFYING || c->rate_wait;
+    int want = no_read ? 0 : HW_EV_READ;
     if (conn_out_pending(c) > 0 || c->state == CONN_MESH_CONNECTING)
         want |= HW_EV_WRITE;
     bool ww = (want & HW_EV_WRITE) != 0;
-    if (ww != c->want_write || c->state == CONN_VERIFYING)
+    if (ww != c->want_write || no_read != c->read_off || c->state == CONN_VERIFYING)
         hw_loop_modify(c->relay->loop, c->fd, want);
     c->want_write = ww;
+    c->read_off = no_read;
 }
 
 void conn_update_interest(struct conn *c) { set_interest(c); }
@@ -71,6 +74,7 @@ static struct conn *conn_alloc(struct relay *r, int fd, const struct sockaddr *p
         hw_stun_addr_format(&c->remote, c->remote_text, sizeof c->remote_text);
     }
     hw_derp_reader_init(&c->reader, HW_DERP_SIDE_SERVER);
+    hw_bucket_init(&c->recv_bucket);
     return c;
 }
 
@@ -98,6 +102,15 @@ static void conn_discard(struct conn *c)
     free(c);
 }
 
+static const char *sockaddr_text(const struct sockaddr_storage *ss)
+{
+    static char text[64];
+    struct hw_stun_addr a;
+    hw_stun_addr_from_sockaddr((const struct sockaddr *)ss, &a);
+    hw_stun_addr_format(&a, text, sizeof text);
+    return text;
+}
+
 void conn_accept(struct relay *r, int lfd, bool tls, bool http_port)
 {
     /* Bounded per event so a connection flood cannot starve established clients. */
@@ -109,6 +122,18 @@ void conn_accept(struct relay *r, int lfd, bool tls, bool http_port)
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 log_warn("hwrelay: accept: %s", strerror(errno));
             return;
+        }
+        /* derper limits its TLS listener only, and refuses by closing at once rather
+         * than accepting slowly: the client learns something is wrong and retries with
+         * backoff, and nothing piles up in the kernel's accept queue. */
+        if (tls && !http_port &&
+            !hw_bucket_allow(&r->accept_bucket, r->cfg.accept_limit, r->cfg.accept_burst, 1,
+                             hw_loop_now_ms(r->loop))) {
+            close(fd);
+            if (r->accepts_rejected++ % 1000 == 0)
+                log_warn("hwrelay: connection from %s refused by -accept-connection-limit "
+                         "(%llu so far)", sockaddr_text(&ss), (unsigned long long)r->accepts_rejected);
+            continue;
         }
         tune_client_socket(fd);
         struct conn *c = conn_alloc(r, fd, (struct sockaddr *)&ss);
@@ -459,7 +484,9 @@ void conn_close(struct conn *c, const char *reason)
         hw_timer_cancel(r->loop, c->stall_timer);
     if (c->keepalive)
         hw_timer_cancel(r->loop, c->keepalive);
-    c->deadline = c->stall_timer = c->keepalive = NULL;
+    if (c->rate_wait)
+        hw_timer_cancel(r->loop, c->rate_wait);
+    c->deadline = c->stall_timer = c->keepalive = c->rate_wait = NULL;
     derp_free_conn_state(c);
     hw_derp_reader_free(&c->reader);
     free(c->http_buf);
@@ -482,6 +509,9 @@ void conn_close(struct conn *c, const char *reason)
     r->n_conns--;
     conn_unref(c);   /* the loop's reference */
 }
+
+static void read_some(struct conn *c);
+static void on_resume(struct hw_loop *loop, struct hw_timer *t, void *arg);
 
 /* Reads into the shared buffer. Returns bytes, 0 for "nothing now", -1 when closed. */
 static ssize_t conn_read(struct conn *c, uint8_t *buf, size_t cap)
@@ -518,13 +548,48 @@ static void hold_for_verdict(struct conn *c, const uint8_t *data, size_t len)
     c->http_len += len;
 }
 
+static void on_rate_wait_over(struct hw_loop *loop, struct hw_timer *t, void *arg);
+
+/* derper's per-client receive limit: each frame a registered client sends costs its
+ * payload length (at most one largest frame) before it is handled. When the bucket
+ * cannot pay, the cost is reserved anyway, and this frame and everything behind it
+ * wait, unread, until the debt is paid. Returns false when the frame must wait (it
+ * and the rest of data are then in http_buf). */
+static bool rate_admits(struct conn *c, const struct hw_derp_frame *f, const uint8_t *rest, size_t rest_len)
+{
+    struct relay *r = c->relay;
+    if (r->client_rate <= 0 || c->can_mesh || c->state != CONN_ACTIVE)
+        return true;
+    double cost = f->len < RELAY_MIN_CLIENT_BURST ? (double)f->len : (double)RELAY_MIN_CLIENT_BURST;
+    int64_t wait = hw_bucket_reserve(&c->recv_bucket, r->client_rate, r->client_burst, cost,
+                                     hw_loop_now_ms(r->loop));
+    if (wait <= 0)
+        return true;
+    uint8_t hdr[HW_DERP_HDR_LEN] = {f->type, (uint8_t)(f->len >> 24), (uint8_t)(f->len >> 16),
+                                    (uint8_t)(f->len >> 8), (uint8_t)f->len};
+    hold_for_verdict(c, hdr, sizeof hdr);
+    hold_for_verdict(c, f->payload, f->len);
+    hold_for_verdict(c, rest, rest_len);
+    c->rate_wait = hw_timer_start(r->loop, wait, on_rate_wait_over, c);
+    r->rate_limit_waits++;
+    set_interest(c);
+    return false;
+}
+
 /* Runs DERP frames in data through the server; stops early if the connection leaves
- * a frame-reading state (closed, or waiting for an admission verdict). */
+ * a frame-reading state (closed, or waiting for an admission verdict or its rate limit). */
 static void feed_derp(struct conn *c, const uint8_t *data, size_t len)
 {
+    if (c->rate_wait) {
+        /* A WebSocket message can bring more stream behind a frame that waits. */
+        hold_for_verdict(c, data, len);
+        return;
+    }
     struct hw_derp_frame f;
     int rc;
     while ((rc = hw_derp_reader_next(&c->reader, &data, &len, &f)) == HW_DERP_READ_FRAME) {
+        if (!rate_admits(c, &f, data, len))
+            return;
         derp_on_frame(c, &f);
         if (c->state != CONN_ACTIVE && c->state != CONN_WAIT_INFO)
             break;
@@ -610,6 +675,35 @@ void conn_resume_after_verify(struct conn *c)
     if (held_len > 0 && c->state == CONN_ACTIVE)
         feed_derp(c, (const uint8_t *)held, held_len);
     free(held);
+}
+
+/* The frame that waited is paid for: handle it, then what followed it, then read again. */
+static void on_rate_wait_over(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct conn *c = arg;
+    c->rate_wait = NULL;
+    c->refs++;
+    uint8_t *held = (uint8_t *)c->http_buf;
+    size_t held_len = c->http_len;
+    c->http_buf = NULL;
+    c->http_len = 0;
+    struct hw_derp_frame f;
+    const uint8_t *p = held;
+    size_t n = held_len;
+    if (hw_derp_reader_next(&c->reader, &p, &n, &f) == HW_DERP_READ_FRAME) {
+        derp_on_frame(c, &f);
+        if (c->state == CONN_ACTIVE && n > 0)
+            feed_derp(c, p, n);
+    }
+    free(held);
+    if (c->state != CONN_CLOSED && !c->rate_wait) {
+        set_interest(c);
+        /* TLS may hold decrypted bytes that epoll cannot report. */
+        if (c->ssl && SSL_pending(c->ssl) > 0)
+            read_some(c);
+    }
+    relay_flush_dirty(c->relay);
+    conn_unref(c);
 }
 
 static void feed_mesh(struct conn *c, const uint8_t *data, size_t len)
@@ -707,13 +801,11 @@ static void handle_http_bytes(struct conn *c, const uint8_t *data, size_t len)
     free(buf);
 }
 
-static void on_resume(struct hw_loop *loop, struct hw_timer *t, void *arg);
-
 static void read_some(struct conn *c)
 {
     struct relay *r = c->relay;
     for (int i = 0; i < READS_PER_EVENT; i++) {
-        if (c->state == CONN_CLOSED || c->state == CONN_VERIFYING)
+        if (c->state == CONN_CLOSED || c->state == CONN_VERIFYING || c->rate_wait)
             return;
         if (c->state == CONN_TLS_HANDSHAKE || c->state == CONN_MESH_TLS) {
             ERR_clear_error();

@@ -40,7 +40,21 @@ struct relay_config {
     int queue_depth;                  /* packets per client per kind, derper's 32 */
     int64_t write_timeout_ms;         /* -tcp-write-timeout, derper's 2 s; 0 = none */
     int64_t verify_allow_ttl_ms, verify_deny_ttl_ms;
+    /* derper's RateConfig (hwrelay: -rate-config file): what each client may send the
+     * relay, in bytes per second of DERP frame payload, 0 = unlimited; the burst is
+     * raised to one largest frame (RELAY_MIN_CLIENT_BURST). A client over its limit is
+     * not read from until it is back under (TCP backpressure). Mesh peers are exempt. */
+    uint64_t client_rate_bytes_per_sec, client_burst_bytes;
+    /* -accept-connection-limit (connections/s, INFINITY = none) and -burst: connections
+     * over it on the TLS listener are accepted and closed at once, as in derper. */
+    double accept_limit;
+    double accept_burst;
+    /* -bootstrap-dns-names / -unpublished-bootstrap-dns-names, comma-separated. */
+    const char *bootstrap_dns_names, *unpublished_bootstrap_dns_names;
 };
+
+/* derper's minimum per-client burst: one SendPacket (64 KiB of packet and a key). */
+#define RELAY_MIN_CLIENT_BURST ((64u << 10) + 32u)
 
 /* derper's defaults for every field. */
 void relay_config_defaults(struct relay_config *cfg);
@@ -52,6 +66,9 @@ struct relay *relay_new(struct hw_loop *loop, const struct relay_config *cfg);
 void relay_set_key(struct relay *r, const uint8_t priv[32]);
 const char *relay_public_hex(const struct relay *r);   /* 64 hex digits */
 size_t relay_conn_count(const struct relay *r);
+/* Changes the per-client receive limit (fields as in relay_config) for new and existing
+ * clients, each starting with a full bucket, and returns the burst in effect. */
+uint64_t relay_set_client_rate(struct relay *r, uint64_t bytes_per_sec, uint64_t burst_bytes);
 /* Closes every connection (each adopted socket goes back through its release
  * callback), stops STUN and frees the relay. */
 void relay_free(struct relay *r);

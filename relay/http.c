@@ -110,6 +110,55 @@ static void respond(struct conn *c, int status, const char *reason, const char *
         conn_write(c, body, blen);
 }
 
+static int hex_digit(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* The first value of key in a query string, %-decoded ('+' is a space); "" if absent,
+ * malformed or longer than out. */
+static void query_value(const char *qs, size_t len, const char *key, char *out, size_t out_len)
+{
+    size_t klen = strlen(key);
+    out[0] = '\0';
+    for (size_t i = 0; i < len;) {
+        size_t end = i;
+        while (end < len && qs[end] != '&')
+            end++;
+        if (end - i > klen && memcmp(qs + i, key, klen) == 0 && qs[i + klen] == '=') {
+            size_t o = 0;
+            for (size_t j = i + klen + 1; j < end; j++) {
+                int ch = qs[j];
+                if (ch == '+')
+                    ch = ' ';
+                else if (ch == '%') {
+                    int hi = j + 2 < end ? hex_digit(qs[j + 1]) : -1, lo = hi >= 0 ? hex_digit(qs[j + 2]) : -1;
+                    if (lo < 0 || (hi == 0 && lo == 0)) {
+                        out[0] = '\0';
+                        return;
+                    }
+                    ch = hi * 16 + lo;
+                    j += 2;
+                }
+                if (o + 1 >= out_len) {
+                    out[0] = '\0';
+                    return;
+                }
+                out[o++] = (char)ch;
+            }
+            out[o] = '\0';
+            return;
+        }
+        i = end + 1;
+    }
+}
+
 static const char browser_headers[] =
     "X-Frame-Options: DENY\r\n"
     "X-Content-Type-Options: nosniff\r\n"
@@ -303,8 +352,13 @@ enum http_result http_handle(struct conn *c, size_t *head_len)
         return HTTP_DONE;
     }
     if (strcmp(path, "/bootstrap-dns") == 0) {
-        /* No bootstrap names are configured on hwrelay: derper answers {} then. */
-        respond(c, 200, "OK", browser_headers, "application/json", "{}\n", head_only);
+        char qname[256] = "";
+        if (u.field_set & (1 << UF_QUERY))
+            query_value(q.url + u.field_data[UF_QUERY].off, u.field_data[UF_QUERY].len, "q", qname,
+                        sizeof qname);
+        char *answer = bootstrap_dns_answer(r, qname);
+        respond(c, 200, "OK", browser_headers, "application/json", answer, head_only);
+        free(answer);
         return HTTP_DONE;
     }
     /* derper's mux sends every other path to the home page. */

@@ -1,12 +1,15 @@
 /* hwrelay: flags named like derper's, the server key file, listeners, signals. */
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <netdb.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -41,6 +44,14 @@ static void usage(FILE *f)
             "  -mesh-with HOSTS             comma-separated relays of this region to mesh with\n"
             "  -mesh-psk-file PATH          file with the region's 64-hex-digit mesh key\n"
             "  -tcp-write-timeout DUR       drop a client whose socket takes no data for this long (default 2s)\n"
+            "  -rate-config PATH            JSON per-client receive limit, reloaded on SIGHUP:\n"
+            "                               {\"PerClientRateLimitBytesPerSec\":N,\"PerClientRateBurstBytes\":N}\n"
+            "                               (0 or no file = unlimited; the burst is at least 65568)\n"
+            "  -accept-connection-limit N   new TLS connections per second, the rest are closed (default Inf)\n"
+            "  -accept-connection-burst N   how many of them may come at once (default unlimited)\n"
+            "  -bootstrap-dns-names NAMES   comma-separated names whose addresses /bootstrap-dns serves\n"
+            "  -unpublished-bootstrap-dns-names NAMES\n"
+            "                               names answered only to /bootstrap-dns?q=NAME\n"
             "  -log-level LEVEL             debug|info|warn|error (default info)\n");
 }
 
@@ -95,11 +106,37 @@ static int parse_int(const char *s, int *out)
     return 0;
 }
 
+/* Go's strconv.ParseFloat forms, including Inf; not negative, not NaN. */
+static int parse_rate(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || errno == ERANGE || v != v || v < 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_count(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || errno == ERANGE || v < 0)
+        return -1;
+    *out = (double)v;
+    return 0;
+}
+
+static const char *rate_config_path;
+
 static int parse_flags(int argc, char **argv, struct relay_config *cfg, const char **log_level)
 {
     struct flag_iter it = {.argc = argc, .argv = argv};
     for (it.i = 1; it.i < argc; it.i++) {
         const char *v = NULL;
+        const char *flag = argv[it.i];
         bool ok = true;
         int bad = 0;
         if (!strcmp(argv[it.i], "-h") || !strcmp(argv[it.i], "-help") || !strcmp(argv[it.i], "--help")) {
@@ -144,6 +181,16 @@ static int parse_flags(int argc, char **argv, struct relay_config *cfg, const ch
             cfg->mesh_psk_file = v && *v ? v : NULL;
         else if (take_flag(&it, "tcp-write-timeout", false, &v, &ok))
             bad = v && hw_parse_duration_ms(v, &cfg->write_timeout_ms) < 0;
+        else if (take_flag(&it, "rate-config", false, &v, &ok))
+            rate_config_path = v && *v ? v : NULL;
+        else if (take_flag(&it, "accept-connection-limit", false, &v, &ok))
+            bad = v && parse_rate(v, &cfg->accept_limit) < 0;
+        else if (take_flag(&it, "accept-connection-burst", false, &v, &ok))
+            bad = v && parse_count(v, &cfg->accept_burst) < 0;
+        else if (take_flag(&it, "bootstrap-dns-names", false, &v, &ok))
+            cfg->bootstrap_dns_names = v;
+        else if (take_flag(&it, "unpublished-bootstrap-dns-names", false, &v, &ok))
+            cfg->unpublished_bootstrap_dns_names = v;
         else if (take_flag(&it, "log-level", false, &v, &ok))
             *log_level = v;
         else {
@@ -154,11 +201,86 @@ static int parse_flags(int argc, char **argv, struct relay_config *cfg, const ch
         if (!ok)
             return -1;
         if (bad) {
-            fprintf(stderr, "hwrelay: bad value for %s\n", argv[it.i]);
+            /* "-flag=value" names both already; "-flag value" needs the value added. */
+            if (strchr(flag, '='))
+                fprintf(stderr, "hwrelay: bad value for %s\n", flag);
+            else
+                fprintf(stderr, "hwrelay: bad value for %s: %s\n", flag, v ? v : "");
             return -1;
         }
     }
     return 0;
+}
+
+/* derper's RateConfig file: {"PerClientRateLimitBytesPerSec":N,"PerClientRateBurstBytes":N},
+ * names matched without regard to case and other members ignored, as Go's JSON decoder
+ * does. Returns 0, or -1 with the reason logged. */
+static int load_rate_config(const char *path, uint64_t *rate, uint64_t *burst)
+{
+    json_error_t err;
+    json_t *o = json_load_file(path, 0, &err);
+    if (!o) {
+        log_error("hwrelay: -rate-config %s:%d: %s", path, err.line, err.text);
+        return -1;
+    }
+    if (!json_is_object(o)) {
+        log_error("hwrelay: -rate-config %s: want a JSON object", path);
+        json_decref(o);
+        return -1;
+    }
+    *rate = *burst = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        uint64_t *dst = !strcasecmp(k, "PerClientRateLimitBytesPerSec") ? rate
+                        : !strcasecmp(k, "PerClientRateBurstBytes")     ? burst
+                                                                         : NULL;
+        if (!dst || json_is_null(v))
+            continue;
+        if (!json_is_integer(v) || json_integer_value(v) < 0) {
+            log_error("hwrelay: -rate-config %s: %s must be a whole number of bytes, 0 or more", path, k);
+            json_decref(o);
+            return -1;
+        }
+        *dst = (uint64_t)json_integer_value(v);
+    }
+    json_decref(o);
+    return 0;
+}
+
+static int apply_rate_config(struct relay *r)
+{
+    uint64_t rate, burst;
+    if (load_rate_config(rate_config_path, &rate, &burst) < 0)
+        return -1;
+    burst = relay_set_client_rate(r, rate, burst);
+    log_info("hwrelay: rate config applied: client-rate=%llu bytes/sec, client-burst=%llu bytes",
+             (unsigned long long)rate, (unsigned long long)burst);
+    return 0;
+}
+
+/* SIGHUP reloads -rate-config: the handler only writes a byte; the loop does the work. */
+static int sighup_pipe[2] = {-1, -1};
+
+static void on_sighup(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    char b = 1;
+    if (write(sighup_pipe[1], &b, 1) < 0) {
+        /* the pipe is full: a reload is already pending */
+    }
+    errno = saved;
+}
+
+static void on_sighup_pipe(struct hw_loop *loop, int fd, int events, void *arg)
+{
+    char buf[64];
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    log_info("hwrelay: SIGHUP: reloading rate config from %s", rate_config_path);
+    if (apply_rate_config(arg) < 0)
+        log_warn("hwrelay: rate config reload failed; the previous limits stay");
 }
 
 /* derper's key file: {"PrivateKey":"privkey:<64 hex>"}, created on first start. */
@@ -386,6 +508,13 @@ int main(int argc, char **argv)
 
     if (load_or_create_key(r) < 0 || load_mesh_key(r) < 0 || tls_init(r) < 0 || verify_init(r) < 0)
         goto out;
+    if (rate_config_path && apply_rate_config(r) < 0)
+        goto out;
+    if (cfg.certmode == CERTMODE_HTTP && (cfg.accept_limit != INFINITY || cfg.accept_burst < (double)INT64_MAX))
+        log_warn("hwrelay: -accept-connection-limit and -burst apply to the TLS listener only (as in derper); "
+                 "with -certmode http they have no effect");
+    if (bootstrap_dns_start(r) < 0)
+        goto out;
     if (cfg.stun) {
         char err[256];
         if (relay_stun_listen(r, host, cfg.stun_port, err, sizeof err) < 0) {
@@ -403,11 +532,27 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    if (rate_config_path) {
+        if (pipe2(sighup_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+            log_error("hwrelay: pipe: %s", strerror(errno));
+            goto out;
+        }
+        hw_loop_add(loop, sighup_pipe[0], HW_EV_READ, on_sighup_pipe, r);
+        struct sigaction hup = {.sa_handler = on_sighup, .sa_flags = SA_RESTART};
+        sigemptyset(&hup.sa_mask);
+        sigaction(SIGHUP, &hup, NULL);
+    }
     hw_loop_run(loop);
     log_info("hwrelay: shutting down (%zu connections, %llu packets relayed, %llu dropped)", r->n_conns,
              (unsigned long long)r->packets_relayed, (unsigned long long)r->packets_dropped);
     rc = 0;
 out:
+    if (sighup_pipe[0] >= 0) {
+        signal(SIGHUP, SIG_DFL);
+        hw_loop_remove(loop, sighup_pipe[0]);
+        close(sighup_pipe[0]);
+        close(sighup_pipe[1]);
+    }
     relay_free(r);
     hw_loop_free(loop);
     return rc;

@@ -1,5 +1,6 @@
 /* The relay object and its admission hook (core.h). Listeners, TLS and mesh are
  * hwrelay's business and stay in main.c, tls.c and mesh.c. */
+#include <math.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,8 @@ void relay_config_defaults(struct relay_config *cfg)
         .write_timeout_ms = 2000,
         .verify_allow_ttl_ms = 30000,
         .verify_deny_ttl_ms = 5000,
+        .accept_limit = INFINITY,
+        .accept_burst = (double)INT64_MAX,
     };
 }
 
@@ -42,6 +45,8 @@ struct relay *relay_new(struct hw_loop *loop, const struct relay_config *cfg)
     hw_strmap_init(&r->forwarders);
     for (size_t i = 0; i < HW_ARRAY_LEN(r->stun_fds); i++)
         r->stun_fds[i] = -1;
+    hw_bucket_init(&r->accept_bucket);
+    relay_set_client_rate(r, cfg->client_rate_bytes_per_sec, cfg->client_burst_bytes);
     return r;
 }
 
@@ -55,6 +60,22 @@ void relay_set_key(struct relay *r, const uint8_t priv[32])
 const char *relay_public_hex(const struct relay *r) { return r->pubhex; }
 
 size_t relay_conn_count(const struct relay *r) { return r->n_conns; }
+
+uint64_t relay_set_client_rate(struct relay *r, uint64_t bytes_per_sec, uint64_t burst_bytes)
+{
+    if (bytes_per_sec == 0)
+        burst_bytes = 0;
+    else if (burst_bytes < RELAY_MIN_CLIENT_BURST)
+        burst_bytes = RELAY_MIN_CLIENT_BURST;
+    r->cfg.client_rate_bytes_per_sec = bytes_per_sec;
+    r->cfg.client_burst_bytes = burst_bytes;
+    r->client_rate = (double)bytes_per_sec;
+    r->client_burst = (double)burst_bytes;
+    /* Like derper's fresh limiter per client: everyone starts again with a full bucket. */
+    for (struct conn *c = r->all; c; c = c->all_next)
+        hw_bucket_init(&c->recv_bucket);
+    return burst_bytes;
+}
 
 void relay_set_admission(struct relay *r, relay_admit_fn fn, void *arg)
 {
@@ -72,6 +93,7 @@ void relay_free(struct relay *r)
         conn_close(r->all, NULL);
     relay_flush_dirty(r);   /* releases the dirty list's references */
     verify_free(r);
+    bootstrap_dns_stop(r);
     for (int i = 0; i < r->n_listen; i++) {
         hw_loop_remove(r->loop, r->listen_fds[i]);
         close(r->listen_fds[i]);

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "common/loop.h"
+#include "common/ratelimit.h"
 #include "common/sbuf.h"
 #include "common/strmap.h"
 #include "proto/derp.h"
@@ -71,6 +72,7 @@ struct conn {
     struct mesh_peer *mesh_peer;      /* set on our outgoing connection to a mesh peer */
     SSL *ssl;
     bool want_write;                  /* epoll interest currently includes WRITE */
+    bool read_off;                    /* epoll interest currently excludes READ */
     struct hw_stun_addr remote;
     char remote_text[64];
 
@@ -78,7 +80,8 @@ struct conn {
     void (*release)(void *arg, int fd);
     void *release_arg;
 
-    /* HTTP head, bounded; after ClientInfo, the bytes held back during admission */
+    /* HTTP head, bounded; after ClientInfo, the DERP bytes held back during admission or
+     * while the client waits for its rate limit */
     char *http_buf;
     size_t http_len;
 
@@ -122,6 +125,10 @@ struct conn {
     /* PeerGone NotHere token bucket: 1/s, burst 3 (derper's). */
     double nothere_tokens;
     int64_t nothere_at;
+    /* Receive rate limit: while rate_wait runs, nothing is read and the first frame in
+     * http_buf is already paid for. */
+    struct hw_bucket recv_bucket;
+    struct hw_timer *rate_wait;
 
     bool dirty;                       /* on relay->dirty, output to build and flush */
     struct conn *dirty_next;
@@ -168,11 +175,15 @@ struct relay {
     struct hw_strmap forwarders;      /* keyhex -> struct fwd_list: mesh peers that have it */
     struct conn **watchers;           /* mesh peers that sent WatchConns */
     size_t n_watchers, cap_watchers;
+    double client_rate, client_burst; /* bytes/s (0 = unlimited) and bucket depth */
+    struct hw_bucket accept_bucket;
+    struct bootstrap_dns *bootstrap;  /* NULL: no names configured */
     uint8_t *rbuf;                    /* shared read buffer */
     size_t rbuf_cap;
 
     /* counters, for logs and tests */
     uint64_t packets_relayed, packets_dropped, packets_forwarded;
+    uint64_t rate_limit_waits, accepts_rejected;
 };
 
 /* conn.c */
@@ -214,6 +225,12 @@ void derp_note(struct conn *c, const struct gone_note *n);
 int tls_init(struct relay *r);
 SSL *tls_new_ssl(struct relay *r);
 void tls_free(struct relay *r);
+
+/* bootstrap_dns.c: resolves the names on a thread, every 10 minutes (derper's). */
+int bootstrap_dns_start(struct relay *r);
+void bootstrap_dns_stop(struct relay *r);
+/* The answer to /bootstrap-dns?q=... (q may be NULL); malloc'd, NULL = empty body. */
+char *bootstrap_dns_answer(struct relay *r, const char *q);
 
 /* stun_server.c */
 void stun_close(struct relay *r);
