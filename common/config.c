@@ -1227,6 +1227,10 @@ static const struct key_spec key_specs[] = {
     {.path = "derp.server.ipv4", .apply = apply_ip_address, .field = FIELD(derp_server_ipv4)},
     {.path = "derp.server.ipv6", .apply = apply_ip_address, .field = FIELD(derp_server_ipv6),
      .flags = KEY_IPV6},
+    {.path = "derp.server.per_client_rate_limit_bytes_per_sec", .apply = apply_int,
+     .field = FIELD(derp_server_client_rate_bytes_per_sec), .min = 0, .max = INT_MAX},
+    {.path = "derp.server.per_client_rate_burst_bytes", .apply = apply_int,
+     .field = FIELD(derp_server_client_burst_bytes), .min = 0, .max = INT_MAX},
     {.path = "derp.urls", .apply = apply_url_list, LIST(derp_urls)},
     {.path = "derp.paths", .apply = apply_string_list, LIST(derp_paths), .form = "a file path"},
     {.path = "derp.auto_update_enabled", .apply = apply_bool,
@@ -1620,9 +1624,16 @@ static void check_dns(struct loader *L)
                  "not both");
 }
 
+#define RATE_KEY "derp.server.per_client_rate_limit_bytes_per_sec"
+#define BURST_KEY "derp.server.per_client_rate_burst_bytes"
+
 static void check_derp(struct loader *L)
 {
     struct hw_config *c = L->cfg;
+    if (c->derp_server_client_burst_bytes > 0 && c->derp_server_client_rate_bytes_per_sec == 0 &&
+        !FAILED(L, RATE_KEY, BURST_KEY))
+        warning_at(L, LINE_OF(L, BURST_KEY),
+                   BURST_KEY " has no effect while " RATE_KEY " is 0 (no limit)");
     if (FAILED(L, "derp.server.enabled", "derp.server.automatically_add_embedded_derp_region",
                "derp.urls", "derp.paths", STUN_KEYS))
         return;

@@ -54,6 +54,9 @@ struct hw_config {
     bool derp_server_auto_add_region;  /* automatically_add_embedded_derp_region, default true */
     char *derp_server_ipv4;
     char *derp_server_ipv6;
+    /* derper's per-client receive limit (RateConfig): bytes/s, 0 = unlimited; burst bytes */
+    int derp_server_client_rate_bytes_per_sec;
+    int derp_server_client_burst_bytes;
     char **derp_urls;
     size_t n_derp_urls;
     char **derp_paths;

@@ -197,6 +197,8 @@ static void put_body(struct dump *d, const struct hw_config *cfg)
     put_bool(d, "automatically_add_embedded_derp_region", cfg->derp_server_auto_add_region);
     put_string(d, "ipv4", cfg->derp_server_ipv4);
     put_string(d, "ipv6", cfg->derp_server_ipv6);
+    put_int(d, "per_client_rate_limit_bytes_per_sec", cfg->derp_server_client_rate_bytes_per_sec);
+    put_int(d, "per_client_rate_burst_bytes", cfg->derp_server_client_burst_bytes);
     end_section(d);
     put_list(d, "urls", cfg->derp_urls, cfg->n_derp_urls);
     put_list(d, "paths", cfg->derp_paths, cfg->n_derp_paths);

@@ -77,6 +77,8 @@ struct hw_derp_embed *hw_derp_embed_new(struct hw_server *s, char *err, size_t e
         d->kinds[i] = (struct upgrade_kind){d, i & 1, (i & 2) != 0};
     struct relay_config rc;
     relay_config_defaults(&rc);
+    rc.client_rate_bytes_per_sec = (uint64_t)cfg->derp_server_client_rate_bytes_per_sec;
+    rc.client_burst_bytes = (uint64_t)cfg->derp_server_client_burst_bytes;
     d->relay = relay_new(s->loop, &rc);
 
     const char *addr = cfg->derp_server_stun_listen_addr;
@@ -134,6 +136,12 @@ int hw_derp_embed_start(struct hw_derp_embed *d, const uint8_t noise_private[32]
     if (cfg->derp_server_verify_clients)
         relay_set_admission(d->relay, admit, d);
     d->started = true;
+    if (cfg->derp_server_client_rate_bytes_per_sec > 0)
+        log_info("built-in DERP relay: each client may send %d bytes/s, bursts of up to %llu bytes",
+                 cfg->derp_server_client_rate_bytes_per_sec,
+                 (unsigned long long)relay_set_client_rate(d->relay,
+                                                           (uint64_t)cfg->derp_server_client_rate_bytes_per_sec,
+                                                           (uint64_t)cfg->derp_server_client_burst_bytes));
     log_info("built-in DERP relay: region %d (%s) on /derp, key %s (%s), public key %s; %s",
              cfg->derp_server_region_id, cfg->derp_server_region_code ? cfg->derp_server_region_code : "?",
              path, state == 1 ? "created" : "loaded", relay_public_hex(d->relay),

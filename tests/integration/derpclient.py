@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 
 _lib = ctypes.CDLL(ctypes.util.find_library("sodium") or "libsodium.so.23")
@@ -295,6 +296,128 @@ class DerpClient:
             self.sock.close()
         except OSError:
             pass
+
+
+# -- load: a flooding client beside a well-behaved pair (rate limit tests, bench)
+
+
+class Sink:
+    """Reads RecvPackets on a thread and counts their payload bytes (src key + data,
+    the same length as the SendPacket payload the limit charges)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.bytes = 0
+        self.packets = []
+        self.keep = False
+        self.error = None
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        try:
+            self.client.sock.settimeout(30)
+            while True:
+                t, payload = self.client.read_frame()
+                if t == RECV_PACKET:
+                    self.bytes += len(payload)
+                    if self.keep:
+                        self.packets.append((time.monotonic(), payload[32:]))
+        except Exception as e:   # the test closes the socket to stop this thread
+            self.error = e
+
+
+class Flooder:
+    """Sends SendPackets to dst as fast as the relay takes them, until stopped."""
+
+    def __init__(self, client, dst, size=1000):
+        self.client = client
+        one = frame(SEND_PACKET, dst + b"\x00" * size)
+        self.batch = one * 64
+        self.sent = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        try:
+            self.client.sock.settimeout(None)
+            while True:
+                self.client.send_raw(self.batch)
+                self.sent += len(self.batch)
+        except (OSError, ValueError):
+            pass   # stop() shut the socket down
+
+    def stop(self):
+        try:
+            self.client.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(10)
+
+
+def _admitted(port, **kw):
+    c = DerpClient(port, **kw)
+    c.expect_server_info()
+    return c
+
+
+def flood_beside_pair(port, websocket=False, tls=False, window=3.0):
+    """One client floods another for `window` seconds while a second pair exchanges
+    1,000 small packets. Returns flood_bytes (payload bytes the flooder's peer got),
+    elapsed, delivered (of the pair's 1,000), worst (latency, s) and sent (bytes the
+    flooder's socket took)."""
+    sink_c = _admitted(port, tls=tls)
+    sink = Sink(sink_c)
+    flood_c = _admitted(port, websocket=websocket, tls=tls)
+    a = _admitted(port, tls=tls)
+    b = _admitted(port, tls=tls)
+    b_sink = Sink(b)
+    b_sink.keep = True
+    try:
+        start = time.monotonic()
+        flooder = Flooder(flood_c, sink_c.pub)
+        time.sleep(window / 3)   # the flooder is well over its burst by now
+        # 20 in flight at a time: the relay's queue per receiver is 32 packets deep,
+        # as derper's, so a pair sending faster than it reads loses some anyway.
+        sent_at = {}
+        end = time.monotonic() + 20
+        for i in range(1000):
+            while i - len(b_sink.packets) >= 20 and time.monotonic() < end:
+                time.sleep(0.001)
+            sent_at[i] = time.monotonic()
+            a.send_packet(b.pub, struct.pack(">I", i) + b"p" * 60)
+        while len(b_sink.packets) < 1000 and time.monotonic() < end:
+            time.sleep(0.02)
+        left = start + window - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+        flood_bytes = sink.bytes
+        elapsed = time.monotonic() - start
+        flooder.stop()
+        worst = 0.0
+        for at, data in b_sink.packets:
+            worst = max(worst, at - sent_at[struct.unpack(">I", data[:4])[0]])
+        return {"flood_bytes": flood_bytes, "elapsed": elapsed, "delivered": len(b_sink.packets),
+                "worst": worst, "sent": flooder.sent}
+    finally:
+        for c in (sink_c, flood_c, a, b):
+            c.close()
+
+
+def check_flood_held(res, rate, burst):
+    """The flooder was held to about its limit (within 2x of rate*time+burst, and at
+    least a third of the rate) and the pair's packets all came, within 5 s each."""
+    bound = 2 * (rate * res["elapsed"] + burst)
+    if res["delivered"] != 1000:
+        raise AssertionError("the fast pair got %d of 1000 packets while a client flooded" % res["delivered"])
+    if res["worst"] > 5:
+        raise AssertionError("the fast pair's packets took up to %.1fs" % res["worst"])
+    if res["flood_bytes"] > bound:
+        raise AssertionError("the flooder's peer got %d bytes in %.1fs, over 2x(limit+burst)=%d"
+                             % (res["flood_bytes"], res["elapsed"], bound))
+    if res["flood_bytes"] < rate * res["elapsed"] / 3:
+        raise AssertionError("the flooder's peer got only %d bytes in %.1fs at %d bytes/s"
+                             % (res["flood_bytes"], res["elapsed"], rate))
 
 
 def stun_request(txid):

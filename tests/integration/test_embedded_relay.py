@@ -14,8 +14,8 @@ import time
 import hwtest
 from hwtest import (HEADWATER, SANITIZED, SLOW, Server, api_call, case, check, contains, eq,
                     skip)
-from derpclient import (CLIENT_INFO, DerpClient, Refused, box_seal, frame, keypair, public_key,
-                        stun_mapped_address, stun_request, ws_frame)
+from derpclient import (CLIENT_INFO, DerpClient, Refused, box_seal, check_flood_held, flood_beside_pair,
+                        frame, keypair, public_key, stun_mapped_address, stun_request, ws_frame)
 from relayctl import DERP_PAIR, http_get
 
 REFUSAL = "refused: not a registered, unexpired node of this tailnet"
@@ -187,6 +187,18 @@ def verify_clients_off_admits_anyone():
         a = admitted(s.port, None)
         b = admitted(s.port, None)
         exchange(a, b, sizes=(50,))
+
+
+@case
+def per_client_rate_limit_holds_a_flooder():
+    # derp.server.per_client_rate_limit_bytes_per_sec: the same limit as hwrelay's
+    # -rate-config, on sockets libmicrohttpd upgraded (plain and WebSocket).
+    rate, burst = 200_000, 256 * 1024
+    with relay_server(verify_clients=False, per_client_rate_limit_bytes_per_sec=rate,
+                      per_client_rate_burst_bytes=burst) as s:
+        wait_log(s, "each client may send 200000 bytes/s, bursts of up to 262144 bytes")
+        for websocket in (False, True):
+            check_flood_held(flood_beside_pair(s.port, websocket=websocket), rate, burst)
 
 
 @case

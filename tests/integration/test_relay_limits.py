@@ -7,141 +7,19 @@ import json
 import os
 import socket
 import ssl
-import struct
 import sys
-import threading
 import time
 
-from derpclient import RECV_PACKET, SEND_PACKET, DerpClient, frame
+from derpclient import check_flood_held, flood_beside_pair
 from relayctl import HWRELAY, Cases, Relay, http_get
 
 RATE = 200_000          # bytes/s of frame payload the flooder may send
 BURST = 256 * 1024      # big enough for the fast pair's 1,000 small packets
-WINDOW = 3.0            # seconds the flooder floods
 
 
 def write_rate_config(path, rate, burst):
     with open(path, "w") as f:
         json.dump({"PerClientRateLimitBytesPerSec": rate, "PerClientRateBurstBytes": burst}, f)
-
-
-class Sink:
-    """Reads RecvPackets on a thread and counts their payload bytes (src key + data,
-    the same length as the SendPacket payload the limit charges)."""
-
-    def __init__(self, client):
-        self.client = client
-        self.bytes = 0
-        self.packets = []
-        self.keep = False
-        self.error = None
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        try:
-            self.client.sock.settimeout(30)
-            while True:
-                t, payload = self.client.read_frame()
-                if t == RECV_PACKET:
-                    self.bytes += len(payload)
-                    if self.keep:
-                        self.packets.append((time.monotonic(), payload[32:]))
-        except Exception as e:   # the test closes the socket to stop this thread
-            self.error = e
-
-
-class Flooder:
-    """Sends SendPackets to dst as fast as the relay takes them, until stopped."""
-
-    def __init__(self, client, dst, size=1000):
-        self.client = client
-        one = frame(SEND_PACKET, dst + b"\x00" * size)
-        self.batch = one * 64
-        self.sent = 0
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        try:
-            self.client.sock.settimeout(None)
-            while True:
-                self.client.send_raw(self.batch)
-                self.sent += len(self.batch)
-        except (OSError, ValueError):
-            pass   # stop() shut the socket down
-
-    def stop(self):
-        try:
-            self.client.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.thread.join(10)
-
-
-def connect(relay, **kw):
-    c = DerpClient(relay.port, **kw)
-    c.expect_server_info()
-    return c
-
-
-def measure_flood(relay, websocket=False, tls=False, window=WINDOW):
-    """Bytes the flooder's peer got in the window, and how the fast pair's 1,000
-    packets fared meanwhile: (flood_bytes, delivered, worst_latency_s)."""
-    sink_c = connect(relay, tls=tls)
-    sink = Sink(sink_c)
-    flood_c = connect(relay, websocket=websocket, tls=tls)
-    a = connect(relay, tls=tls)
-    b = connect(relay, tls=tls)
-    b_sink = Sink(b)
-    b_sink.keep = True
-    try:
-        start = time.monotonic()
-        flooder = Flooder(flood_c, sink_c.pub)
-        time.sleep(window / 3)   # the flooder is well over its burst by now
-        # 20 in flight at a time: the relay's queue per receiver is 32 packets deep,
-        # as derper's, so a pair sending faster than it reads loses some anyway.
-        sent_at = {}
-        end = time.monotonic() + 20
-        for i in range(1000):
-            while i - len(b_sink.packets) >= 20 and time.monotonic() < end:
-                time.sleep(0.001)
-            sent_at[i] = time.monotonic()
-            a.send_packet(b.pub, struct.pack(">I", i) + b"p" * 60)
-        while len(b_sink.packets) < 1000 and time.monotonic() < end:
-            time.sleep(0.02)
-        left = start + window - time.monotonic()
-        if left > 0:
-            time.sleep(left)
-        flood_bytes = sink.bytes
-        elapsed = time.monotonic() - start
-        flooder.stop()
-        worst = 0.0
-        for at, data in b_sink.packets:
-            worst = max(worst, at - sent_at[struct.unpack(">I", data[:4])[0]])
-        return flood_bytes, elapsed, len(b_sink.packets), worst, flooder.sent
-    finally:
-        for c in (sink_c, flood_c, a, b):
-            c.close()
-
-
-def check_flood(flood_bytes, elapsed, delivered, worst, sent, rate=RATE, burst=BURST):
-    bound = 2 * (rate * elapsed + burst)
-    if delivered != 1000:
-        raise AssertionError("the fast pair got %d of 1000 packets while a client flooded" % delivered)
-    if worst > 5:
-        raise AssertionError("the fast pair's packets took up to %.1fs" % worst)
-    if flood_bytes > bound:
-        raise AssertionError("the flooder's peer got %d bytes in %.1fs, over 2x(limit+burst)=%d"
-                             % (flood_bytes, elapsed, bound))
-    if flood_bytes < rate * elapsed / 3:
-        raise AssertionError("the flooder's peer got only %d bytes in %.1fs at %d bytes/s"
-                             % (flood_bytes, elapsed, rate))
-
-
-def rate_relay(*extra, certmode="http"):
-    r = Relay(*extra, certmode=certmode)
-    return r
 
 
 def limited_relay(tmp_extra=(), certmode="http"):
@@ -158,8 +36,8 @@ def limited_relay(tmp_extra=(), certmode="http"):
 def run_flood_case(websocket=False, tls=False):
     relay, _ = limited_relay(certmode="ipself" if tls else "http")
     try:
-        res = measure_flood(relay, websocket=websocket, tls=tls)
-        check_flood(*res)
+        res = flood_beside_pair(relay.port, websocket=websocket, tls=tls)
+        check_flood_held(res, RATE, BURST)
         if "rate config applied: client-rate=%d bytes/sec, client-burst=%d bytes" % (RATE, BURST) \
                 not in relay.log_text():
             raise AssertionError("no 'rate config applied' line:\n" + relay.log_text()[-1000:])
@@ -189,12 +67,11 @@ def test_sighup_lifts_the_limit():
         relay.proc.send_signal(1)   # SIGHUP
         if not relay.wait_log("rate config applied: client-rate=0 bytes/sec, client-burst=0 bytes"):
             raise AssertionError("SIGHUP did not reload:\n" + relay.log_text()[-1000:])
-        flood_bytes, elapsed, delivered, _, _ = measure_flood(relay, window=2.0)
-        bound = 2 * (RATE * elapsed + BURST)
-        if delivered != 1000:
-            raise AssertionError("the fast pair got %d of 1000" % delivered)
-        if flood_bytes <= bound:
-            raise AssertionError("still limited after the reload: %d bytes in %.1fs" % (flood_bytes, elapsed))
+        res = flood_beside_pair(relay.port, window=2.0)
+        if res["delivered"] != 1000:
+            raise AssertionError("the fast pair got %d of 1000" % res["delivered"])
+        if res["flood_bytes"] <= 2 * (RATE * res["elapsed"] + BURST):
+            raise AssertionError("still limited after the reload: %(flood_bytes)d bytes in %(elapsed).1fs" % res)
         # A broken file keeps the limits in place and says why.
         with open(path, "w") as f:
             f.write('{"PerClientRateLimitBytesPerSec": "fast"}')

@@ -119,6 +119,8 @@ static const char *config_difference(const struct hw_config *a, const struct hw_
     SAME(derp_server_auto_add_region);
     SAME_STR(derp_server_ipv4);
     SAME_STR(derp_server_ipv6);
+    SAME(derp_server_client_rate_bytes_per_sec);
+    SAME(derp_server_client_burst_bytes);
     SAME_LIST(derp_urls);
     SAME_LIST(derp_paths);
     SAME(derp_auto_update_enabled);
@@ -190,6 +192,8 @@ static const char good_config[] =
     "    automatically_add_embedded_derp_region: false\n"
     "    ipv4: 198.51.100.1\n"
     "    ipv6: 2001:db8::1\n"
+    "    per_client_rate_limit_bytes_per_sec: 1000000\n"
+    "    per_client_rate_burst_bytes: 2000000\n"
     "  urls:\n"
     "    - https://controlplane.tailscale.com/derpmap/default\n"
     "  paths:\n"
@@ -380,6 +384,8 @@ static void embedded_defaults(void)
     CHECK_STR(c.derp_server_private_key_path, "./data/derp_server_private.key");
     CHECK(c.derp_server_verify_clients && c.derp_server_auto_add_region, "relay flags");
     CHECK(c.derp_server_ipv4 == NULL && c.derp_server_ipv6 == NULL, "no relay addresses");
+    CHECK(c.derp_server_client_rate_bytes_per_sec == 0 && c.derp_server_client_burst_bytes == 0,
+          "no per-client rate limit, as derper");
     CHECK_INT(c.n_derp_urls, 0);
     CHECK_INT(c.n_derp_paths, 0);
     CHECK(c.derp_auto_update_enabled, "auto update");
@@ -463,6 +469,8 @@ static void good_file_sets_every_key(void)
     CHECK(!c.derp_server_auto_add_region, "auto add off");
     CHECK_STR(c.derp_server_ipv4, "198.51.100.1");
     CHECK_STR(c.derp_server_ipv6, "2001:db8::1");
+    CHECK_INT(c.derp_server_client_rate_bytes_per_sec, 1000000);
+    CHECK_INT(c.derp_server_client_burst_bytes, 2000000);
     CHECK_INT(c.n_derp_urls, 1);
     CHECK_STR(c.derp_urls[0], "https://controlplane.tailscale.com/derpmap/default");
     CHECK_INT(c.n_derp_paths, 1);
@@ -892,6 +900,24 @@ static void cross_key_rules(void)
     rc = load_text("nobase.yaml", "dns:\n  magic_dns: true\n  base_domain: \"\"\n", &c, &r);
     CHECK(rc == -1, "MagicDNS without a base domain");
     CHECK_DIAG(&r, "dns.base_domain: MagicDNS (dns.magic_dns) needs a base domain", 3, true);
+    hw_config_free(&c);
+    hw_config_result_free(&r);
+
+    rc = load_text("burst.yaml",
+                   "derp:\n  server:\n    per_client_rate_burst_bytes: 100000\n"
+                   "    per_client_rate_limit_bytes_per_sec: -1\n", &c, &r);
+    CHECK(rc == -1, "a negative rate");
+    CHECK_DIAG(&r, "derp.server.per_client_rate_limit_bytes_per_sec: expected a whole number from 0 to "
+               "2147483647, got \"-1\"", 4, true);
+    CHECK_INT(r.n_errors, 1);
+    for (size_t i = 0; i < r.n_diags; i++)   /* the refused rate leaves the burst unjudged */
+        CHECK(!strstr(r.diags[i].message, "has no effect"), "%s", r.diags[i].message);
+    hw_config_free(&c);
+    hw_config_result_free(&r);
+    rc = load_text("burst2.yaml", "derp:\n  server:\n    per_client_rate_burst_bytes: 100000\n", &c, &r);
+    CHECK(rc == 0, "a burst alone is only a warning");
+    CHECK_DIAG(&r, "derp.server.per_client_rate_burst_bytes has no effect while "
+               "derp.server.per_client_rate_limit_bytes_per_sec is 0", 3, false);
     hw_config_free(&c);
     hw_config_result_free(&r);
 
