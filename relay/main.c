@@ -278,6 +278,10 @@ static void on_sighup_pipe(struct hw_loop *loop, int fd, int events, void *arg)
     char buf[64];
     while (read(fd, buf, sizeof buf) > 0) {
     }
+    if (!rate_config_path) {
+        log_info("hwrelay: SIGHUP: nothing to reload (no -rate-config)");
+        return;
+    }
     log_info("hwrelay: SIGHUP: reloading rate config from %s", rate_config_path);
     if (apply_rate_config(arg) < 0)
         log_warn("hwrelay: rate config reload failed; the previous limits stay");
@@ -532,16 +536,16 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    if (rate_config_path) {
-        if (pipe2(sighup_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
-            log_error("hwrelay: pipe: %s", strerror(errno));
-            goto out;
-        }
-        hw_loop_add(loop, sighup_pipe[0], HW_EV_READ, on_sighup_pipe, r);
-        struct sigaction hup = {.sa_handler = on_sighup, .sa_flags = SA_RESTART};
-        sigemptyset(&hup.sa_mask);
-        sigaction(SIGHUP, &hup, NULL);
+    /* derper exits on SIGHUP without -rate-config; a reload (systemctl reload) that
+     * kills the relay helps nobody, so hwrelay always takes it. */
+    if (pipe2(sighup_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+        log_error("hwrelay: pipe: %s", strerror(errno));
+        goto out;
     }
+    hw_loop_add(loop, sighup_pipe[0], HW_EV_READ, on_sighup_pipe, r);
+    struct sigaction hup = {.sa_handler = on_sighup, .sa_flags = SA_RESTART};
+    sigemptyset(&hup.sa_mask);
+    sigaction(SIGHUP, &hup, NULL);
     hw_loop_run(loop);
     log_info("hwrelay: shutting down (%zu connections, %llu packets relayed, %llu dropped)", r->n_conns,
              (unsigned long long)r->packets_relayed, (unsigned long long)r->packets_dropped);

@@ -86,6 +86,19 @@ def test_sighup_lifts_the_limit():
         err = relay.stop()
     if err:
         raise AssertionError(err)
+    # Without -rate-config a reload (systemctl reload) is harmless.
+    relay = Relay()
+    try:
+        relay.proc.send_signal(1)
+        if not relay.wait_log("SIGHUP: nothing to reload"):
+            raise AssertionError("no reload line:\n" + relay.log_text()[-1000:])
+        status, _, _ = http_get(relay.port, "/generate_204")
+        if status != 204:
+            raise AssertionError("relay not serving after SIGHUP: %d" % status)
+    finally:
+        err = relay.stop()
+    if err:
+        raise AssertionError(err)
 
 
 def start_fails(args, want):
