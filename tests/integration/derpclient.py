@@ -364,8 +364,8 @@ def _admitted(port, **kw):
 def flood_beside_pair(port, websocket=False, tls=False, window=3.0):
     """One client floods another for `window` seconds while a second pair exchanges
     1,000 small packets. Returns flood_bytes (payload bytes the flooder's peer got),
-    elapsed, delivered (of the pair's 1,000), worst (latency, s) and sent (bytes the
-    flooder's socket took)."""
+    elapsed, delivered (of the pair's 1,000), worst and median (latency, s) and sent
+    (bytes the flooder's socket took)."""
     sink_c = _admitted(port, tls=tls)
     sink = Sink(sink_c)
     flood_c = _admitted(port, websocket=websocket, tls=tls)
@@ -394,11 +394,10 @@ def flood_beside_pair(port, websocket=False, tls=False, window=3.0):
         flood_bytes = sink.bytes
         elapsed = time.monotonic() - start
         flooder.stop()
-        worst = 0.0
-        for at, data in b_sink.packets:
-            worst = max(worst, at - sent_at[struct.unpack(">I", data[:4])[0]])
+        latencies = sorted(at - sent_at[struct.unpack(">I", data[:4])[0]] for at, data in b_sink.packets)
         return {"flood_bytes": flood_bytes, "elapsed": elapsed, "delivered": len(b_sink.packets),
-                "worst": worst, "sent": flooder.sent}
+                "worst": latencies[-1] if latencies else 0.0,
+                "median": latencies[len(latencies) // 2] if latencies else 0.0, "sent": flooder.sent}
     finally:
         for c in (sink_c, flood_c, a, b):
             c.close()
