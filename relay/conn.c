@@ -889,6 +889,14 @@ static void on_conn_event(struct hw_loop *loop, int fd, int events, void *arg)
         conn_unref(c);
         return;
     }
+    /* Reads are paused (rate limit, admission), so a reset peer would keep the
+     * level-triggered error firing until the pause ends: end it now. */
+    if ((events & HW_EV_ERROR) && (c->rate_wait || c->state == CONN_VERIFYING)) {
+        conn_close(c, "connection lost while its reads were paused");
+        relay_flush_dirty(r);
+        conn_unref(c);
+        return;
+    }
     if ((events & HW_EV_WRITE) && c->state != CONN_TLS_HANDSHAKE && c->state != CONN_MESH_TLS)
         flush_out(c);
     if ((events & HW_EV_READ) && c->state != CONN_CLOSED)

@@ -7,10 +7,11 @@ import json
 import os
 import socket
 import ssl
+import struct
 import sys
 import time
 
-from derpclient import check_flood_held, flood_beside_pair
+from derpclient import PEER_GONE, DerpClient, check_flood_held, flood_beside_pair
 from relayctl import HWRELAY, Cases, Relay, http_get
 
 RATE = 200_000          # bytes/s of frame payload the flooder may send
@@ -95,6 +96,45 @@ def test_sighup_lifts_the_limit():
         status, _, _ = http_get(relay.port, "/generate_204")
         if status != 204:
             raise AssertionError("relay not serving after SIGHUP: %d" % status)
+    finally:
+        err = relay.stop()
+    if err:
+        raise AssertionError(err)
+
+
+def test_reset_while_held_is_noticed():
+    # 1 byte/s: once over its burst the flooder waits for hours. If it resets its
+    # connection meanwhile, the relay must notice now (its peer gets PeerGone), not
+    # when the wait ends.
+    import tempfile
+    d = tempfile.mkdtemp(prefix="hwrelay-rate-")
+    path = os.path.join(d, "rate.json")
+    write_rate_config(path, 1, 0)
+    relay = Relay("-rate-config", path, workdir=d)
+    try:
+        sink = DerpClient(relay.port)
+        sink.expect_server_info()
+        flood = DerpClient(relay.port)
+        flood.expect_server_info()
+        for _ in range(2):
+            flood.send_packet(sink.pub, b"\x00" * 60000)
+        sink.recv_packet()   # the burst (65568 bytes) pays for the first
+        sink.sock.settimeout(1)
+        try:
+            sink.recv_packet()
+            raise AssertionError("the second packet got through at 1 byte/s")
+        except socket.timeout:
+            pass
+        flood.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        flood.close()   # RST
+        sink.sock.settimeout(5)
+        while True:
+            t, payload = sink.read_frame()
+            if t == PEER_GONE and payload[:32] == flood.pub:
+                break
+        if not relay.wait_log("connection lost while its reads were paused"):
+            raise AssertionError("no log line:\n" + relay.log_text()[-1000:])
+        sink.close()
     finally:
         err = relay.stop()
     if err:
@@ -218,6 +258,7 @@ def main():
     cases.run("relay_rate_limit_websocket", test_flooder_over_websocket_held)
     cases.run("relay_rate_limit_tls", test_flooder_over_tls_held)
     cases.run("relay_rate_limit_sighup_reload", test_sighup_lifts_the_limit)
+    cases.run("relay_rate_limit_reset_while_held", test_reset_while_held_is_noticed)
     cases.run("relay_limits_bad_values", test_bad_limits_refused_at_start)
     cases.run("relay_accept_connection_limit", test_accept_limit_closes_excess)
     cases.run("relay_bootstrap_dns", test_bootstrap_dns_serves_names)
