@@ -21,8 +21,9 @@ enum relay_certmode {
 };
 
 /* Settings, named after hwrelay's flags. An embedding program only needs the
- * derper limits (queue_depth, write_timeout_ms); the rest is read by the hwrelay
- * parts (listeners, TLS, mesh, verify.c). Strings are borrowed and must outlive the relay. */
+ * derper limits (queue_depth, write_timeout_ms, client_rate_bytes_per_sec,
+ * client_burst_bytes); the rest is read by the hwrelay parts (listeners, TLS, mesh,
+ * verify.c, bootstrap DNS). Strings are borrowed and must outlive the relay. */
 struct relay_config {
     const char *addr;                 /* -a */
     const char *hostname;             /* -hostname */
