@@ -14,9 +14,11 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/err.h>
 #include <sodium.h>
 
 #include "client/http1.h"
+#include "client/tlsdial.h"
 #include "common/log.h"
 #include "common/loop.h"
 #include "common/util.h"
@@ -61,6 +63,10 @@ struct hwc_conn {
     int fd;
     bool fd_watched;
     int interest;
+    /* https:// login servers: TLS under everything, one session per TCP connection */
+    SSL *ssl;
+    bool tls_up;
+    bool ssl_want_write; /* OpenSSL needs the socket writable before it can go on */
 
     /* resolving a name happens on a helper thread that signals through a pipe */
     struct addrinfo *addrs, *next_addr;
@@ -135,6 +141,11 @@ static void unwatch(struct hwc_conn *c)
 static void close_fd(struct hwc_conn *c)
 {
     unwatch(c);
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    c->tls_up = c->ssl_want_write = false;
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
@@ -319,6 +330,46 @@ static void start_connect(struct hwc_conn *c)
          c->last_connect_error[0] ? c->last_connect_error : "no address");
 }
 
+/* read(2)/send(2) on the connection, through TLS for https:// servers, with their
+ * conventions: -1 and errno (EAGAIN when TLS waits for the socket), 0 at EOF. */
+static ssize_t tls_result(struct hwc_conn *c, int n)
+{
+    int e = SSL_get_error(c->ssl, n);
+    c->ssl_want_write = e == SSL_ERROR_WANT_WRITE;
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        errno = EAGAIN;
+        return -1;
+    }
+    if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && n == 0 && errno == 0))
+        return 0;
+    if (e != SSL_ERROR_SYSCALL)
+        errno = EPROTO;
+    return -1;
+}
+
+static ssize_t conn_recv(struct hwc_conn *c, void *buf, size_t len)
+{
+    if (!c->ssl)
+        return read(c->fd, buf, len);
+    ERR_clear_error();
+    errno = 0;
+    int n = SSL_read(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    return n > 0 ? n : tls_result(c, n);
+}
+
+static ssize_t conn_send(struct hwc_conn *c, const void *buf, size_t len)
+{
+    if (!c->ssl)
+        return send(c->fd, buf, len, MSG_NOSIGNAL);
+    ERR_clear_error();
+    errno = 0;
+    int n = SSL_write(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    return n > 0 ? n : tls_result(c, n);
+}
+
+/* Decrypted bytes OpenSSL holds that epoll cannot announce. */
+static bool tls_pending(const struct hwc_conn *c) { return c->ssl && SSL_pending(c->ssl) > 0; }
+
 /* The socket failed before anything was read: try the host's next address. */
 static void connect_failed(struct hwc_conn *c, int err)
 {
@@ -338,7 +389,7 @@ static int receive(struct hwc_conn *c, size_t max)
     }
     if (c->rlen >= max)
         return 1; /* full: the caller decides */
-    ssize_t n = read(c->fd, c->rbuf + c->rlen, max - c->rlen);
+    ssize_t n = conn_recv(c, c->rbuf + c->rlen, max - c->rlen);
     if (n < 0)
         return errno == EAGAIN || errno == EINTR ? 0 : -1;
     if (n == 0)
@@ -438,7 +489,7 @@ static void key_readable(struct hwc_conn *c)
 static void flush_out(struct hwc_conn *c)
 {
     while (c->out_off < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        ssize_t n = conn_send(c, c->out + c->out_off, c->out_len - c->out_off);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 break;
@@ -450,7 +501,7 @@ static void flush_out(struct hwc_conn *c)
     if (c->out_off == c->out_len)
         c->out_off = c->out_len = 0;
     if (c->stage == ST_READY)
-        set_interest(c, HW_EV_READ | (c->out_len ? HW_EV_WRITE : 0));
+        set_interest(c, HW_EV_READ | (c->out_len || c->ssl_want_write ? HW_EV_WRITE : 0));
 }
 
 static int h2_write(struct hw_h2 *h2, const uint8_t *data, size_t len, void *arg)
@@ -696,7 +747,7 @@ static void ready_readable(struct hwc_conn *c)
 {
     uint8_t buf[65536];
     for (int round = 0; round < 4 && c->stage == ST_READY; round++) {
-        ssize_t n = read(c->fd, buf, sizeof buf);
+        ssize_t n = conn_recv(c, buf, sizeof buf);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 return;
@@ -708,8 +759,52 @@ static void ready_readable(struct hwc_conn *c)
             return;
         }
         process_records(c, buf, (size_t)n);
-        if ((size_t)n < sizeof buf)
+        if ((size_t)n < sizeof buf && !tls_pending(c))
             return;
+    }
+}
+
+/* Runs the TLS handshake of an https:// connection after the TCP connect; the HTTP
+ * request goes out once the server proved its name. */
+static void tls_handshake(struct hwc_conn *c)
+{
+    char err[256];
+    if (!c->ssl) {
+        c->ssl = hwc_tls_new(c->fd, c->url.host, NULL, false, err, sizeof err);
+        if (!c->ssl) {
+            fail(c, "%s: %s", c->url.base, err);
+            return;
+        }
+    }
+    ERR_clear_error();
+    int rc = SSL_connect(c->ssl);
+    if (rc == 1) {
+        if (hwc_tls_check(c->ssl, c->url.host, NULL, false, err, sizeof err) < 0) {
+            fail(c, "%s: %s", c->url.base, err);
+            return;
+        }
+        c->tls_up = true;
+        set_interest(c, HW_EV_WRITE);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        set_interest(c, e == SSL_ERROR_WANT_READ ? HW_EV_READ : HW_EV_WRITE);
+        return;
+    }
+    long vr = SSL_get_verify_result(c->ssl);
+    if (vr != X509_V_OK) {
+        ERR_clear_error();
+        fail(c, "TLS to %s: certificate not trusted: %s (the system's CA certificates must vouch "
+                "for the login server; add a private CA with SSL_CERT_FILE)",
+             c->url.base, X509_verify_cert_error_string(vr));
+    } else if (e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN) {
+        ERR_clear_error();
+        fail(c, "TLS to %s: the server closed the connection in the TLS handshake (does it serve "
+                "plain HTTP? then use http://)", c->url.base);
+    } else {
+        hwc_tls_handshake_error(c->ssl, rc, err, sizeof err);
+        fail(c, "TLS to %s: %s", c->url.base, err);
     }
 }
 
@@ -724,21 +819,39 @@ static void conn_event(struct hw_loop *loop, int fd, int events, void *arg)
             if (c->stage == ST_READY)
                 flush_out(c);
         }
-        if (c->stage == ST_READY && (events & (HW_EV_READ | HW_EV_ERROR)))
+        /* OpenSSL may have wanted the socket writable to go on reading. */
+        if (c->stage == ST_READY && ((events & (HW_EV_READ | HW_EV_ERROR)) || c->ssl))
             ready_readable(c);
+        return;
+    }
+    if (c->url.https && !c->tls_up) {
+        if (!c->ssl) {
+            if (!(events & (HW_EV_WRITE | HW_EV_ERROR)))
+                return;
+            int soerr = 0;
+            socklen_t sl = sizeof soerr;
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+            if (soerr) {
+                connect_failed(c, soerr);
+                return;
+            }
+        }
+        tls_handshake(c);
         return;
     }
     if (c->req_off < c->req_len) {
         if (!(events & (HW_EV_WRITE | HW_EV_ERROR)))
             return;
-        int soerr = 0;
-        socklen_t sl = sizeof soerr;
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-        if (soerr) {
-            connect_failed(c, soerr);
-            return;
+        if (!c->ssl) {
+            int soerr = 0;
+            socklen_t sl = sizeof soerr;
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+            if (soerr) {
+                connect_failed(c, soerr);
+                return;
+            }
         }
-        ssize_t n = send(fd, c->req + c->req_off, c->req_len - c->req_off, MSG_NOSIGNAL);
+        ssize_t n = conn_send(c, c->req + c->req_off, c->req_len - c->req_off);
         if (n < 0) {
             if (errno != EAGAIN && errno != EINTR)
                 connect_failed(c, errno);
@@ -749,10 +862,16 @@ static void conn_event(struct hw_loop *loop, int fd, int events, void *arg)
             set_interest(c, HW_EV_READ);
         return;
     }
-    if (c->stage == ST_KEY)
-        key_readable(c);
-    else
-        upgrade_readable(c);
+    /* A TLS record can hold more than one read takes; epoll only sees the socket. */
+    do {
+        enum stage before = c->stage;
+        if (c->stage == ST_KEY)
+            key_readable(c);
+        else
+            upgrade_readable(c);
+        if (c->stage != before || c->stage == ST_FAILED || c->fd < 0)
+            break;
+    } while (tls_pending(c));
 }
 
 /* ---- public ---- */
@@ -785,11 +904,7 @@ struct hwc_conn *hwc_conn_dial_key(struct hw_loop *loop, const struct hwc_url *u
     }
     c->stage = ST_RESOLVE;
     c->deadline = hw_timer_start(loop, HWC_DIAL_TIMEOUT_MS, deadline_cb, c);
-    if (url->https)
-        fail(c, "%s: https:// login servers are not supported by hwclient yet (no TLS); use http://",
-             url->base);
-    else
-        start_resolve(c);
+    start_resolve(c);
     return c;
 }
 

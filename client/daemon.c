@@ -1293,11 +1293,6 @@ static int setup(struct daemon *d, char *err, size_t errlen)
 {
     if (hwc_url_parse(d->opts->login_server, &d->url, err, errlen) < 0)
         return -1;
-    if (d->url.https) {
-        snprintf(err, errlen, "%s: https:// login servers are not supported by hwclient yet (no TLS "
-                 "under Noise): use the server's http:// URL", d->url.base);
-        return -1;
-    }
     if (hwc_state_paths(&d->st, d->opts->statedir, err, errlen) < 0 || hwc_state_lock(&d->st, err, errlen) < 0)
         return -1;
     int rc = hwc_state_machine_key(&d->st, d->machine_priv, err, errlen);

@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <sodium.h>
 
 #include "common/log.h"
 #include "common/util.h"
@@ -363,15 +364,58 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     *req_cls = NULL;
 }
 
+/* Reads a PEM file named by config key `key` for the TLS listener. */
+static char *read_pem(const char *key, const char *path, const char *marker, char *err,
+                      size_t err_len)
+{
+    size_t len = 0;
+    char *pem = hw_read_file(path, &len);
+    if (!pem) {
+        snprintf(err, err_len, "%s %s: cannot read: %s", key, path, strerror(errno));
+        return NULL;
+    }
+    if (!strstr(pem, "-----BEGIN ") || !strstr(pem, marker)) {
+        snprintf(err, err_len, "%s %s: not a PEM file holding a %s", key, path,
+                 strcmp(key, "tls_cert_path") == 0 ? "certificate" : "private key");
+        free(pem);
+        return NULL;
+    }
+    return pem;
+}
+
 int hw_http_public_start(struct hw_server *s, char *err, size_t err_len)
 {
     /* One internal epoll thread: the handlers here are short, and long-lived traffic
      * (Noise sessions) leaves libmicrohttpd through the upgrade for the event loop. */
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_UPGRADE;
     int fd = s->public_fd;
+    const struct hw_config *cfg = s->cfg;
+    char *cert = NULL, *key = NULL;
+    struct MHD_OptionItem tls_options[3] = {{MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL},
+                                            {MHD_OPTION_END, 0, NULL}};
+    if (cfg->tls_cert_path && cfg->tls_key_path) {
+        cert = read_pem("tls_cert_path", cfg->tls_cert_path, "CERTIFICATE-----", err, err_len);
+        key = cert ? read_pem("tls_key_path", cfg->tls_key_path, "PRIVATE KEY-----", err, err_len)
+                   : NULL;
+        if (!cert || !key) {
+            free(cert);
+            close(fd);
+            s->public_fd = -1;
+            return -1;
+        }
+        /* libmicrohttpd's TLS: upgraded connections (/ts2021, /derp) reach the loop as
+         * plain sockets that its thread encrypts, so nothing past here knows about TLS. */
+        flags |= MHD_USE_TLS;
+        tls_options[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, cert};
+        tls_options[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, key};
+        if (cfg->server_url && strncmp(cfg->server_url, "https://", 8) != 0)
+            log_warn("tls_cert_path is set but server_url %s is not https://: clients will "
+                     "speak plain HTTP to a TLS listener and fail", cfg->server_url);
+    }
     s->public_http = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s,
         MHD_OPTION_EXTERNAL_LOGGER, hw_mhd_logger, (void *)"public http",
+        MHD_OPTION_ARRAY, tls_options,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)PUBLIC_CONNECTION_LIMIT,
@@ -382,9 +426,12 @@ int hw_http_public_start(struct hw_server *s, char *err, size_t err_len)
     /* libmicrohttpd owns the socket from here on: it closes it when stopped and on
      * almost every failure path, so closing it again could hit a reused descriptor. */
     s->public_fd = -1;
+    /* libmicrohttpd keeps pointing at the PEM text for its lifetime. */
+    s->tls_cert_pem = cert;
+    s->tls_key_pem = key;
     if (!s->public_http) {
-        snprintf(err, err_len, "cannot start the HTTP listener on %s (see the log above)",
-                 s->cfg->listen_addr);
+        snprintf(err, err_len, "cannot start the %s listener on %s (see the log above)",
+                 (flags & MHD_USE_TLS) ? "HTTPS" : "HTTP", s->cfg->listen_addr);
         return -1;
     }
     return 0;
@@ -396,4 +443,9 @@ void hw_http_public_stop(struct hw_server *s)
         MHD_stop_daemon(s->public_http);
         s->public_http = NULL;
     }
+    if (s->tls_key_pem)
+        sodium_memzero(s->tls_key_pem, strlen(s->tls_key_pem));
+    free(s->tls_key_pem);
+    free(s->tls_cert_pem);
+    s->tls_key_pem = s->tls_cert_pem = NULL;
 }

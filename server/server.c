@@ -209,7 +209,7 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
 
     if (hw_http_public_start(s, err, err_len) < 0 || hw_admin_api_start(s, err, err_len) < 0)
         goto fail;
-    log_info("listening on http://%s (clients use server_url %s)", bound,
+    log_info("listening on %s://%s (clients use server_url %s)", cfg->tls_cert_path ? "https" : "http", bound,
              cfg->server_url ? cfg->server_url : "(not set)");
     log_info("admin API on %s (mode %04o)", cfg->unix_socket, cfg->unix_socket_permission & 0777);
     return 0;

@@ -36,6 +36,7 @@ struct hw_server {
     uint8_t noise_private[32];
     uint8_t noise_public[32];
     struct MHD_Daemon *public_http;
+    char *tls_cert_pem, *tls_key_pem; /* tls_cert_path/tls_key_path while serving HTTPS */
     struct MHD_Daemon *admin_http;
     volatile sig_atomic_t stopping;
 

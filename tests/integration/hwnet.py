@@ -268,8 +268,8 @@ class Client:
 class Net:
     """A Server plus clients, all stopped and removed on exit."""
 
-    def __init__(self, config=None):
-        self.server = Server(config=config)
+    def __init__(self, config=None, server=None):
+        self.server = server or Server(config=config)
         self.clients = []
         self.namespaces = set()
 
