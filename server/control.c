@@ -16,6 +16,7 @@
 #include "proto/mapframe.h"
 #include "proto/tailcfg.h"
 #include "server/derpmap.h"
+#include "server/dns.h"
 #include "server/nodes.h"
 #include "server/routes.h"
 #include "server/tailnet.h"
@@ -96,6 +97,7 @@ struct hw_control {
     struct hw_sbuf *close_frame;        /* the zstd frame of "]}" ending a blocked full map */
     struct hw_derpmap *derpmap;         /* sources of the DERP map, refreshed off the loop */
     json_t *derp_map;
+    struct hw_dns *dns;                 /* DNSConfig from dns.*, records file watched */
     json_t *dns_config;
     json_t *packet_filters;
     char *domain;
@@ -1535,6 +1537,25 @@ static void sweep(struct hw_loop *loop, struct hw_timer *t, void *arg)
 
 /* ---- setup ---- */
 
+/* Sends m to every map stream that has had its first map; returns how many. Call with
+ * the server lock held. */
+static size_t broadcast(struct hw_control *c, const struct tc_map_response *m)
+{
+    struct hw_sbuf *frames[2] = {NULL, NULL};
+    size_t pushed = 0;
+    for (struct tn_stream *ms = c->streams; ms; ms = ms->all_next) {
+        if (!ms->initial_sent || !ms->st)
+            continue;
+        if (!frames[ms->compress])
+            frames[ms->compress] = encode(c, m, NULL, NULL, 0, NULL, ms->compress);
+        push_to_stream(ms, frames[ms->compress]);
+        pushed++;
+    }
+    hw_sbuf_unref(frames[0]);
+    hw_sbuf_unref(frames[1]);
+    return pushed;
+}
+
 /* A new DERP map (a source changed): every connected client gets it as a delta. */
 static void on_derp_map_change(json_t *map, void *arg)
 {
@@ -1543,47 +1564,22 @@ static void on_derp_map_change(json_t *map, void *arg)
     json_decref(c->derp_map);
     c->derp_map = json_incref(map);
     struct tc_map_response m = {.derp_map = map, .control_time = tc_time_now()};
-    struct hw_sbuf *frames[2] = {NULL, NULL};
-    size_t pushed = 0;
-    for (struct tn_stream *ms = c->streams; ms; ms = ms->all_next) {
-        if (!ms->initial_sent || !ms->st)
-            continue;
-        if (!frames[ms->compress])
-            frames[ms->compress] = encode(c, &m, NULL, NULL, 0, NULL, ms->compress);
-        push_to_stream(ms, frames[ms->compress]);
-        pushed++;
-    }
-    hw_sbuf_unref(frames[0]);
-    hw_sbuf_unref(frames[1]);
+    size_t pushed = broadcast(c, &m);
     pthread_mutex_unlock(&c->srv->lock);
     log_info("DERP map changed: %zu regions, sent to %zu map streams", json_object_size(json_object_get(map, "Regions")), pushed);
 }
 
-static json_t *build_dns_config(const struct hw_config *cfg)
+/* The extra records file changed: every connected client gets the new DNSConfig. */
+static void on_dns_change(json_t *dns_config, void *arg)
 {
-    struct tc_dns_config d = {0};
-    for (size_t i = 0; i < cfg->n_dns_nameservers_global; i++)
-        tc_strv_push(&d.resolvers, cfg->dns_nameservers_global[i]);
-    for (size_t i = 0; i < cfg->n_dns_nameservers_split; i++) {
-        struct tc_strv servers = {0};
-        for (size_t j = 0; j < cfg->dns_nameservers_split[i].n_servers; j++)
-            tc_strv_push(&servers, cfg->dns_nameservers_split[i].servers[j]);
-        tc_dns_config_add_route(&d, cfg->dns_nameservers_split[i].domain, &servers);
-        tc_strv_clear(&servers);
-    }
-    if (cfg->dns_magic_dns && cfg->dns_base_domain) {
-        d.proxied = true;
-        tc_strv_push(&d.domains, cfg->dns_base_domain);
-        tc_dns_config_add_magic_reverse_routes(&d);
-    }
-    for (size_t i = 0; i < cfg->n_dns_search_domains; i++)
-        tc_strv_push(&d.domains, cfg->dns_search_domains[i]);
-    for (size_t i = 0; i < cfg->n_dns_extra_records; i++)
-        tc_dns_config_add_record(&d, cfg->dns_extra_records[i].name, cfg->dns_extra_records[i].type,
-                                 cfg->dns_extra_records[i].value);
-    json_t *j = tc_dns_config_to_json(&d);
-    tc_dns_config_clear(&d);
-    return j;
+    struct hw_control *c = arg;
+    pthread_mutex_lock(&c->srv->lock);
+    json_decref(c->dns_config);
+    c->dns_config = json_incref(dns_config);
+    struct tc_map_response m = {.dns_config = dns_config, .control_time = tc_time_now()};
+    size_t pushed = broadcast(c, &m);
+    pthread_mutex_unlock(&c->srv->lock);
+    log_info("DNS config changed: sent to %zu map streams", pushed);
 }
 
 struct hw_control *hw_control_new(struct hw_server *srv, struct hw_loop *loop)
@@ -1612,7 +1608,13 @@ struct hw_control *hw_control_new(struct hw_server *srv, struct hw_loop *loop)
         return NULL;
     }
     c->derp_map = hw_derpmap_current(c->derpmap);
-    c->dns_config = build_dns_config(srv->cfg);
+    c->dns = hw_dns_start(srv->cfg, loop, on_dns_change, c, err, sizeof err);
+    if (!c->dns) {
+        log_error("%s", err);
+        hw_control_free(c);
+        return NULL;
+    }
+    c->dns_config = json_incref(hw_dns_current(c->dns));
     c->domain = hw_strdup(srv->cfg->dns_base_domain ? srv->cfg->dns_base_domain : "");
     c->packet_filters = json_pack("{s:o}", "base", tc_filter_allow_all());
     c->sweep_timer = hw_timer_start(loop, SWEEP_MS, sweep, c);
@@ -1625,6 +1627,7 @@ void hw_control_free(struct hw_control *c)
     if (!c)
         return;
     hw_derpmap_stop(c->derpmap);
+    hw_dns_stop(c->dns);
     if (c->sweep_timer)
         hw_timer_cancel(c->loop, c->sweep_timer);
     if (c->flush_timer)
