@@ -112,6 +112,7 @@ struct hw_control {
     size_t n_offline, cap_offline;
     struct hw_primaries primaries;      /* elected subnet routers (server/routes.h) */
     bool election_due;                  /* re-elect before the next flush */
+    int64_t expiry_checked;             /* unix seconds up to which key expiries were announced */
 };
 
 static void schedule_flush(struct hw_control *c);
@@ -1504,6 +1505,15 @@ static void sweep(struct hw_loop *loop, struct hw_timer *t, void *arg)
     int64_t ephemeral_timeout = c->srv->cfg->ephemeral_node_inactivity_timeout_ms / 1000;
     for (size_t i = 0; i < c->tn.by_id_cap; i++) {
         struct tn_node *n = c->tn.by_id[i];
+        /* A key that just expired: the node is told (it must log in again) and its peers
+         * see it expired, as when an admin expires it. */
+        if (n && n->row.expiry > c->expiry_checked && n->row.expiry <= now) {
+            log_info("node %lld (%s): its key expired; it must log in again", (long long)n->row.id,
+                     n->row.given_name);
+            hw_tailnet_invalidate(n);
+            hw_tailnet_mark(n, TN_PEER_CHANGED | TN_SELF_CHANGED);
+            schedule_flush(c);
+        }
         if (!n || n->streams)
             continue;
         if (n->online && now - n->row.last_seen >= OFFLINE_GRACE_MS / 1000)
@@ -1521,6 +1531,7 @@ static void sweep(struct hw_loop *loop, struct hw_timer *t, void *arg)
             detach_and_remove(c, n);
         }
     }
+    c->expiry_checked = now;
     for (struct followup *f = c->followups; f; f = f->next) {
         if (f->st && now >= f->deadline) {
             register_answer(f->st, NULL, NULL,
@@ -1617,6 +1628,7 @@ struct hw_control *hw_control_new(struct hw_server *srv, struct hw_loop *loop)
     c->dns_config = json_incref(hw_dns_current(c->dns));
     c->domain = hw_strdup(srv->cfg->dns_base_domain ? srv->cfg->dns_base_domain : "");
     c->packet_filters = json_pack("{s:o}", "base", tc_filter_allow_all());
+    c->expiry_checked = hw_now();
     c->sweep_timer = hw_timer_start(loop, SWEEP_MS, sweep, c);
     log_info("tailnet loaded: %zu nodes", c->tn.n_nodes);
     return c;
