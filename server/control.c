@@ -1417,6 +1417,9 @@ static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_
     stream_link(c, ms);
     hw_h2_respond_streaming(st, 200, "application/octet-stream");
     set_online(c, n, true);
+    /* A router back within the offline grace may have lost its prefixes meanwhile. */
+    if (n->n_routes)
+        want_election(c);
     /* Streams already waiting go first, so the budget is shared in arrival order. */
     if (c->waiting || c->queued_estimate >= FULL_MAP_BUDGET)
         wait_for_budget(c, ms);

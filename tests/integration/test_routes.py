@@ -154,6 +154,26 @@ def primary_failover_without_flapping():
 
 
 @case
+def sole_router_back_within_grace_serves_again():
+    """A lone router whose stream ends loses its prefix after 5 s, but is still online
+    for peers (10 s grace): when it reconnects in between it must be elected again."""
+    with Net() as net:
+        key = net.authkey("lab")
+        router = net.client("router", key, extra=["--advertise-routes", SUBNET])
+        watcher = net.client("watcher", key)
+        for c in (router, watcher):
+            c.wait_running(timeout=15)
+        net.hwctl("routes", "enable", "-i", router.node_id(), "-r", SUBNET)
+        wait_primary(watcher, "router", 5, "router primary")
+        router.kill()
+        wait_primary(watcher, None, FAILOVER_LIMIT * SLOW, "no primary while router is away")
+        check(watcher.peers()["router"]["Online"], "still online for peers (the 10 s grace)")
+        router.start()
+        wait_primary(watcher, "router", 10, "router primary again after reconnecting")
+        eq(listed_primary(net), "router", "routes list")
+
+
+@case
 def exit_node_offered_to_peers():
     with Net() as net:
         key = net.authkey("lab")
