@@ -17,7 +17,7 @@ static json_t *node_json(struct admin_req *r, const struct hw_node *n, const str
         json_array_append_new(ips, json_string(n->ipv4));
     if (n->ipv6[0])
         json_array_append_new(ips, json_string(n->ipv6));
-    json_t *advertised = json_array(), *enabled = json_array();
+    json_t *advertised = json_array(), *enabled = json_array(), *primary = json_array();
     for (size_t i = 0; i < n_routes; i++) {
         if (routes[i].node_id != n->id)
             continue;
@@ -27,11 +27,15 @@ static json_t *node_json(struct admin_req *r, const struct hw_node *n, const str
          * as the route objects show it. */
         if (routes[i].enabled)
             json_array_append_new(enabled, json_string(routes[i].prefix));
+        /* The subnet routes it serves now (Headscale's "Serving (Primary)"). */
+        if (routes[i].enabled && routes[i].advertised && r->s->control &&
+            hw_control_route_is_primary(r->s->control, n->id, routes[i].prefix))
+            json_array_append_new(primary, json_string(routes[i].prefix));
     }
     int64_t now = hw_now();
     return json_pack(
         "{s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:b, s:o, s:b, s:o, s:o, s:b, s:o, s:o,"
-        " s:{s:o, s:o}}",
+        " s:{s:o, s:o, s:o}}",
         "id", (json_int_t)n->id, "name", admin_str(n->given_name),
         "hostname", admin_str(n->hostname), "namespace", admin_str(n->namespace_name),
         "machine_key", admin_str(n->machine_key), "node_key", admin_str(n->node_key),
@@ -42,7 +46,7 @@ static json_t *node_json(struct admin_req *r, const struct hw_node *n, const str
         "expired", n->expiry != 0 && n->expiry <= now,
         "created_at", admin_time(n->created_at),
         "register_method", admin_str(n->register_method),
-        "routes", "advertised", advertised, "enabled", enabled);
+        "routes", "advertised", advertised, "enabled", enabled, "primary", primary);
 }
 
 /* Answers with the node as stored now (after a change, inside or after its commit). */

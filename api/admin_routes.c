@@ -7,14 +7,18 @@
 
 #include "api/admin_internal.h"
 #include "common/util.h"
+#include "server/control.h"
 #include "server/nodes.h"
 
-static json_t *route_json(const struct hw_route *rt)
+/* "primary" is the live election's (in memory, as in Headscale), not a stored flag. */
+static json_t *route_json(struct admin_req *r, const struct hw_route *rt)
 {
+    bool primary = r->s->control && rt->enabled && rt->advertised &&
+                   hw_control_route_is_primary(r->s->control, rt->node_id, rt->prefix);
     return json_pack("{s:I, s:I, s:o, s:o, s:b, s:b, s:b}", "id", (json_int_t)rt->id,
                      "node_id", (json_int_t)rt->node_id, "node", admin_str(rt->node_name),
                      "prefix", admin_str(rt->prefix), "advertised", rt->advertised,
-                     "enabled", rt->enabled, "primary", rt->is_primary);
+                     "enabled", rt->enabled, "primary", primary);
 }
 
 /* Copies the node's route for prefix into out; false when it has none. */
@@ -66,7 +70,7 @@ void admin_routes_list(struct admin_req *r)
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, route_json(&routes[i]));
+        json_array_append_new(arr, route_json(r, &routes[i]));
     free(routes);
     admin_ok(r, MHD_HTTP_OK, json_pack("{s:o}", "routes", arr));
 }
@@ -137,7 +141,7 @@ static void set_enabled(struct admin_req *r, bool enabled)
     if (!admin_commit_or_fail(r, rc, "route"))
         return;
     hw_server_changed(r->s, HW_CHANGE_ROUTES, node_id);
-    admin_ok(r, MHD_HTTP_OK, route_json(&after));
+    admin_ok(r, MHD_HTTP_OK, route_json(r, &after));
 }
 
 void admin_routes_enable(struct admin_req *r) { set_enabled(r, true); }

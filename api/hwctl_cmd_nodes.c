@@ -35,13 +35,16 @@ static void node_row(json_t *n, char **cells)
     cells[8] = hw_strdup(hwctl_jbool(n, "online") ? "online" : "offline");
     cells[9] = hw_strdup(hwctl_jbool(n, "expired") ? "yes" : "no");
     cells[10] = hwctl_jjoin(n, "tags", ",");
+    /* The routes the admin enabled (what it serves; `hwctl routes list` shows which
+     * subnet routes are primary). */
+    cells[11] = hwctl_jjoin(json_object_get(n, "routes"), "enabled", ",");
 }
 
 int hwctl_nodes_list(struct hwctl_ctx *ctx)
 {
     static const char *const headers[] = {
         "ID", "Hostname", "Name", "Namespace", "IP addresses", "Ephemeral", "Last seen",
-        "Expiration", "Connected", "Expired", "Tags",
+        "Expiration", "Connected", "Expired", "Tags", "Routes",
     };
     json_t *answer;
     if (hwctl_get(ctx, "/api/v1/nodes", "namespace", ctx->namespace_name, &answer) < 0)

@@ -16,7 +16,9 @@
 #include "proto/mapframe.h"
 #include "proto/tailcfg.h"
 #include "server/derpmap.h"
+#include "server/dns.h"
 #include "server/nodes.h"
+#include "server/routes.h"
 #include "server/tailnet.h"
 #include "server/ts2021.h"
 
@@ -38,6 +40,12 @@
 /* A node whose last stream closed stays "online" this long, so a quick reconnect is
  * not announced as offline-then-online to every peer. */
 #define OFFLINE_GRACE_MS 10000
+/* A primary subnet router whose last stream closed hands its prefixes to another router
+ * after this long, while its peers still see it online for the rest of OFFLINE_GRACE_MS:
+ * a quick reconnect keeps its role, and failover (sweep included) stays well within 10 s
+ * of the disconnect (Headscale waits its full 10 s offline grace; Tailscale documents up
+ * to ~15 s). */
+#define ROUTE_FAILOVER_GRACE_MS 5000
 #define TAGGED_USER_ID 2147455555   /* Headscale's synthetic owner of tagged nodes */
 /* Bytes a map stream may have queued and unsent: several full 10,000-peer maps. */
 #define STREAM_QUEUE_LIMIT (64u << 20)
@@ -89,6 +97,7 @@ struct hw_control {
     struct hw_sbuf *close_frame;        /* the zstd frame of "]}" ending a blocked full map */
     struct hw_derpmap *derpmap;         /* sources of the DERP map, refreshed off the loop */
     json_t *derp_map;
+    struct hw_dns *dns;                 /* DNSConfig from dns.*, records file watched */
     json_t *dns_config;
     json_t *packet_filters;
     char *domain;
@@ -101,6 +110,9 @@ struct hw_control {
     size_t queued_estimate;             /* map bytes queued on all streams, roughly */
     struct tn_node **offline_candidates;
     size_t n_offline, cap_offline;
+    struct hw_primaries primaries;      /* elected subnet routers (server/routes.h) */
+    bool election_due;                  /* re-elect before the next flush */
+    int64_t expiry_checked;             /* unix seconds up to which key expiries were announced */
 };
 
 static void schedule_flush(struct hw_control *c);
@@ -141,11 +153,6 @@ static void strv_from_json_array(struct tc_strv *out, const char *json_text)
     json_decref(arr);
 }
 
-static bool is_exit_route(const char *prefix)
-{
-    return strcmp(prefix, "0.0.0.0/0") == 0 || strcmp(prefix, "::/0") == 0;
-}
-
 /* The node as every client (itself and its peers) sees it: tailcfg.Node. name must
  * outlive tn (it is borrowed). */
 static void fill_tc_node(struct hw_control *c, const struct tn_node *n, struct tc_node *tn,
@@ -176,10 +183,14 @@ static void fill_tc_node(struct hw_control *c, const struct tn_node *n, struct t
         tc_strv_push(&tn->addresses, addr);
     }
     tc_strv_copy(&tn->allowed_ips, &tn->addresses);
+    /* Exit routes go to every peer; a subnet route only from its elected primary. */
     for (size_t i = 0; i < n->n_routes; i++) {
-        tc_strv_push(&tn->allowed_ips, n->routes[i]);
-        if (!is_exit_route(n->routes[i]))
+        if (hw_route_is_exit(n->routes[i])) {
+            tc_strv_push(&tn->allowed_ips, n->routes[i]);
+        } else if (hw_primaries_get(&c->primaries, n->row.namespace_id, n->routes[i]) == n->row.id) {
+            tc_strv_push(&tn->allowed_ips, n->routes[i]);
             tc_strv_push(&tn->primary_routes, n->routes[i]);
+        }
     }
     strv_from_json_array(&tn->endpoints, n->row.endpoints_json);
     tn->legacy_derp = true;
@@ -553,10 +564,84 @@ static void flush_namespace(struct hw_control *c, struct tn_namespace *ns)
     ns->n_removed = 0;
 }
 
+/* ---- primary subnet routers ---- */
+
+static bool router_up(const struct tn_node *n, int64_t now_ms)
+{
+    return n->online && (n->streams || now_ms - n->streams_gone_ms < ROUTE_FAILOVER_GRACE_MS);
+}
+
+/* Something that decides primaries changed (routes, a router's connection, a node
+ * removed): the election runs once, just before the next flush. */
+static void want_election(struct hw_control *c)
+{
+    c->election_due = true;
+    schedule_flush(c);
+}
+
+/* Re-elects every prefix from the routers' current state; the nodes that gained or lost
+ * a primary route are sent again to their peers and themselves in this flush. */
+static void elect_primaries(struct hw_control *c)
+{
+    c->election_due = false;
+    int64_t now_ms = hw_now_ms_mono();
+    size_t n_offers = 0, cap = 0;
+    struct hw_route_offer *offers = NULL;
+    for (size_t i = 0; i < c->tn.by_id_cap; i++) {
+        struct tn_node *n = c->tn.by_id[i];
+        if (!n || n->n_routes == 0)
+            continue;
+        for (size_t r = 0; r < n->n_routes; r++) {
+            if (n_offers == cap) {
+                cap = cap ? cap * 2 : 16;
+                struct hw_route_offer *grown = realloc(offers, cap * sizeof *offers);
+                if (!grown)
+                    abort();
+                offers = grown;
+            }
+            offers[n_offers++] = (struct hw_route_offer){.scope = n->row.namespace_id,
+                                                         .node_id = n->row.id,
+                                                         .prefix = n->routes[r],
+                                                         .up = router_up(n, now_ms)};
+        }
+    }
+    struct hw_primary_change *changes = NULL;
+    size_t n_changes = hw_primaries_elect(&c->primaries, offers, n_offers, &changes);
+    free(offers);
+    for (size_t i = 0; i < n_changes; i++) {
+        const struct hw_primary_change *ch = &changes[i];
+        struct tn_namespace *ns = hw_tailnet_namespace(&c->tn, ch->scope);
+        log_info("routes: %s in namespace %s: primary router %s%lld (was %s%lld)", ch->prefix,
+                 ns ? ns->name : "?", ch->to ? "node " : "none", (long long)ch->to,
+                 ch->from ? "node " : "none", (long long)ch->from);
+        int64_t ids[2] = {ch->from, ch->to};
+        for (int k = 0; k < 2; k++) {
+            struct tn_node *n = hw_tailnet_node(&c->tn, ids[k]);
+            if (!n)
+                continue;
+            hw_tailnet_invalidate(n);
+            hw_tailnet_mark(n, TN_PEER_CHANGED | TN_SELF_CHANGED);
+        }
+    }
+    free(changes);
+}
+
+bool hw_control_route_is_primary(struct hw_control *c, int64_t node_id, const char *prefix)
+{
+    struct tn_node *n = hw_tailnet_node(&c->tn, node_id);
+    return n && hw_primaries_get(&c->primaries, n->row.namespace_id, prefix) == node_id;
+}
+
 static void flush_deltas(struct hw_loop *loop, struct hw_timer *t, void *arg)
 {
     struct hw_control *c = arg;
     c->flush_timer = NULL;
+    if (c->election_due) {
+        /* The admin API reads the primaries (`hwctl routes list`) under the lock. */
+        pthread_mutex_lock(&c->srv->lock);
+        elect_primaries(c);
+        pthread_mutex_unlock(&c->srv->lock);
+    }
     for (struct tn_namespace *ns = c->tn.namespaces; ns; ns = ns->next)
         if (ns->pending_head || ns->n_removed)
             flush_namespace(c, ns);
@@ -614,6 +699,8 @@ static struct tn_node *reload_node(struct hw_control *c, int64_t id)
     free(routes);
     hw_node_clear(&row);
     schedule_flush(c);
+    /* Its routes, namespace or key may have changed what it serves. */
+    want_election(c);
     return n;
 }
 
@@ -643,8 +730,11 @@ static void detach_and_remove(struct hw_control *c, struct tn_node *n)
     for (struct tn_stream *ms = n->streams; ms; ms = ms->node_next)
         ms->node = NULL;
     n->streams = NULL;
+    bool routed = n->n_routes > 0;
     hw_tailnet_remove(&c->tn, n->row.id);
     schedule_flush(c);
+    if (routed)
+        want_election(c);
 }
 
 /* A namespace was renamed or destroyed: names show in UserProfiles; a destroyed one
@@ -1199,6 +1289,8 @@ static void set_online(struct hw_control *c, struct tn_node *n, bool online)
     hw_tailnet_invalidate(n);
     hw_tailnet_mark(n, TN_PEER_ONLINE);
     schedule_flush(c);
+    if (n->n_routes)
+        want_election(c);
 }
 
 static size_t queued_total(struct hw_control *c)
@@ -1325,6 +1417,9 @@ static void handle_map(struct hw_control *c, struct ts_session *sess, struct hw_
     stream_link(c, ms);
     hw_h2_respond_streaming(st, 200, "application/octet-stream");
     set_online(c, n, true);
+    /* A router back within the offline grace may have lost its prefixes meanwhile. */
+    if (n->n_routes)
+        want_election(c);
     /* Streams already waiting go first, so the budget is shared in arrival order. */
     if (c->waiting || c->queued_estimate >= FULL_MAP_BUDGET)
         wait_for_budget(c, ms);
@@ -1389,8 +1484,10 @@ void hw_control_stream_closed(struct hw_control *c, struct hw_h2_stream *st)
         free(ms);
         /* The node goes offline only if no stream comes back within the grace period
          * (the sweep decides). */
-        if (n && !n->streams)
+        if (n && !n->streams) {
             n->row.last_seen = hw_now();
+            n->streams_gone_ms = hw_now_ms_mono();
+        }
     }
     pthread_mutex_unlock(&c->srv->lock);
 }
@@ -1411,10 +1508,24 @@ static void sweep(struct hw_loop *loop, struct hw_timer *t, void *arg)
     int64_t ephemeral_timeout = c->srv->cfg->ephemeral_node_inactivity_timeout_ms / 1000;
     for (size_t i = 0; i < c->tn.by_id_cap; i++) {
         struct tn_node *n = c->tn.by_id[i];
+        /* A key that just expired: the node is told (it must log in again) and its peers
+         * see it expired, as when an admin expires it. */
+        if (n && n->row.expiry > c->expiry_checked && n->row.expiry <= now) {
+            log_info("node %lld (%s): its key expired; it must log in again", (long long)n->row.id,
+                     n->row.given_name);
+            hw_tailnet_invalidate(n);
+            hw_tailnet_mark(n, TN_PEER_CHANGED | TN_SELF_CHANGED);
+            schedule_flush(c);
+        }
         if (!n || n->streams)
             continue;
         if (n->online && now - n->row.last_seen >= OFFLINE_GRACE_MS / 1000)
             set_online(c, n, false);
+        /* A router that lost its streams may have to hand its prefixes over before it
+         * counts as offline. */
+        if (n->online && n->n_routes && now_ms - n->streams_gone_ms >= ROUTE_FAILOVER_GRACE_MS &&
+            now_ms - n->streams_gone_ms < ROUTE_FAILOVER_GRACE_MS + 2 * SWEEP_MS)
+            want_election(c);
         if (n->row.ephemeral && !n->online && n->row.last_seen &&
             now - n->row.last_seen >= ephemeral_timeout) {
             log_info("ephemeral node %lld (%s) offline for %llds: removed", (long long)n->row.id,
@@ -1423,6 +1534,7 @@ static void sweep(struct hw_loop *loop, struct hw_timer *t, void *arg)
             detach_and_remove(c, n);
         }
     }
+    c->expiry_checked = now;
     for (struct followup *f = c->followups; f; f = f->next) {
         if (f->st && now >= f->deadline) {
             register_answer(f->st, NULL, NULL,
@@ -1439,6 +1551,25 @@ static void sweep(struct hw_loop *loop, struct hw_timer *t, void *arg)
 
 /* ---- setup ---- */
 
+/* Sends m to every map stream that has had its first map; returns how many. Call with
+ * the server lock held. */
+static size_t broadcast(struct hw_control *c, const struct tc_map_response *m)
+{
+    struct hw_sbuf *frames[2] = {NULL, NULL};
+    size_t pushed = 0;
+    for (struct tn_stream *ms = c->streams; ms; ms = ms->all_next) {
+        if (!ms->initial_sent || !ms->st)
+            continue;
+        if (!frames[ms->compress])
+            frames[ms->compress] = encode(c, m, NULL, NULL, 0, NULL, ms->compress);
+        push_to_stream(ms, frames[ms->compress]);
+        pushed++;
+    }
+    hw_sbuf_unref(frames[0]);
+    hw_sbuf_unref(frames[1]);
+    return pushed;
+}
+
 /* A new DERP map (a source changed): every connected client gets it as a delta. */
 static void on_derp_map_change(json_t *map, void *arg)
 {
@@ -1447,47 +1578,22 @@ static void on_derp_map_change(json_t *map, void *arg)
     json_decref(c->derp_map);
     c->derp_map = json_incref(map);
     struct tc_map_response m = {.derp_map = map, .control_time = tc_time_now()};
-    struct hw_sbuf *frames[2] = {NULL, NULL};
-    size_t pushed = 0;
-    for (struct tn_stream *ms = c->streams; ms; ms = ms->all_next) {
-        if (!ms->initial_sent || !ms->st)
-            continue;
-        if (!frames[ms->compress])
-            frames[ms->compress] = encode(c, &m, NULL, NULL, 0, NULL, ms->compress);
-        push_to_stream(ms, frames[ms->compress]);
-        pushed++;
-    }
-    hw_sbuf_unref(frames[0]);
-    hw_sbuf_unref(frames[1]);
+    size_t pushed = broadcast(c, &m);
     pthread_mutex_unlock(&c->srv->lock);
     log_info("DERP map changed: %zu regions, sent to %zu map streams", json_object_size(json_object_get(map, "Regions")), pushed);
 }
 
-static json_t *build_dns_config(const struct hw_config *cfg)
+/* The extra records file changed: every connected client gets the new DNSConfig. */
+static void on_dns_change(json_t *dns_config, void *arg)
 {
-    struct tc_dns_config d = {0};
-    for (size_t i = 0; i < cfg->n_dns_nameservers_global; i++)
-        tc_strv_push(&d.resolvers, cfg->dns_nameservers_global[i]);
-    for (size_t i = 0; i < cfg->n_dns_nameservers_split; i++) {
-        struct tc_strv servers = {0};
-        for (size_t j = 0; j < cfg->dns_nameservers_split[i].n_servers; j++)
-            tc_strv_push(&servers, cfg->dns_nameservers_split[i].servers[j]);
-        tc_dns_config_add_route(&d, cfg->dns_nameservers_split[i].domain, &servers);
-        tc_strv_clear(&servers);
-    }
-    if (cfg->dns_magic_dns && cfg->dns_base_domain) {
-        d.proxied = true;
-        tc_strv_push(&d.domains, cfg->dns_base_domain);
-        tc_dns_config_add_magic_reverse_routes(&d);
-    }
-    for (size_t i = 0; i < cfg->n_dns_search_domains; i++)
-        tc_strv_push(&d.domains, cfg->dns_search_domains[i]);
-    for (size_t i = 0; i < cfg->n_dns_extra_records; i++)
-        tc_dns_config_add_record(&d, cfg->dns_extra_records[i].name, cfg->dns_extra_records[i].type,
-                                 cfg->dns_extra_records[i].value);
-    json_t *j = tc_dns_config_to_json(&d);
-    tc_dns_config_clear(&d);
-    return j;
+    struct hw_control *c = arg;
+    pthread_mutex_lock(&c->srv->lock);
+    json_decref(c->dns_config);
+    c->dns_config = json_incref(dns_config);
+    struct tc_map_response m = {.dns_config = dns_config, .control_time = tc_time_now()};
+    size_t pushed = broadcast(c, &m);
+    pthread_mutex_unlock(&c->srv->lock);
+    log_info("DNS config changed: sent to %zu map streams", pushed);
 }
 
 struct hw_control *hw_control_new(struct hw_server *srv, struct hw_loop *loop)
@@ -1516,9 +1622,16 @@ struct hw_control *hw_control_new(struct hw_server *srv, struct hw_loop *loop)
         return NULL;
     }
     c->derp_map = hw_derpmap_current(c->derpmap);
-    c->dns_config = build_dns_config(srv->cfg);
+    c->dns = hw_dns_start(srv->cfg, loop, on_dns_change, c, err, sizeof err);
+    if (!c->dns) {
+        log_error("%s", err);
+        hw_control_free(c);
+        return NULL;
+    }
+    c->dns_config = json_incref(hw_dns_current(c->dns));
     c->domain = hw_strdup(srv->cfg->dns_base_domain ? srv->cfg->dns_base_domain : "");
     c->packet_filters = json_pack("{s:o}", "base", tc_filter_allow_all());
+    c->expiry_checked = hw_now();
     c->sweep_timer = hw_timer_start(loop, SWEEP_MS, sweep, c);
     log_info("tailnet loaded: %zu nodes", c->tn.n_nodes);
     return c;
@@ -1529,6 +1642,7 @@ void hw_control_free(struct hw_control *c)
     if (!c)
         return;
     hw_derpmap_stop(c->derpmap);
+    hw_dns_stop(c->dns);
     if (c->sweep_timer)
         hw_timer_cancel(c->loop, c->sweep_timer);
     if (c->flush_timer)
@@ -1549,6 +1663,7 @@ void hw_control_free(struct hw_control *c)
     json_decref(c->derp_map);
     json_decref(c->dns_config);
     json_decref(c->packet_filters);
+    hw_primaries_free(&c->primaries);
     free(c->domain);
     tc_zenc_free(c->zenc);
     hw_tailnet_free(&c->tn);

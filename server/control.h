@@ -34,4 +34,8 @@ void hw_control_reload_derp_map(struct hw_control *c);
  * Call with the server lock held. */
 bool hw_control_node_online(struct hw_control *c, int64_t node_id);
 
+/* Whether the node is the elected primary router of prefix (server/routes.h); exit
+ * routes never are. Call with the server lock held. */
+bool hw_control_route_is_primary(struct hw_control *c, int64_t node_id, const char *prefix);
+
 #endif

@@ -199,8 +199,8 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
                  "are the boundary (all within a namespace, nothing across)", cfg->policy_path);
     s->control = hw_control_new(s, s->loop);
     if (!s->control) {
-        snprintf(err, err_len, "cannot load the tailnet from %s (see the log above)",
-                 cfg->database_sqlite_path);
+        snprintf(err, err_len, "cannot start the control server: the tailnet in %s, the DERP "
+                 "map or the DNS records file failed (see the log above)", cfg->database_sqlite_path);
         goto fail;
     }
     s->ts2021 = hw_ts2021_new(s->loop, s->control, s->noise_private);

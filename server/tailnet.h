@@ -30,6 +30,7 @@ struct tn_node {
     struct tn_node *ns_prev, *ns_next;
     int cap_version;               /* last MapRequest.Version */
     bool online;                   /* has at least one map stream */
+    int64_t streams_gone_ms;       /* monotonic ms its last map stream closed (routes failover) */
     char **routes;                 /* enabled and advertised prefixes (AllowedIPs beyond addresses) */
     size_t n_routes;
     struct hw_sbuf *peer_json;     /* this node as peers see it, serialised; NULL = rebuild */

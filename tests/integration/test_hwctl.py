@@ -197,7 +197,7 @@ def nodes_register_and_list():
         rows = table(out)
         eq(list(rows[0].keys()), ["ID", "Hostname", "Name", "Namespace", "IP addresses",
                                   "Ephemeral", "Last seen", "Expiration", "Connected",
-                                  "Expired", "Tags"], "columns")
+                                  "Expired", "Tags", "Routes"], "columns")
         eq(len(rows), 1, "rows")
         r = rows[0]
         eq(r["Hostname"], "My-Laptop", "hostname")
@@ -216,12 +216,12 @@ def nodes_register_and_list():
         eq(n["register_method"], "cli", "register method")
         eq(n["ip_addresses"], [str(v4), str(v6)], "addresses in JSON")
         eq(n["online"], False, "online")
-        eq(n["routes"], {"advertised": [], "enabled": []}, "routes")
+        eq(n["routes"], {"advertised": [], "enabled": [], "primary": []}, "routes")
         eq(s.hwctl_json("namespaces", "list")[0]["node_count"], 1, "node_count")
         _, out, _ = s.hwctl("nodes", "list", "-o", "yaml")
         for part in ["- id: %d\n" % n["id"], "  name: my-laptop\n", "  ip_addresses:\n"
                      '  - "%s"\n' % v4, "  ephemeral: false\n", "  last_seen: null\n",
-                     "  routes:\n    advertised: []\n    enabled: []\n", "  tags: []\n"]:
+                     "  routes:\n    advertised: []\n    enabled: []\n    primary: []\n", "  tags: []\n"]:
             contains(out, part, "nodes list -o yaml")
         # The registration id is used up.
         rc, line = one_line(s, "nodes", "register", "-n", "default", "--key", "reg-abc123")

@@ -2,7 +2,10 @@
 """Node lifecycle over time: a node that disconnects is shown offline to its peers after
 the grace period, and an ephemeral node is removed once it has been offline for
 ephemeral_node_inactivity_timeout (the smallest value the config accepts, 66 s: this
-file takes a bit over a minute)."""
+file takes a bit over a minute). node.expiry: the default key lifetime is applied at
+registration (not to tagged nodes), and a key that runs out sends its node back to
+login while its peers see it expired."""
+import calendar
 import time
 
 from hwnet import Net, wait_until
@@ -41,6 +44,56 @@ def offline_then_ephemeral_node_removed():
         check("keeper" in net.nodes(), "the regular node stays")
         contains_log = "ephemeral node" in net.server.log_text()
         check(contains_log, "the server logs the removal")
+
+
+def unix(text):
+    """hwctl's / the client's RFC 3339 time as unix seconds."""
+    return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
+
+
+@case
+def node_expiry_default_spares_tagged_nodes():
+    with Net(config={"node": {"expiry": "2h"}}) as net:
+        key = net.authkey("lab")
+        tagged_key = net.server.hwctl_json("preauthkeys", "create", "-n", "lab", "--reusable",
+                                           "--tags", "tag:server")["key"]
+        laptop = net.client("laptop", key)
+        server = net.client("server", tagged_key)
+        for c in (laptop, server):
+            c.wait_running(timeout=15)
+        now = time.time()
+        nodes = net.nodes()
+        expiry = unix(nodes["laptop"]["expiry"])
+        check(abs(expiry - (now + 7200)) < 120, "laptop expiry %s, want about now + 2h"
+              % nodes["laptop"]["expiry"])
+        eq(abs(unix(laptop.status()["Self"]["KeyExpiry"]) - expiry) <= 1, True,
+           "the client got the same expiry")
+        eq(nodes["server"]["tags"], ["tag:server"], "tagged node")
+        eq(nodes["server"]["expiry"], None, "a tagged node never expires")
+        check("KeyExpiry" not in server.status()["Self"], "no KeyExpiry on the tagged client")
+        _, out, _ = net.hwctl("nodes", "list")
+        header = [h.strip() for h in out.splitlines()[0].split(" | ")]
+        for col in ("Connected", "Last seen", "Expiration", "Tags", "Routes"):
+            check(col in header, "column %s in %r" % (col, header))
+
+
+@case
+def expired_key_sends_node_to_login():
+    with Net(config={"node": {"expiry": "6s"}}) as net:
+        key = net.authkey("lab")
+        short = net.client("short", key)
+        peer = net.client("peer", key)
+        for c in (short, peer):
+            c.wait_running(timeout=15)
+        check(not net.nodes()["short"]["expired"], "not expired yet")
+        # The key runs out: the node is told to log in again, its peer sees it expired.
+        short.wait_for(lambda st: st["BackendState"] == "NeedsLogin", 15 * SLOW,
+                       what="NeedsLogin after the key expired")
+        peer.wait_for(lambda st: peer.peers(st).get("short", {}).get("Expired"), 5,
+                      what="peer sees short expired")
+        check(net.nodes()["short"]["expired"], "hwctl shows it expired")
+        wait_until(lambda: "its key expired" in net.server.log_text(), 3,
+                   "the server's log line for the expiry")
 
 
 if __name__ == "__main__":

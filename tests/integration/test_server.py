@@ -469,7 +469,7 @@ def api_namespaces_and_nodes():
         eq(node["name"], "laptop", "given name (the hostname's first label)")
         eq(node["namespace"], "default", "namespace")
         eq(node["online"], False, "online")
-        eq(node["routes"], {"advertised": [], "enabled": []}, "routes")
+        eq(node["routes"], {"advertised": [], "enabled": [], "primary": []}, "routes")
         eq(node["tags"], [], "tags")
         check(len(node["ip_addresses"]) == 2, "addresses %r" % node["ip_addresses"])
         nid = node["id"]
