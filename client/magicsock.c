@@ -519,6 +519,7 @@ struct candidate {
     int64_t last_ping_ms;     /* 0: never pinged */
     int64_t last_pong_ms;
     int64_t latency_us;       /* of the last Pong, 0 before one */
+    int64_t last_got_ping_ms; /* from_ping: when a Ping last came from there */
     bool from_netmap, from_cmm, from_ping;
 };
 
@@ -810,6 +811,14 @@ static void send_pings(struct hwc_magic *m, struct peer *p, bool call_me_maybe)
     p->last_full_ping_ms = now;
     if (m->never_direct)
         return;
+    /* upstream's shouldDeleteLocked: an address known only because the peer pinged
+     * from it is forgotten once those pings stop for a session's length */
+    for (size_t i = 0; i < p->n_cands; i++) {
+        struct candidate *c = &p->cands[i];
+        if (c->from_ping && now - c->last_got_ping_ms > HWC_MAGIC_SESSION_ACTIVE_MS)
+            c->from_ping = false;
+    }
+    cand_remove_unwanted(p);
     bool sent_any = false;
     for (size_t i = 0; i < p->n_cands; i++) {
         struct candidate *c = &p->cands[i];
@@ -896,6 +905,8 @@ static void handle_ping(struct hwc_magic *m, struct peer *p, const struct hw_dis
         from = *src;
         /* upstream's addCandidateEndpoint: where a ping came from is worth a ping back */
         struct candidate *c = cand_add(p, src);
+        if (c)
+            c->last_got_ping_ms = hw_loop_now_ms(m->loop);
         if (c && !c->from_ping) {
             c->from_ping = true;
             char k[8], t[HW_DISCO_ADDR_TEXT];
