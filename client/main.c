@@ -408,7 +408,7 @@ static int cmd_ping(int argc, char **argv)
             json_decref(r);
             continue;
         }
-        char lat[32], via[128];
+        char lat[64], via[128];
         format_rounded_ms(json_real_value(json_object_get(r, "LatencySeconds")), lat, sizeof lat);
         const char *ep = json_string_value(json_object_get(r, "Endpoint"));
         if (ep && *ep) {
