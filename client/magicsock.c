@@ -1166,13 +1166,6 @@ static void update_endpoints(struct hwc_magic *m)
 
 void hwc_magic_disco_public(const struct hwc_magic *m, uint8_t out[32]) { memcpy(out, m->disco_pub, 32); }
 
-void hwc_magic_set_endpoint_interfaces(struct hwc_magic *m, const char *names)
-{
-    free(m->ep_ifaces);
-    m->ep_ifaces = names && *names ? hw_strdup(names) : NULL;
-    update_endpoints(m);
-}
-
 static void peer_set_netmap_endpoints(struct peer *p, const struct hwc_magic_peer *src)
 {
     for (size_t i = 0; i < p->n_cands; i++)

@@ -104,7 +104,7 @@ int hwc_magic_send_derp(struct hwc_magic *m, const uint8_t dst[32], int peer_hom
 #define HWC_MAGIC_GOOD_ENOUGH_US 5000        /* goodEnoughLatency */
 /* DERP's stand-in address in Pongs to Pings that came through DERP: 127.3.3.40:region. */
 #define HWC_MAGIC_DERP_MAGIC_IP "127.3.3.40"
-/* Candidate endpoints kept per peer, and peers. */
+/* Candidate endpoints kept per peer. */
 #define HWC_MAGIC_MAX_CANDIDATES 64
 
 /* A peer from the netmap, for path selection (strings read during the call only). */
@@ -145,14 +145,11 @@ int hwc_magic_ping(struct hwc_magic *m, const uint8_t node_key[32], hwc_magic_pi
                    size_t errlen);
 
 /* The path to a peer for `hwclient status` (upstream's PeerStatus.CurAddr/Relay/Addrs):
- * {"CurAddr": "ip:port" or "", "Relay": region code, "Addrs": [candidates], "LastPong"...}.
+ * {"CurAddr": the trusted direct "ip:port" or "", "Relay": home region code, "Addrs":
+ * [candidates], "Active": sent to / heard from in 45 s, "BestAddr"/"BestLatencyMs" when
+ * one answered, disco ping/pong counters}.
  * NULL for a peer magicsock does not know. */
 json_t *hwc_magic_peer_status(const struct hwc_magic *m, const uint8_t node_key[32]);
-
-/* Test knob: only addresses of these interfaces (comma-separated names) become local
- * endpoints; NULL = every interface (upstream's choice: all but loopback, loopback
- * only when there is nothing else). */
-void hwc_magic_set_endpoint_interfaces(struct hwc_magic *m, const char *names);
 
 /* A fresh report on demand (`hwclient netcheck`); joins one under way. Its result also
  * updates the home region like a periodic one. -1 with err when there is no DERP map. */
