@@ -6,7 +6,7 @@ TS_DEBUG_NEVER_DIRECT_UDP knob). Endpoints and disco keys travel through the con
 server (MapRequest.Endpoints/DiscoKey -> Node.Endpoints/DiscoKey). Local endpoints are
 limited to the loopback interface (HWCLIENT_ENDPOINT_INTERFACES=lo) so no packet goes to
 another address of this machine. The NAT case with network namespaces is in
-test_disco_netns.py."""
+test_paths_netns.py."""
 import json
 import re
 
