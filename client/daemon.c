@@ -130,10 +130,23 @@ struct daemon {
     struct hwc_dbg_rx *dbg_rx;
     struct debug_send *sends[MAX_DEBUG_SENDS];
     int *peer_homes;
+    /* our endpoints as magicsock last reported them (MapRequest.Endpoints/EndpointTypes) */
+    char **endpoints;
+    int *endpoint_types;
+    size_t n_endpoints;
+    struct ping_waiter *pings;
 
     const char *shown_state;
     int exit_code;
     int sigfd;
+};
+
+/* `hwclient ping` waiting for magicsock's answer */
+struct ping_waiter {
+    struct daemon *d;
+    struct hwc_api_req *req;
+    char name[256], ip[64];
+    struct ping_waiter *next;
 };
 
 static void reconcile(struct daemon *d);
@@ -693,6 +706,9 @@ static void send_map(struct daemon *d)
         .disco_key = d->disco_pub,
         .stream = true,
         .hostinfo = d->hostinfo,
+        .endpoints = (const char *const *)d->endpoints,
+        .endpoint_types = d->endpoint_types,
+        .n_endpoints = d->n_endpoints,
     };
     /* The stream request carries the current NetInfo: no lite update needed for it. */
     json_decref(d->sent_netinfo);
@@ -739,12 +755,12 @@ static void lite_close(struct hwc_req *r, uint32_t code, void *arg)
     d->lite = NULL;
     if (code != 0 || d->lite_status != 200) {
         /* The next stream request carries the NetInfo anyway; try once more meanwhile. */
-        log_warn("control: the server did not take the NetInfo update (%s %d)",
+        log_warn("control: the server did not take the endpoints/NetInfo update (%s %d)",
                  code ? "HTTP/2 reset" : "HTTP", code ? (int)code : d->lite_status);
         d->lite_wanted = true;
         return;
     }
-    log_debug("control: NetInfo update delivered");
+    log_debug("control: endpoints/NetInfo update delivered");
     if (d->lite_wanted)
         kick(d);
 }
@@ -766,8 +782,12 @@ static void send_lite(struct daemon *d)
         .compress_zstd = true,
         .node_key = pub,
         .disco_key = d->disco_pub,
+        .keep_alive = true,
         .omit_peers = true,
         .hostinfo = d->hostinfo,
+        .endpoints = (const char *const *)d->endpoints,
+        .endpoint_types = d->endpoint_types,
+        .n_endpoints = d->n_endpoints,
     };
     json_t *j = tc_map_request_to_json(&b);
     size_t len;
@@ -795,6 +815,28 @@ static void on_netinfo(const json_t *ni, void *arg)
      * than the latencies changed, as upstream's NetInfo.BasicallyEqual decides. */
     json_object_set_new(d->hostinfo, "NetInfo", json_deep_copy(ni));
     if (!hwc_netinfo_basically_equal(d->sent_netinfo, ni)) {
+        d->lite_wanted = true;
+        kick(d);
+    }
+}
+
+/* Upstream sends its endpoints in every map request and a lite update when they
+ * change (controlclient's UpdateEndpoints -> sendMapRequest with OmitPeers). */
+static void on_endpoints(const char *const *eps, const int *types, size_t n, void *arg)
+{
+    struct daemon *d = arg;
+    for (size_t i = 0; i < d->n_endpoints; i++)
+        free(d->endpoints[i]);
+    free(d->endpoints);
+    free(d->endpoint_types);
+    d->endpoints = hw_calloc(n ? n : 1, sizeof *d->endpoints);
+    d->endpoint_types = hw_calloc(n ? n : 1, sizeof *d->endpoint_types);
+    for (size_t i = 0; i < n; i++) {
+        d->endpoints[i] = hw_strdup(eps[i]);
+        d->endpoint_types[i] = types[i];
+    }
+    d->n_endpoints = n;
+    if (d->map_live) {
         d->lite_wanted = true;
         kick(d);
     }
@@ -877,6 +919,13 @@ static const struct tc_node *find_peer(struct daemon *d, const char *what, char 
 {
     const struct tc_node *found = NULL;
     size_t wl = strlen(what);
+    uint8_t key[32];
+    if (hw_key_parse(HW_KEY_NODE, what, key, NULL) == 0) {
+        found = d->have_nm ? tc_netmap_peer_by_key(&d->nm, key) : NULL;
+        if (!found)
+            snprintf(err, errlen, "no peer with node key %s in the network map", what);
+        return found;
+    }
     for (size_t i = 0; d->have_nm && i < d->nm.n_peers; i++) {
         const struct tc_node *p = &d->nm.peers[i];
         const char *host = p->hostinfo ? json_string_value(json_object_get(p->hostinfo, "Hostname")) : NULL;
@@ -991,6 +1040,76 @@ static void netcheck_answer(const struct hwc_nc_report *r, const char *err, void
     hwc_api_reply(req, a);
 }
 
+/* ---- `hwclient ping` ---- */
+
+static void ping_waiter_remove(struct daemon *d, struct ping_waiter *w)
+{
+    for (struct ping_waiter **pp = &d->pings; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    free(w);
+}
+
+static void ping_answer(const struct hwc_magic_ping_result *r, const char *err, void *arg)
+{
+    struct ping_waiter *w = arg;
+    struct daemon *d = w->d;
+    struct hwc_api_req *req = w->req;
+    if (!r) {
+        hwc_api_reply_error(req, "ping %s: %s", w->name, err);
+        ping_waiter_remove(d, w);
+        return;
+    }
+    /* upstream's ipnstate.PingResult */
+    json_t *a = json_object();
+    json_object_set_new(a, "NodeName", json_string(w->name));
+    json_object_set_new(a, "NodeIP", json_string(w->ip));
+    if (r->timed_out) {
+        json_object_set_new(a, "TimedOut", json_true());
+    } else {
+        json_object_set_new(a, "LatencySeconds", json_real((double)r->latency_us / 1e6));
+        json_object_set_new(a, "Endpoint", json_string(r->endpoint));
+        json_object_set_new(a, "DERPRegionID", json_integer(r->derp_region));
+        const struct tc_derp_region *reg =
+            r->derp_region && d->have_nm && d->nm.has_derp_map ? tc_derp_map_region(&d->nm.derp_map, r->derp_region)
+                                                               : NULL;
+        json_object_set_new(a, "DERPRegionCode", json_string(reg && reg->region_code ? reg->region_code : ""));
+    }
+    hwc_api_reply(req, a);
+    ping_waiter_remove(d, w);
+}
+
+static void api_ping(struct daemon *d, struct hwc_api_req *req, json_t *request)
+{
+    const char *peer_s = json_string_value(json_object_get(request, "peer"));
+    if (!peer_s || !*peer_s) {
+        hwc_api_reply_error(req, "ping needs a peer (name, tailnet IP or node key)");
+        return;
+    }
+    char err[400];
+    const struct tc_node *peer = find_peer(d, peer_s, err, sizeof err);
+    if (!peer) {
+        hwc_api_reply_error(req, "%s", err);
+        return;
+    }
+    struct ping_waiter *w = hw_calloc(1, sizeof *w);
+    w->d = d;
+    w->req = req;
+    /* upstream prints the short MagicDNS name (the host label) */
+    const char *name = peer->name ? peer->name : peer_s;
+    snprintf(w->name, sizeof w->name, "%.*s", (int)strcspn(name, "."), name);
+    if (peer->addresses.n)
+        snprintf(w->ip, sizeof w->ip, "%.*s", (int)strcspn(peer->addresses.v[0], "/"), peer->addresses.v[0]);
+    w->next = d->pings;
+    d->pings = w;
+    if (hwc_magic_ping(d->magic, peer->key, ping_answer, w, err, sizeof err) < 0) {
+        hwc_api_reply_error(req, "ping %s: %s", w->name, err);
+        ping_waiter_remove(d, w);
+    }
+}
+
 /* What the DERP side needs from the netmap and the login state. */
 static void sync_magic(struct daemon *d)
 {
@@ -1009,6 +1128,20 @@ static void sync_magic(struct daemon *d)
             d->peer_homes[i] = d->nm.peers[i].home_derp;
         hwc_magic_set_peer_homes(d->magic, d->peer_homes, d->nm.n_peers);
     }
+    size_t n = usable ? d->nm.n_peers : 0;
+    struct hwc_magic_peer *mp = hw_calloc(n ? n : 1, sizeof *mp);
+    for (size_t i = 0; i < n; i++) {
+        const struct tc_node *p = &d->nm.peers[i];
+        memcpy(mp[i].node_key, p->key, 32);
+        /* an expired peer gets nothing from us, as upstream drops it from the config */
+        if (!hwc_node_expired(p, hw_now()))
+            memcpy(mp[i].disco_key, p->disco_key, 32);
+        mp[i].home_region = p->home_derp;
+        mp[i].endpoints = (const char *const *)p->endpoints.v;
+        mp[i].n_endpoints = p->endpoints.n;
+    }
+    hwc_magic_set_peers(d->magic, mp, n);
+    free(mp);
 }
 
 /* ---- logout ---- */
@@ -1184,7 +1317,19 @@ static json_t *status_json(struct daemon *d)
         .control_url = d->url.base,
         .now = hw_now(),
     };
-    return hwc_status_json(&in);
+    json_t *st = hwc_status_json(&in);
+    /* the path of each peer (upstream's PeerStatus CurAddr/Relay/Addrs/Active) */
+    const char *key;
+    json_t *ps;
+    json_object_foreach(json_object_get(st, "Peer"), key, ps) {
+        uint8_t k[32];
+        json_t *path = hw_key_parse(HW_KEY_NODE, key, k, NULL) == 0 ? hwc_magic_peer_status(d->magic, k) : NULL;
+        if (path) {
+            json_object_update(ps, path);
+            json_decref(path);
+        }
+    }
+    return st;
 }
 
 static void api_handler(struct hwc_api_req *req, const char *cmd, json_t *request, void *arg)
@@ -1228,6 +1373,8 @@ static void api_handler(struct hwc_api_req *req, const char *cmd, json_t *reques
         }
     } else if (strcmp(cmd, "derp-send") == 0) {
         api_derp_send(d, req, request);
+    } else if (strcmp(cmd, "ping") == 0) {
+        api_ping(d, req, request);
     } else if (strcmp(cmd, "derp-stats") == 0) {
         hwc_api_reply(req, derp_stats(d));
     } else if (strcmp(cmd, "force-prefer-derp") == 0) {
@@ -1248,7 +1395,7 @@ static void api_handler(struct hwc_api_req *req, const char *cmd, json_t *reques
         hw_loop_stop(d->loop);
     } else {
         hwc_api_reply_error(req, "unknown command \"%s\" (this daemon knows status, netmap, logout, netcheck, "
-                            "derp-send, derp-stats, force-prefer-derp, down)", cmd);
+                            "ping, derp-send, derp-stats, force-prefer-derp, down)", cmd);
     }
 }
 
@@ -1304,10 +1451,6 @@ static int setup(struct daemon *d, char *err, size_t errlen)
     if (rc < 0)
         return -1;
     d->have_node = rc == 0;
-    uint8_t disco_priv[32];
-    hw_key_generate(disco_priv);
-    hw_key_public(disco_priv, d->disco_pub);
-    sodium_memzero(disco_priv, sizeof disco_priv);
     d->hostinfo = build_hostinfo(d->opts);
     /* Tests shorten the watchdog to see it fire (a server stopped with SIGSTOP keeps its
      * sockets open and silent); nothing else should set this. */
@@ -1344,10 +1487,13 @@ static int setup(struct daemon *d, char *err, size_t errlen)
     static const struct hwc_magic_callbacks magic_callbacks = {
         .on_netinfo = on_netinfo,
         .on_derp_packet = on_derp_packet,
+        .on_endpoints = on_endpoints,
     };
     d->magic = hwc_magic_new(d->loop, &mo, &magic_callbacks, d, err, errlen);
     if (!d->magic)
         return -1;
+    /* magicsock makes a new disco key each run, as upstream: MapRequest.DiscoKey */
+    hwc_magic_disco_public(d->magic, d->disco_pub);
     if (mo.plain_http)
         log_info("derp: plain HTTP to relays (TS_DEBUG_USE_DERP_HTTP / --debug-derp-http): for tests only");
     d->dbg_rx = hwc_dbg_rx_new();
@@ -1395,6 +1541,10 @@ static void teardown(struct daemon *d)
     d->magic = NULL;
     hwc_dbg_rx_free(d->dbg_rx);
     free(d->peer_homes);
+    for (size_t i = 0; i < d->n_endpoints; i++)
+        free(d->endpoints[i]);
+    free(d->endpoints);
+    free(d->endpoint_types);
     json_decref(d->sent_netinfo);
     hwc_tls_cleanup();
     hwc_api_free(d->api);

@@ -12,8 +12,19 @@
  *     there, closed after 60 s without a write;
  *   - a route per peer: a peer heard on some region's connection is answered there,
  *     until a PeerGone or that connection's end (upstream's derpRoute).
- * What arrives through DERP goes to on_derp_packet; today only the debug protocol
- * (client/derpdebug.h) uses it, WireGuard and disco come with the data plane. */
+ * The path layer (upstream's endpoint.go, docs/dataplane.md "Paths: direct and DERP"):
+ *   - a disco key per run; disco Ping/Pong/CallMeMaybe (proto/disco.h) on the UDP socket
+ *     and through DERP, accepted only from disco keys of current netmap peers;
+ *   - our endpoints: local interface addresses with the UDP port, and the STUN-mapped
+ *     address of the last report (on_endpoints when the set changes);
+ *   - per peer: candidate endpoints (Node.Endpoints, CallMeMaybe, where pings came
+ *     from), the best confirmed one (lowest latency), trusted for 6.5 s after its last
+ *     Pong; heartbeats every 3 s while the peer was sent to in the last 45 s, a full
+ *     round of pings (and a CallMeMaybe through DERP) when there is no trusted path
+ *     or every 60 s; packets go direct while the path is trusted, else through DERP.
+ * Receive demux (UDP and DERP alike): disco magic -> disco; WireGuard (type 1-4 and three
+ * zero bytes) -> on_wg_packet; STUN answers (UDP) -> netcheck; the rest of DERP's
+ * packets -> on_derp_packet (the debug protocol, client/derpdebug.h). */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -41,6 +52,13 @@ struct hwc_magic_callbacks {
      * what the control server should hear; borrowed. */
     void (*on_netinfo)(const json_t *netinfo, void *arg);
     void (*on_derp_packet)(const uint8_t src[32], int region, const uint8_t *data, size_t len, void *arg);
+    /* A packet that is neither disco nor the DERP debug protocol, received on the UDP
+     * socket or through DERP (WireGuard demultiplexes by receiver index / handshake, so
+     * no source is needed). May be NULL: such packets are counted and dropped. */
+    void (*on_wg_packet)(const uint8_t *pkt, size_t len, void *arg);
+    /* Our endpoints changed ("ip:port", with upstream's EndpointTypes: 1 local, 2 STUN);
+     * the control server should hear them (MapRequest.Endpoints). May be NULL. */
+    void (*on_endpoints)(const char *const *endpoints, const int *types, size_t n, void *arg);
 };
 
 struct hwc_magic_opts {
@@ -73,6 +91,65 @@ void hwc_magic_force_prefer_derp(struct hwc_magic *m, int region);
  * region (connected on demand). 0 queued, -1 with err saying why not. */
 int hwc_magic_send_derp(struct hwc_magic *m, const uint8_t dst[32], int peer_home, const uint8_t *data,
                         size_t len, char *err, size_t errlen);
+
+/* ---- paths (disco) ---- */
+
+/* Upstream's timers (wgengine/magicsock: magicsock.go, endpoint.go). */
+#define HWC_MAGIC_PING_TIMEOUT_MS 5000       /* pingTimeoutDuration */
+#define HWC_MAGIC_PING_INTERVAL_MS 5000      /* discoPingInterval: per endpoint */
+#define HWC_MAGIC_HEARTBEAT_MS 3000          /* heartbeatInterval */
+#define HWC_MAGIC_TRUST_UDP_MS 6500          /* trustUDPAddrDuration */
+#define HWC_MAGIC_UPGRADE_MS 60000           /* upgradeUDPDirectInterval */
+#define HWC_MAGIC_SESSION_ACTIVE_MS 45000    /* sessionActiveTimeout */
+#define HWC_MAGIC_GOOD_ENOUGH_US 5000        /* goodEnoughLatency */
+/* DERP's stand-in address in Pongs to Pings that came through DERP: 127.3.3.40:region. */
+#define HWC_MAGIC_DERP_MAGIC_IP "127.3.3.40"
+/* Candidate endpoints kept per peer. */
+#define HWC_MAGIC_MAX_CANDIDATES 64
+
+/* A peer from the netmap, for path selection (strings read during the call only). */
+struct hwc_magic_peer {
+    uint8_t node_key[32];
+    uint8_t disco_key[32];          /* all zero: the peer has none (no direct paths) */
+    int home_region;                /* Node.HomeDERP / legacy DERP "127.3.3.40:N"; 0 = unknown */
+    const char *const *endpoints;   /* Node.Endpoints, "ip:port" / "[ip6]:port" */
+    size_t n_endpoints;
+};
+/* Replaces the peer set (called on every netmap change). A peer whose node and disco
+ * keys stay keeps its path state; the others start over. */
+void hwc_magic_set_peers(struct hwc_magic *m, const struct hwc_magic_peer *peers, size_t n);
+
+/* One WireGuard packet to the peer with that node key, over the best path: the confirmed
+ * direct UDP endpoint when there is one, else DERP (the route it was last heard on, else its
+ * home region). 0 = queued/sent, -1 with err. */
+int hwc_magic_send(struct hwc_magic *m, const uint8_t dst_node_key[32], const uint8_t *pkt,
+                   size_t len, char *err, size_t errlen);
+
+/* Our disco public key (MapRequest.DiscoKey), new for every hwc_magic. */
+void hwc_magic_disco_public(const struct hwc_magic *m, uint8_t out[32]);
+
+/* `hwclient ping`: one disco ping round like upstream's discoPing (the trusted direct
+ * path alone, else DERP and every candidate at once); the first Pong answers. When the
+ * peer has no trusted path this also starts discovery (pings + CallMeMaybe), as a
+ * packet to it would. */
+struct hwc_magic_ping_result {
+    bool timed_out;
+    int64_t latency_us;
+    int derp_region;          /* the Pong came through DERP (this region) */
+    char endpoint[64];        /* else the direct address it came from, "ip:port" */
+};
+typedef void (*hwc_magic_ping_cb)(const struct hwc_magic_ping_result *r, const char *err, void *arg);
+/* 0: cb runs later (once: a Pong, the 5 s timeout, the peer leaving, or shutdown with
+ * err). -1 with err at once. */
+int hwc_magic_ping(struct hwc_magic *m, const uint8_t node_key[32], hwc_magic_ping_cb cb, void *arg, char *err,
+                   size_t errlen);
+
+/* The path to a peer for `hwclient status` (upstream's PeerStatus.CurAddr/Relay/Addrs):
+ * {"CurAddr": the trusted direct "ip:port" or "", "Relay": home region code, "Addrs":
+ * [candidates], "Active": sent to / heard from in 45 s, "BestAddr"/"BestLatencyMs" when
+ * one answered, disco ping/pong counters}.
+ * NULL for a peer magicsock does not know. */
+json_t *hwc_magic_peer_status(const struct hwc_magic *m, const uint8_t node_key[32]);
 
 /* A fresh report on demand (`hwclient netcheck`); joins one under way. Its result also
  * updates the home region like a periodic one. -1 with err when there is no DERP map. */

@@ -45,6 +45,10 @@ static const char usage[] =
     "        UDP reachability, public address and latency to each DERP region, measured\n"
     "        by the daemon (or, with --derp-map FILE holding a DERPMap JSON, by this\n"
     "        command alone)\n"
+    "  hwclient ping PEER [-c N] [--statedir DIR]\n"
+    "        disco pings to PEER (name, tailnet IP or node key) like `tailscale ping`:\n"
+    "        up to N (default 10) a second apart until a direct path answers; prints\n"
+    "        `pong from NAME (IP) via DERP(REGION)|IP:PORT in TIME`; exit 0 on any pong\n"
     "  hwclient status [--statedir DIR] [--json]    this node and its peers\n"
     "  hwclient netmap [-o json] [--statedir DIR]   the whole network map as JSON\n"
     "  hwclient logout [--statedir DIR]             expire this node's key on the server\n"
@@ -343,6 +347,95 @@ static json_t *call_with(json_t *req, const char *statedir, int timeout_ms, cons
         exit(1);
     }
     return answer;
+}
+
+/* ---- ping ---- */
+
+/* Go's time.Duration text of a latency rounded to the millisecond, as `tailscale ping`
+ * prints it ("0s" below half a millisecond, "12ms", "1.5s"). */
+static void format_rounded_ms(double seconds, char *out, size_t len)
+{
+    long long ms = (long long)(seconds * 1000.0 + 0.5);
+    if (ms == 0)
+        snprintf(out, len, "0s");
+    else if (ms < 1000)
+        snprintf(out, len, "%lldms", ms);
+    else {
+        char t[32];
+        snprintf(t, sizeof t, "%.3f", (double)ms / 1000.0);
+        size_t n = strlen(t);
+        while (n && t[n - 1] == '0')
+            t[--n] = '\0';
+        if (n && t[n - 1] == '.')
+            t[--n] = '\0';
+        snprintf(out, len, "%ss", t);
+    }
+}
+
+static int cmd_ping(int argc, char **argv)
+{
+    const char *statedir = NULL, *peer = NULL;
+    long long count = 10;
+    for (int i = 2; i < argc; i++) {
+        const char *v;
+        char *end;
+        if ((v = flag_value("ping", argc, argv, &i, "statedir")))
+            statedir = v;
+        else if ((v = flag_value("ping", argc, argv, &i, "c"))) {
+            count = strtoll(v, &end, 10);
+            if (!*v || *end || count < 1 || count > 1000000)
+                die_usage("ping", "-c %s: expected a count of 1 or more", v);
+        } else if (flag_bool(argv[i], "help") || flag_bool(argv[i], "h")) {
+            fputs(usage, stdout);
+            exit(0);
+        } else if (argv[i][0] != '-' && !peer)
+            peer = argv[i];
+        else
+            die_usage("ping", "unknown argument %s", argv[i]);
+    }
+    if (!peer)
+        die_usage("ping", "%s", "which peer? give its name, tailnet IP or node key");
+    bool any = false, direct = false;
+    for (long long n = 1; n <= count && !direct; n++) {
+        json_t *req = json_object();
+        json_object_set_new(req, "cmd", json_string("ping"));
+        json_object_set_new(req, "peer", json_string(peer));
+        json_t *r = call_with(req, statedir, CALL_TIMEOUT_MS, "ping");
+        const char *ip = json_string_value(json_object_get(r, "NodeIP"));
+        if (json_is_true(json_object_get(r, "TimedOut"))) {
+            printf("ping \"%s\" timed out\n", ip && *ip ? ip : peer);
+            fflush(stdout);
+            json_decref(r);
+            continue;
+        }
+        char lat[64], via[128];
+        format_rounded_ms(json_real_value(json_object_get(r, "LatencySeconds")), lat, sizeof lat);
+        const char *ep = json_string_value(json_object_get(r, "Endpoint"));
+        if (ep && *ep) {
+            snprintf(via, sizeof via, "%s", ep);
+            direct = true;
+        } else {
+            const char *code = json_string_value(json_object_get(r, "DERPRegionCode"));
+            if (code && *code)
+                snprintf(via, sizeof via, "DERP(%s)", code);
+            else
+                snprintf(via, sizeof via, "DERP(%lld)", (long long)json_integer_value(json_object_get(r, "DERPRegionID")));
+        }
+        printf("pong from %s (%s) via %s in %s\n", json_string_value(json_object_get(r, "NodeName")), ip ? ip : "",
+               via, lat);
+        fflush(stdout);
+        any = true;
+        json_decref(r);
+        if (!direct && n < count)
+            sleep(1);
+    }
+    if (!any) {
+        fprintf(stderr, "hwclient ping: no reply\n");
+        return 1;
+    }
+    if (!direct)
+        fprintf(stderr, "hwclient ping: direct connection not established (the peer answers through DERP)\n");
+    return 0;
 }
 
 /* ---- netcheck ---- */
@@ -649,6 +742,8 @@ int main(int argc, char **argv)
         return cmd_down(argc, argv);
     if (strcmp(cmd, "netcheck") == 0)
         return cmd_netcheck(argc, argv);
+    if (strcmp(cmd, "ping") == 0)
+        return cmd_ping(argc, argv);
     if (strcmp(cmd, "debug") == 0)
         return cmd_debug(argc, argv);
     die_usage(NULL, "unknown command %s", cmd);

@@ -201,16 +201,54 @@ static char *last_seen(const json_t *ps, int64_t now)
     return hw_sprintf(", last seen %lldd ago", (long long)(d / 86400));
 }
 
+/* upstream's printPS: "-", "idle", "offline, ...", or "active; relay \"code\"" /
+ * "active; direct ip:port", then ", tx N rx N" once bytes moved */
 static char *status_cell(const json_t *ps, int64_t now)
 {
     bool online = json_is_true(json_object_get(ps, "Online"));
+    bool active = json_is_true(json_object_get(ps, "Active"));
+    bool exit_node = json_is_true(json_object_get(ps, "ExitNode"));
+    bool exit_option = json_is_true(json_object_get(ps, "ExitNodeOption"));
     bool expired = json_is_true(json_object_get(ps, "Expired"));
+    json_int_t tx = json_integer_value(json_object_get(ps, "TxBytes"));
+    json_int_t rx = json_integer_value(json_object_get(ps, "RxBytes"));
+    bool traffic = tx != 0 || rx != 0;
+    const char *relay = str_of(ps, "Relay"), *cur = str_of(ps, "CurAddr");
     char *seen = last_seen(ps, now);
-    char *s;
+    char offline[128] = "";
     if (!online)
-        s = hw_sprintf("offline%s%s", seen, expired ? "; expired" : "");
-    else
-        s = hw_strdup(expired ? "expired" : "-");
+        snprintf(offline, sizeof offline, "; offline%s", seen);
+    char *s;
+    if (!active) {
+        if (exit_node)
+            s = hw_sprintf("idle; exit node%s", offline);
+        else if (exit_option)
+            s = hw_sprintf("idle; offers exit node%s", offline);
+        else if (traffic)
+            s = hw_sprintf("idle%s", offline);
+        else if (!online)
+            s = hw_sprintf("offline%s", seen);
+        else
+            s = hw_strdup("-");
+    } else {
+        char path[128] = "";
+        if (*relay && !*cur)
+            snprintf(path, sizeof path, "relay \"%s\"", relay);
+        else if (*cur)
+            snprintf(path, sizeof path, "direct %s", cur);
+        s = hw_sprintf("active; %s%s%s", exit_node ? "exit node; " : exit_option ? "offers exit node; " : "", path,
+                       online ? "" : offline);
+    }
+    if (traffic) {
+        char *t = hw_sprintf("%s, tx %lld rx %lld", s, (long long)tx, (long long)rx);
+        free(s);
+        s = t;
+    }
+    if (expired) {
+        char *t = strcmp(s, "-") == 0 ? hw_strdup("expired") : hw_sprintf("%s; expired", s);
+        free(s);
+        s = t;
+    }
     free(seen);
     return s;
 }

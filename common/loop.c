@@ -334,4 +334,5 @@ void hw_loop_run(struct hw_loop *loop)
         }
         run_due_timers(loop);
     }
+    loop->stop = 0; /* a later hw_loop_run goes on (tests run a loop in slices) */
 }

@@ -34,7 +34,7 @@ void hw_timer_cancel(struct hw_loop *loop, struct hw_timer *t);
 /* Thread-safe: runs cb(arg) on the loop thread soon. */
 void hw_loop_post(struct hw_loop *loop, hw_post_cb cb, void *arg);
 
-/* Runs until hw_loop_stop() (from any thread). */
+/* Runs until hw_loop_stop() (from any thread); it can be run again afterwards. */
 void hw_loop_run(struct hw_loop *loop);
 void hw_loop_stop(struct hw_loop *loop);
 int64_t hw_loop_now_ms(struct hw_loop *loop);   /* monotonic, cached per iteration */
