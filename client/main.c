@@ -22,6 +22,8 @@
 #include "client/state.h"
 #include "client/status.h"
 #include "client/tlsdial.h"
+#include "client/tun.h"
+#include "client/wgconf.h"
 #include "common/log.h"
 #include "common/loop.h"
 #include "common/util.h"
@@ -49,6 +51,10 @@ static const char usage[] =
     "  hwclient netmap [-o json] [--statedir DIR]   the whole network map as JSON\n"
     "  hwclient logout [--statedir DIR]             expire this node's key on the server\n"
     "  hwclient down [--statedir DIR]               stop the daemon (also: stop)\n"
+    "  hwclient wg -c FILE [--tun NAME]\n"
+    "        plain WireGuard without a control server: a wg-quick style file\n"
+    "        ([Interface] PrivateKey/ListenPort/Address/MTU, [Peer] PublicKey/Endpoint/\n"
+    "        AllowedIPs/PersistentKeepalive) on TUN device NAME (default hw0)\n"
     "  hwclient --version | --help\n"
     "\n"
     "debug commands (opaque numbered packets through DERP, until the data plane exists):\n"
@@ -618,6 +624,37 @@ static int cmd_down(int argc, char **argv)
     return 0;
 }
 
+static int cmd_wg(int argc, char **argv)
+{
+    const char *conf = NULL, *tun = HWC_TUN_DEFAULT_NAME, *v;
+    for (int i = 2; i < argc; i++) {
+        if ((v = flag_value("wg", argc, argv, &i, "c")) || (v = flag_value("wg", argc, argv, &i, "config")))
+            conf = v;
+        else if ((v = flag_value("wg", argc, argv, &i, "tun")))
+            tun = v;
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        } else
+            die_usage("wg", "unknown argument %s", argv[i]);
+    }
+    if (!conf)
+        die_usage("wg", "%s", "-c FILE is required (a wg-quick style [Interface]/[Peer] file)");
+    if (strcmp(tun, "userspace") == 0) {
+        fprintf(stderr, "hwclient wg: --tun=userspace (no TUN device, SOCKS5) is not supported yet\n");
+        return 1;
+    }
+    struct hwc_wgconf c;
+    char err[512];
+    if (hwc_wgconf_load(conf, &c, err, sizeof err) != 0) {
+        fprintf(stderr, "hwclient wg: %s\n", err);
+        return 1;
+    }
+    int rc = hwc_wg_run(&c, tun);
+    hwc_wgconf_free(&c);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (sodium_init() < 0) {
@@ -651,5 +688,7 @@ int main(int argc, char **argv)
         return cmd_netcheck(argc, argv);
     if (strcmp(cmd, "debug") == 0)
         return cmd_debug(argc, argv);
+    if (strcmp(cmd, "wg") == 0)
+        return cmd_wg(argc, argv);
     die_usage(NULL, "unknown command %s", cmd);
 }
