@@ -43,6 +43,17 @@ struct route {
     struct route *next, *prev;
 };
 
+struct magic_wg_peer {
+    uint8_t key[32];
+    int home;
+};
+
+/* A WireGuard message: type 1..4 followed by three zero bytes. */
+static bool is_wireguard(const uint8_t *p, size_t len)
+{
+    return len >= 4 && p[0] >= 1 && p[0] <= 4 && p[1] == 0 && p[2] == 0 && p[3] == 0;
+}
+
 struct hwc_magic {
     struct hw_loop *loop;
     struct hwc_magic_opts opts;
@@ -67,6 +78,9 @@ struct hwc_magic {
     size_t n_conns;
     struct hw_strmap routes;   /* hex key -> struct route */
     struct route *route_list;
+
+    struct magic_wg_peer *wg_peers;   /* minimal data-plane block: see hwc_magic_set_peers */
+    size_t n_wg_peers;
 
     struct hwc_netcheck *nc;
     bool periodic_pending;     /* our own report (not an API one) is waiting */
@@ -185,7 +199,10 @@ static void on_packet(struct hwc_derp *d, const uint8_t src[32], const uint8_t *
     struct region_conn *rc = arg;
     struct hwc_magic *m = rc->m;
     route_set(m, src, rc->region);
-    m->cb.on_derp_packet(src, rc->region, data, len, m->arg);
+    if (m->cb.on_wg_packet && is_wireguard(data, len))
+        m->cb.on_wg_packet(data, len, m->arg);
+    else
+        m->cb.on_derp_packet(src, rc->region, data, len, m->arg);
 }
 
 static void on_peer_gone(struct hwc_derp *d, const uint8_t peer[32], uint8_t reason, void *arg)
@@ -493,7 +510,11 @@ static void udp_event(struct hw_loop *loop, int fd, int events, void *arg)
         if (n >= HW_STUN_HEADER_LEN && hw_stun_is(buf, (size_t)n) && buf[1] == 0x01 &&
             hwc_netcheck_receive(m->nc, buf, (size_t)n))
             continue;
-        m->udp_other++; /* WireGuard and disco: the data plane, not here yet */
+        if (m->cb.on_wg_packet && is_wireguard(buf, (size_t)n)) {
+            m->cb.on_wg_packet(buf, (size_t)n, m->arg);
+            continue;
+        }
+        m->udp_other++; /* disco: not here yet */
     }
 }
 
@@ -623,6 +644,7 @@ void hwc_magic_free(struct hwc_magic *m)
         tc_derp_map_clear(&m->dm);
     json_decref(m->dm_json);
     free(m->peer_homes);
+    free(m->wg_peers);
     sodium_memzero(m->priv, sizeof m->priv);
     free(m);
 }
@@ -764,6 +786,32 @@ int hwc_magic_send_derp(struct hwc_magic *m, const uint8_t dst[32], int peer_hom
     }
     return 0;
 }
+
+/* ---- minimal data-plane block (wg branch): DERP only. The disco branch's version
+ * (direct paths, disco) replaces everything between these markers. ---- */
+
+void hwc_magic_set_peers(struct hwc_magic *m, const struct hwc_magic_peer *peers, size_t n)
+{
+    free(m->wg_peers);
+    m->wg_peers = hw_calloc(n ? n : 1, sizeof *m->wg_peers);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(m->wg_peers[i].key, peers[i].node_key, 32);
+        m->wg_peers[i].home = peers[i].home_region;
+    }
+    m->n_wg_peers = n;
+}
+
+int hwc_magic_send(struct hwc_magic *m, const uint8_t dst_node_key[32], const uint8_t *pkt, size_t len, char *err,
+                   size_t errlen)
+{
+    int home = 0;
+    for (size_t i = 0; i < m->n_wg_peers; i++)
+        if (memcmp(m->wg_peers[i].key, dst_node_key, 32) == 0)
+            home = m->wg_peers[i].home;
+    return hwc_magic_send_derp(m, dst_node_key, home, pkt, len, err, errlen);
+}
+
+/* ---- end of the minimal data-plane block ---- */
 
 int hwc_magic_netcheck(struct hwc_magic *m, hwc_nc_done_cb cb, void *arg, char *err, size_t errlen)
 {

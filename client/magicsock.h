@@ -41,6 +41,10 @@ struct hwc_magic_callbacks {
      * what the control server should hear; borrowed. */
     void (*on_netinfo)(const json_t *netinfo, void *arg);
     void (*on_derp_packet)(const uint8_t src[32], int region, const uint8_t *data, size_t len, void *arg);
+    /* A packet that is neither disco nor the DERP debug protocol, received on the UDP
+     * socket or through DERP (WireGuard demultiplexes by receiver index / handshake, so
+     * no source is needed). NULL: such packets go to on_derp_packet as before. */
+    void (*on_wg_packet)(const uint8_t *pkt, size_t len, void *arg);
 };
 
 struct hwc_magic_opts {
@@ -64,6 +68,26 @@ void hwc_magic_set_control_connected(struct hwc_magic *m, bool up);
 /* Home regions of the peers, for the choice when no region answers at all (upstream
  * then homes where most peers are). */
 void hwc_magic_set_peer_homes(struct hwc_magic *m, const int *homes, size_t n);
+
+/* ---- data plane interface (docs: the dataplane brief). The wg branch carries a minimal
+ * DERP-only version of these; the disco branch's path selection replaces it. ---- */
+
+/* A peer from the netmap, for path selection (strings read during the call only). */
+struct hwc_magic_peer {
+    uint8_t node_key[32];
+    uint8_t disco_key[32];          /* all zero: the peer has none (no direct paths) */
+    int home_region;                /* Node.HomeDERP / legacy DERP "127.3.3.40:N"; 0 = unknown */
+    const char *const *endpoints;   /* Node.Endpoints, "ip:port" / "[ip6]:port" */
+    size_t n_endpoints;
+};
+/* Replaces the peer set (called on every netmap change). */
+void hwc_magic_set_peers(struct hwc_magic *m, const struct hwc_magic_peer *peers, size_t n);
+
+/* One WireGuard packet to the peer with that node key, over the best path: the confirmed
+ * direct UDP endpoint when there is one, else DERP (the route it was last heard on, else its
+ * home region). 0 = queued/sent, -1 with err. */
+int hwc_magic_send(struct hwc_magic *m, const uint8_t dst_node_key[32], const uint8_t *pkt,
+                   size_t len, char *err, size_t errlen);
 
 /* `hwclient debug force-prefer-derp`: region becomes home at the next report (started
  * now) when it answers; 0 goes back to latency. */

@@ -39,10 +39,13 @@ static const char usage[] =
     "usage:\n"
     "  hwclient up --login-server URL [--authkey KEY] [--hostname NAME]\n"
     "              [--advertise-routes CIDR,...] [--statedir DIR] [--ephemeral] [--verbose]\n"
-    "              [--port N] [--debug-derp-http]\n"
+    "              [--port N] [--debug-derp-http] [--tun NAME] [--accept-routes]\n"
     "        log in and stay in the foreground, keeping the network map current and\n"
     "        a connection to the home DERP relay (without --authkey: prints a URL for\n"
     "        the admin to complete). --port: UDP port (default 41641, or any free one)\n"
+    "        --tun NAME: carry packets: a TUN device NAME (hw0 is the usual name) with\n"
+    "        the node's addresses, WireGuard to every peer (needs root); without it only\n"
+    "        the control and DERP halves run. --accept-routes: use peers' subnet routes\n"
     "  hwclient netcheck [--statedir DIR] [--format json] [--derp-map FILE]\n"
     "        UDP reachability, public address and latency to each DERP region, measured\n"
     "        by the daemon (or, with --derp-map FILE holding a DERPMap JSON, by this\n"
@@ -209,7 +212,16 @@ static int cmd_up(int argc, char **argv)
                 die_usage("up", "--port %s: expected 0 to 65535 (0: any free port)", v);
             o.port = (int)port;
             o.port_set = true;
-        } else if (flag_bool(argv[i], "debug-derp-http"))
+        } else if ((v = flag_value("up", argc, argv, &i, "tun"))) {
+            if (strcmp(v, "userspace") == 0 || strcmp(v, "userspace-networking") == 0) {
+                fprintf(stderr, "hwclient up: --tun=userspace (SOCKS5 without a TUN device) is not supported yet; "
+                                "use --tun NAME (e.g. hw0) as root\n");
+                exit(1);
+            }
+            o.tun = strcmp(v, "none") == 0 ? NULL : v;
+        } else if (flag_bool(argv[i], "accept-routes"))
+            o.accept_routes = true;
+        else if (flag_bool(argv[i], "debug-derp-http"))
             o.derp_http = true;
         else if (flag_bool(argv[i], "ephemeral"))
             o.ephemeral = true;

@@ -1,0 +1,125 @@
+"""Two `hwclient up --tun` nodes carrying real packets through headwater's built-in relay.
+
+Namespaces: "net" holds headwater (control + DERP relay + STUN) on 10.79.9.1, reachable from
+"a" and "b" over veth pairs; a and b see only net, never each other. Each hwclient
+makes its TUN device with the tailnet addresses and routes; they ping each other's
+100.64.x address and move 10 MB over TCP with matching SHA-256, through DERP (direct paths
+come with the disco branch). `hwclient status --json` shows per-peer counters.
+"""
+import os
+import subprocess
+import sys
+
+import hwnet
+import hwtest
+from hwnet import Net, wait_until
+from hwtest import SLOW, case, check, eq
+from netns import Netns, available
+
+TCPCHECK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tcpcheck.py")
+PLAIN = {"TS_DEBUG_USE_DERP_HTTP": "1"}
+SERVER_IP = "10.79.9.1"
+
+
+class NsClient(hwnet.Client):
+    """hwclient up inside a namespace (its control socket is still a file here)."""
+
+    def __init__(self, *a, ns=None, **kw):
+        self.ns = ns
+        super().__init__(*a, **kw)
+
+    def argv(self):
+        return ["ip", "netns", "exec", self.ns] + super().argv()
+
+
+def topology(nn):
+    net, a, b = nn.ns("net"), nn.ns("a"), nn.ns("b")
+    nn.run(net, "ip", "addr", "add", SERVER_IP + "/32", "dev", "lo")
+    nn.veth(net, "10.79.0.1/24", a, "10.79.0.2/24")
+    nn.veth(net, "10.79.1.1/24", b, "10.79.1.2/24")
+    nn.route(a, SERVER_IP + "/32", "10.79.0.1")
+    nn.route(b, SERVER_IP + "/32", "10.79.1.1")
+    return net, a, b
+
+
+def server_config(port, stun):
+    return {"server_url": "http://%s:%d" % (SERVER_IP, port),
+            "listen_addr": "%s:%d" % (SERVER_IP, port),
+            "derp": {"server": {"enabled": True, "region_id": 999, "region_code": "hw",
+                                "region_name": "Headwater", "stun_listen_addr": "%s:%d" % (SERVER_IP, stun),
+                                "private_key_path": "derp_server_private.key", "verify_clients": True},
+                     "urls": [], "paths": [], "auto_update_enabled": False}}
+
+
+def transfer(nn, sender_ns, receiver_ns, addr, nbytes):
+    port = 6201 + os.getpid() % 1000
+    rx = nn.popen(receiver_ns, [sys.executable, TCPCHECK, "recv", addr, port], stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE, text=True)
+    check(rx.stderr.readline().strip() == "listening", "receiver did not start")
+    tx = nn.run(sender_ns, sys.executable, TCPCHECK, "send", addr, port, nbytes, timeout=180 * SLOW)
+    out, _ = rx.communicate(timeout=60 * SLOW)
+    eq(out.split(), tx.stdout.split(), "bytes and SHA-256 received vs sent")
+
+
+def peer_of(c, name):
+    for p in c.status().get("Peer", {}).values():
+        if p.get("HostName") == name or (p.get("DNSName") or "").startswith(name + "."):
+            return p
+    return None
+
+
+@case
+def two_nodes_through_derp():
+    why = available()
+    if why:
+        hwtest.skip(why)
+    with Netns() as nn:
+        netns, a_ns, b_ns = topology(nn)
+        port, stun = 8080 + os.getpid() % 1000, 3478
+        wrap = ["ip", "netns", "exec", netns]
+        net = Net.__new__(Net)
+        net.server = hwtest.Server(config=server_config(port, stun), wrap=wrap)
+        net.clients, net.namespaces = [], set()
+        ok = False
+        try:
+            key = net.authkey("dp")
+            tuns = {}
+            for name, ns in (("a", a_ns), ("b", b_ns)):
+                tuns[name] = nn.ifname("t")
+                c = NsClient(net.server, name, key=key, ns=ns, env=PLAIN,
+                             login_server="http://%s:%d" % (SERVER_IP, port),
+                             extra=["--port", "0", "--tun", tuns[name]])
+                net.clients.append(c)
+            a, b = net.clients
+            for c in (a, b):
+                c.wait_running(timeout=20)
+            ip_a, ip_b = a.ips()[0], b.ips()[0]
+            # the TUN device carries the node's addresses and the tailnet route
+            addrs = nn.run(a_ns, "ip", "addr", "show", tuns["a"]).stdout
+            check(ip_a + "/32" in addrs, "a's TUN has %s: %s" % (ip_a, addrs))
+            routes = nn.run(a_ns, "ip", "route", "show").stdout
+            check("100.64.0.0/10 dev %s" % tuns["a"] in routes, "tailnet route: %s" % routes)
+            for c, peer in ((a, "b"), (b, "a")):
+                wait_until(lambda: (peer_of(c, peer) or {}).get("HomeDERP") == 999, 20,
+                           "%s to see %s homed at the relay" % (c.hostname, peer), interval=0.1)
+            for src_ns, dst in ((a_ns, ip_b), (b_ns, ip_a)):
+                p = nn.run(src_ns, "ping", "-c", "3", "-i", "0.2", "-W", "5", dst, check=False, timeout=60)
+                check(p.returncode == 0, "ping %s: %s" % (dst, p.stdout[-300:]))
+            transfer(nn, a_ns, b_ns, ip_b, 10 * 1000 * 1000)
+            transfer(nn, b_ns, a_ns, ip_a, 2 * 1000 * 1000)
+            pb = peer_of(a, "b")
+            check(pb.get("TxBytes", 0) > 10 * 1000 * 1000 and pb.get("RxBytes", 0) > 2 * 1000 * 1000,
+                  "a's counters for b: %r" % pb)
+            check(pb.get("LastHandshake", "") != "", "a's last handshake with b: %r" % pb)
+            _, out, _ = a.cli("status")
+            check("b" in out, "status lists b: %s" % out)
+            # stopping removes the device and its routes
+            a.down()
+            gone = nn.run(a_ns, "ip", "link", "show", tuns["a"], check=False)
+            check(gone.returncode != 0, "TUN device left behind")
+            ok = True
+        finally:
+            net.close(check=ok)
+
+
+hwtest.main()
