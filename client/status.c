@@ -212,6 +212,15 @@ static char *status_cell(const json_t *ps, int64_t now)
     else
         s = hw_strdup(expired ? "expired" : "-");
     free(seen);
+    /* WireGuard traffic, as tailscale shows it ("tx N rx N"), once there is any */
+    json_int_t tx = json_integer_value(json_object_get(ps, "TxBytes")),
+               rx = json_integer_value(json_object_get(ps, "RxBytes"));
+    if (tx || rx) {
+        char *t = strcmp(s, "-") == 0 ? hw_sprintf("tx %lld rx %lld", (long long)tx, (long long)rx)
+                                      : hw_sprintf("%s; tx %lld rx %lld", s, (long long)tx, (long long)rx);
+        free(s);
+        s = t;
+    }
     return s;
 }
 

@@ -81,7 +81,9 @@ def two_nodes_through_derp():
                   "a's counters for b: %r" % pb)
             check(pb.get("LastHandshake", "") != "", "a's last handshake with b: %r" % pb)
             _, out, _ = a.cli("status")
-            check("b" in out, "status lists b: %s" % out)
+            line = [l for l in out.splitlines() if ip_b in l]
+            check(line and "tx %d rx %d" % (pb["TxBytes"], pb["RxBytes"]) in line[0] or
+                  line and " tx " in line[0], "status line for b shows traffic: %s" % out)
             # stopping removes the device and its routes
             a.down()
             gone = nn.run(a_ns, "ip", "link", "show", tuns["a"], check=False)

@@ -66,6 +66,13 @@ def pair(kind_a, kind_b):
                 transfer(nn, b, a, a.tun4)
                 for side in (a, b):
                     check(side.proc.poll() is None, "%s exited: %s" % (side.dev, log_of(side)))
+                if kind_a == "hwclient":
+                    # a source outside b's AllowedIPs (as a configured it) is dropped by a
+                    nn.run(b.ns, "ip", "addr", "add", "10.78.0.9/32", "dev", b.dev)
+                    p = nn.run(b.ns, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", "10.78.0.9", a.tun4,
+                               check=False)
+                    check(p.returncode != 0, "a answered a source outside b's AllowedIPs: %s" % p.stdout)
+                    ping(nn, b, a.tun4)
             except AssertionError as e:
                 raise AssertionError("%s | logs: %s | %s" % (e, log_of(a), log_of(b)))
             for side in (a, b):
