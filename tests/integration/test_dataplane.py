@@ -84,6 +84,17 @@ def two_nodes_through_derp():
             line = [l for l in out.splitlines() if ip_b in l]
             check(line and "tx %d rx %d" % (pb["TxBytes"], pb["RxBytes"]) in line[0] or
                   line and " tx " in line[0], "status line for b shows traffic: %s" % out)
+            # a new peer (a netmap delta) leaves the existing session alone
+            c3 = NsClient(net.server, "c", key=key, ns=netns, env=PLAIN,
+                          login_server="http://%s:%d" % (SERVER_IP, port), extra=["--port", "0"])
+            net.clients.append(c3)
+            c3.wait_running(timeout=20)
+            wait_until(lambda: peer_of(a, "c"), 20, "a to see c", interval=0.1)
+            pb2 = peer_of(a, "b")
+            check(pb2["TxBytes"] >= pb["TxBytes"] and pb2["LastHandshake"] == pb["LastHandshake"],
+                  "b's session changed when c joined: %r -> %r" % (pb, pb2))
+            p = nn.run(a_ns, "ping", "-c", "1", "-W", "5", ip_b, check=False, timeout=30)
+            check(p.returncode == 0, "ping b after c joined: %s" % p.stdout[-300:])
             # stopping removes the device and its routes
             a.down()
             gone = nn.run(a_ns, "ip", "link", "show", tuns["a"], check=False)

@@ -99,7 +99,7 @@ static void tick_both(void)
     wg_device_tick(B.dev, fake_now);
 }
 
-static uint8_t payload[1200];
+static uint8_t payload[1500];
 
 static void handshake_and_data(void)
 {
