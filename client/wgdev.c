@@ -19,7 +19,10 @@
 
 /* TUN reads handled per readiness event before other fds get a turn. */
 #define TUN_BATCH 64
-#define UDP_BATCH 64
+/* UDP datagrams per recvmmsg/sendmmsg; slots fit a 9000-byte jumbo MTU plus overhead
+ * (larger datagrams are sent alone, and received ones are dropped as truncated). */
+#define UDP_BATCH 32
+#define UDP_SLOT 9216
 
 struct wpeer {
     struct wpeer *next;
@@ -46,6 +49,13 @@ struct hwc_wgdev {
     int64_t timer_at;
     uint64_t drops_no_peer, drops_src;
     uint8_t buf[WG_MAX_PACKET];
+    /* UDP mode: datagrams sealed during one TUN batch go out in one sendmmsg */
+    bool batching;
+    size_t n_out;
+    struct sockaddr_in6 out_to[UDP_BATCH];
+    size_t out_len[UDP_BATCH];
+    uint8_t (*out)[UDP_SLOT];
+    uint8_t (*in)[UDP_SLOT];
 };
 
 static int64_t now_ms(struct hwc_wgdev *w) { return hw_loop_now_ms(w->loop); }
@@ -129,6 +139,34 @@ static bool ip_parse(const uint8_t *pkt, size_t len, int *family, const uint8_t 
 
 /* ---- WireGuard callbacks ---- */
 
+static void flush_out(struct hwc_wgdev *w)
+{
+    struct mmsghdr msgs[UDP_BATCH];
+    struct iovec iov[UDP_BATCH];
+    size_t done = 0;
+    while (done < w->n_out) {
+        size_t n = w->n_out - done;
+        for (size_t i = 0; i < n; i++) {
+            iov[i].iov_base = w->out[done + i];
+            iov[i].iov_len = w->out_len[done + i];
+            memset(&msgs[i], 0, sizeof msgs[i]);
+            msgs[i].msg_hdr.msg_name = &w->out_to[done + i];
+            msgs[i].msg_hdr.msg_namelen = sizeof w->out_to[0];
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int sent = sendmmsg(w->udp_fd, msgs, (unsigned)n, 0);
+        if (sent <= 0) {
+            /* a full socket buffer or an unreachable destination: drop this one, as a
+             * lost datagram; WireGuard and TCP above recover */
+            done++;
+            continue;
+        }
+        done += (size_t)sent;
+    }
+    w->n_out = 0;
+}
+
 static int udp_send(struct hwc_wgdev *w, const struct sockaddr *ep, socklen_t len, const uint8_t *pkt, size_t n)
 {
     if (w->udp_fd < 0 || !ep || len == 0)
@@ -144,6 +182,14 @@ static int udp_send(struct hwc_wgdev *w, const struct sockaddr *ep, socklen_t le
         memcpy(&mapped.sin6_addr.s6_addr[12], &in4->sin_addr, 4);
         ep = (const struct sockaddr *)&mapped;
         len = sizeof mapped;
+    }
+    if (w->batching && n <= UDP_SLOT && len == sizeof(struct sockaddr_in6)) {
+        if (w->n_out == UDP_BATCH)
+            flush_out(w);
+        memcpy(&w->out_to[w->n_out], ep, sizeof w->out_to[0]);
+        memcpy(w->out[w->n_out], pkt, n);
+        w->out_len[w->n_out++] = n;
+        return 0;
     }
     return sendto(w->udp_fd, pkt, n, 0, ep, len) < 0 ? -1 : 0;
 }
@@ -199,6 +245,7 @@ static void tun_event(struct hw_loop *loop, int fd, int events, void *arg)
 {
     struct hwc_wgdev *w = arg;
     int64_t now = now_ms(w);
+    w->batching = w->udp_fd >= 0;
     for (int i = 0; i < TUN_BATCH; i++) {
         ssize_t n = read(fd, w->buf, sizeof w->buf);
         if (n <= 0)
@@ -215,6 +262,9 @@ static void tun_event(struct hw_loop *loop, int fd, int events, void *arg)
         }
         wg_peer_send(p->wg, now, w->buf, ip_len);
     }
+    w->batching = false;
+    if (w->n_out)
+        flush_out(w);
     service(w);
 }
 
@@ -250,15 +300,30 @@ static socklen_t unmap(struct sockaddr_storage *ss, socklen_t len)
 static void udp_event(struct hw_loop *loop, int fd, int events, void *arg)
 {
     struct hwc_wgdev *w = arg;
-    static uint8_t pkt[WG_MAX_PACKET];
-    for (int i = 0; i < UDP_BATCH; i++) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        ssize_t n = recvfrom(fd, pkt, sizeof pkt, 0, (struct sockaddr *)&ss, &sl);
-        if (n < 0)
+    struct mmsghdr msgs[UDP_BATCH];
+    struct iovec iov[UDP_BATCH];
+    struct sockaddr_storage from[UDP_BATCH];
+    for (int round = 0; round < 4; round++) {
+        for (int i = 0; i < UDP_BATCH; i++) {
+            iov[i].iov_base = w->in[i];
+            iov[i].iov_len = UDP_SLOT;
+            memset(&msgs[i], 0, sizeof msgs[i]);
+            msgs[i].msg_hdr.msg_name = &from[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n = recvmmsg(fd, msgs, UDP_BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0)
             break;
-        sl = unmap(&ss, sl);
-        hwc_wgdev_input(w, pkt, (size_t)n, (struct sockaddr *)&ss, sl);
+        for (int i = 0; i < n; i++) {
+            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+                continue; /* larger than a slot: not a datagram we sent or accept */
+            socklen_t sl = unmap(&from[i], msgs[i].msg_hdr.msg_namelen);
+            hwc_wgdev_input(w, w->in[i], msgs[i].msg_len, (struct sockaddr *)&from[i], sl);
+        }
+        if (n < UDP_BATCH)
+            break;
     }
     service(w);
 }
@@ -314,6 +379,8 @@ int hwc_wgdev_listen_udp(struct hwc_wgdev *w, int port, char *err, size_t errlen
         return -1;
     }
     w->udp_fd = fd;
+    w->out = hw_calloc(UDP_BATCH, sizeof *w->out);
+    w->in = hw_calloc(UDP_BATCH, sizeof *w->in);
     return 0;
 }
 
@@ -345,6 +412,8 @@ void hwc_wgdev_free(struct hwc_wgdev *w)
         wpeer_free(w, p);
     }
     wg_device_free(w->wg);
+    free(w->out);
+    free(w->in);
     free(w);
 }
 
