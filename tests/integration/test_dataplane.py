@@ -74,6 +74,10 @@ def two_nodes_through_derp():
             for src_ns, dst in ((a_ns, ip_b), (b_ns, ip_a)):
                 p = nn.run(src_ns, "ping", "-c", "3", "-i", "0.2", "-W", "5", dst, check=False, timeout=60)
                 check(p.returncode == 0, "ping %s: %s" % (dst, p.stdout[-300:]))
+            v6_b = [ip for ip in b.ips() if ":" in ip]
+            check(v6_b, "b has an IPv6 tailnet address: %r" % b.ips())
+            p = nn.run(a_ns, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "5", v6_b[0], check=False, timeout=60)
+            check(p.returncode == 0, "ping %s: %s" % (v6_b[0], p.stdout[-300:]))
             transfer(nn, a_ns, b_ns, ip_b, 10 * 1000 * 1000)
             transfer(nn, b_ns, a_ns, ip_a, 2 * 1000 * 1000)
             pb = peer_of(a, "b")
