@@ -108,4 +108,53 @@ def two_nodes_through_derp():
             net.close(check=ok)
 
 
+@case
+def subnet_route_needs_enable_and_accept_routes():
+    # b advertises the LAN 10.80.0.0/24 behind it; a (--accept-routes) reaches a host there
+    # once the admin enables the route, not before. The test turns on b's forwarding
+    # (hwclient does not manage forwarding or masquerade yet).
+    why = available()
+    if why:
+        hwtest.skip(why)
+    with Netns() as nn:
+        netns, a_ns, b_ns = topology(nn)
+        lan = nn.ns("lan")
+        nn.veth(b_ns, "10.80.0.1/24", lan, "10.80.0.2/24")
+        nn.route(lan, "default", "10.80.0.1")
+        nn.forwarding(b_ns)
+        port, stun = 8080 + os.getpid() % 1000, 3478
+        net = Net.__new__(Net)
+        net.server = hwtest.Server(config=server_config(port, stun), wrap=["ip", "netns", "exec", netns])
+        net.clients, net.namespaces = [], set()
+        ok = False
+        try:
+            key = net.authkey("dp")
+            tun_a = nn.ifname("t")
+            for name, ns, extra in (("a", a_ns, ["--accept-routes"]), ("b", b_ns, ["--advertise-routes", "10.80.0.0/24"])):
+                net.clients.append(NsClient(net.server, name, key=key, ns=ns, env=PLAIN,
+                                            login_server="http://%s:%d" % (SERVER_IP, port),
+                                            extra=["--port", "0", "--tun", tun_a if name == "a" else nn.ifname("t")]
+                                            + extra))
+            a, b = net.clients
+            for c in (a, b):
+                c.wait_running(timeout=20)
+            wait_until(lambda: (peer_of(a, "b") or {}).get("HomeDERP") == 999, 20, "a to see b's home", interval=0.1)
+            p = nn.run(a_ns, "ping", "-c", "1", "-W", "2", "10.80.0.2", check=False)
+            check(p.returncode != 0, "the LAN answered before the route was enabled")
+            check("10.80.0.0/24" not in nn.run(a_ns, "ip", "route").stdout, "route before enable")
+            wait_until(lambda: "10.80.0.0/24" in net.hwctl("routes", "list", "-i", b.node_id())[1], 10,
+                       "the advertised route at the server", interval=0.1)
+            net.hwctl("routes", "enable", "-i", b.node_id(), "-r", "10.80.0.0/24")
+            wait_until(lambda: "10.80.0.0/24 dev %s" % tun_a in nn.run(a_ns, "ip", "route").stdout, 20,
+                       "a's route to the LAN through its TUN", interval=0.1)
+            p = nn.run(a_ns, "ping", "-c", "3", "-i", "0.2", "-W", "5", "10.80.0.2", check=False, timeout=60)
+            check(p.returncode == 0, "ping the LAN host through b: %s" % p.stdout[-300:])
+            net.hwctl("routes", "disable", "-i", b.node_id(), "-r", "10.80.0.0/24")
+            wait_until(lambda: "10.80.0.0/24" not in nn.run(a_ns, "ip", "route").stdout, 20,
+                       "a's LAN route gone after disable", interval=0.1)
+            ok = True
+        finally:
+            net.close(check=ok)
+
+
 hwtest.main()
