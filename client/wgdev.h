@@ -23,8 +23,8 @@
 struct hw_loop;
 struct hwc_wgdev;
 
-/* Sends one WireGuard datagram to the peer with that key (NULL for a cookie reply to an
- * unknown sender, then ep is where it came from). 0 or -1. */
+/* Sends one WireGuard datagram to the peer with that key; peer_key is NULL for a cookie
+ * reply to a sender not known yet (a transport without source addresses drops it). 0 or -1. */
 typedef int (*hwc_wgdev_send_fn)(void *arg, const uint8_t *peer_key, const uint8_t *pkt, size_t len);
 
 struct hwc_wgdev_peer_cfg {
