@@ -9,7 +9,7 @@ DESTDIR ?=
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libnghttp2-dev libsodium-dev \
             libssl-dev libjansson-dev libyaml-dev libsqlite3-dev libzstd-dev sqlite3 \
             libcurl4-openssl-dev libhttp-parser-dev python3 iproute2 \
-            iptables wireguard-go wireguard-tools iperf3 openssl
+            iptables wireguard-go wireguard-tools iperf3 openssl iputils-ping
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wformat=2 -Wvla
 CFLAGS  ?= -O2 -g

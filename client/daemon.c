@@ -17,6 +17,8 @@
 #include "client/derpdebug.h"
 #include "client/localapi.h"
 #include "client/magicsock.h"
+#include "client/tun.h"
+#include "client/wgdev.h"
 #include "client/state.h"
 #include "client/status.h"
 #include "client/tlsdial.h"
@@ -135,6 +137,11 @@ struct daemon {
     int *endpoint_types;
     size_t n_endpoints;
     struct ping_waiter *pings;
+
+    /* the data plane: WireGuard over magicsock, packets through the TUN device */
+    struct hwc_tun *tun;
+    struct hwc_wgdev *wg;
+    uint8_t wg_key[32];          /* the node key the device was made with */
 
     const char *shown_state;
     int exit_code;
@@ -1110,6 +1117,120 @@ static void api_ping(struct daemon *d, struct hwc_api_req *req, json_t *request)
     }
 }
 
+/* ---- data plane ---- */
+
+static void on_wg_packet(const uint8_t *pkt, size_t len, void *arg)
+{
+    struct daemon *d = arg;
+    if (d->wg)
+        hwc_wgdev_input(d->wg, pkt, len, NULL, 0);
+}
+
+static int wg_send(void *arg, const uint8_t *peer_key, const uint8_t *pkt, size_t len)
+{
+    struct daemon *d = arg;
+    char err[300];
+    if (!peer_key)
+        return -1; /* a cookie reply to a sender we cannot name: no path back */
+    if (hwc_magic_send(d->magic, peer_key, pkt, len, err, sizeof err) < 0) {
+        log_debug("wireguard: cannot send %zu bytes: %s", len, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Parses a list of prefixes, skipping (and logging) what is not one. */
+static size_t parse_prefixes(const struct tc_strv *v, struct hwc_prefix *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < v->n && n < cap; i++) {
+        if (hwc_prefix_parse(v->v[i], &out[n]) == 0)
+            n++;
+        else
+            log_warn("netmap: \"%s\" is not an IP prefix; ignored", v->v[i]);
+    }
+    return n;
+}
+
+#define DP_MAX_PREFIXES 256
+
+/* The WireGuard peers, the TUN addresses and routes from the netmap. Peers that stay
+ * keep their sessions; the device is remade only for a new node key. */
+static void sync_dataplane(struct daemon *d, bool usable)
+{
+    if (!d->tun)
+        return;
+    char err[400];
+    if (!usable) {
+        if (d->wg) {
+            log_info("data plane: stopped (no usable node key)");
+            hwc_wgdev_free(d->wg);
+            d->wg = NULL;
+        }
+        hwc_tun_set_routes(d->tun, NULL, 0, err, sizeof err);
+        hwc_tun_set_addresses(d->tun, NULL, 0, err, sizeof err);
+        return;
+    }
+    if (d->wg && memcmp(d->wg_key, d->node_priv, 32) != 0) {
+        hwc_wgdev_free(d->wg);
+        d->wg = NULL;
+    }
+    if (!d->wg) {
+        d->wg = hwc_wgdev_new(d->loop, d->node_priv, d->tun, HWC_TUN_MTU, wg_send, d, err, sizeof err);
+        if (!d->wg) {
+            log_error("data plane: %s", err);
+            return;
+        }
+        memcpy(d->wg_key, d->node_priv, 32);
+        log_info("data plane: WireGuard on %s", hwc_tun_name(d->tun));
+    }
+    struct hwc_prefix self[16];
+    size_t n_self = parse_prefixes(&d->nm.self.addresses, self, 16);
+    if (hwc_tun_set_addresses(d->tun, self, n_self, err, sizeof err) < 0)
+        log_warn("data plane: %s", err);
+
+    size_t n = d->nm.n_peers;
+    struct hwc_wgdev_peer_cfg *cfg = hw_calloc(n ? n : 1, sizeof *cfg);
+    struct hwc_prefix *pfx = hw_calloc(n ? n * DP_MAX_PREFIXES : 1, sizeof *pfx);
+    /* routes: the tailnet ranges (as tailscaled adds 100.64.0.0/10 on Linux), plus
+     * subnet routes with --accept-routes */
+    size_t n_routes = 0, cap_routes = 2 + n * DP_MAX_PREFIXES;
+    struct hwc_prefix *routes = hw_calloc(cap_routes, sizeof *routes);
+    hwc_prefix_parse("100.64.0.0/10", &routes[n_routes++]);
+    hwc_prefix_parse("fd7a:115c:a1e0::/48", &routes[n_routes++]);
+    for (size_t i = 0; i < n; i++) {
+        const struct tc_node *p = &d->nm.peers[i];
+        struct hwc_prefix *mine = pfx + i * DP_MAX_PREFIXES, addrs[16];
+        size_t n_addrs = parse_prefixes(&p->addresses, addrs, 16);
+        size_t k = parse_prefixes(p->allowed_ips_null ? &p->addresses : &p->allowed_ips, mine, DP_MAX_PREFIXES);
+        size_t keep = 0;
+        for (size_t j = 0; j < k; j++) {
+            bool own = false;
+            for (size_t a = 0; a < n_addrs && !own; a++)
+                own = hwc_prefix_equal(&addrs[a], &mine[j]);
+            if (!own && !d->opts->accept_routes)
+                continue; /* a subnet route: only with --accept-routes */
+            mine[keep++] = mine[j];
+            bool covered = false;
+            for (size_t r = 0; r < 2 && !covered; r++)
+                covered = hwc_prefix_contains(&routes[r], mine[j].family, mine[j].addr) &&
+                          routes[r].bits <= mine[j].bits;
+            if (!covered && mine[j].bits > 0 && n_routes < cap_routes)
+                routes[n_routes++] = mine[j];
+        }
+        memcpy(cfg[i].key, p->key, 32);
+        cfg[i].allowed = mine;
+        cfg[i].n_allowed = keep;
+        cfg[i].name = p->name;
+    }
+    hwc_wgdev_set_peers(d->wg, cfg, n);
+    if (hwc_tun_set_routes(d->tun, routes, n_routes, err, sizeof err) < 0)
+        log_warn("data plane: %s", err);
+    free(routes);
+    free(pfx);
+    free(cfg);
+}
+
 /* What the DERP side needs from the netmap and the login state. */
 static void sync_magic(struct daemon *d)
 {
@@ -1142,6 +1263,7 @@ static void sync_magic(struct daemon *d)
     }
     hwc_magic_set_peers(d->magic, mp, n);
     free(mp);
+    sync_dataplane(d, usable && d->have_nm);
 }
 
 /* ---- logout ---- */
@@ -1318,15 +1440,23 @@ static json_t *status_json(struct daemon *d)
         .now = hw_now(),
     };
     json_t *st = hwc_status_json(&in);
-    /* the path of each peer (upstream's PeerStatus CurAddr/Relay/Addrs/Active) */
+    /* per peer, in its own object (upstream's PeerStatus names): the path
+     * (CurAddr/Relay/Addrs/Active) and the WireGuard counters */
     const char *key;
     json_t *ps;
     json_object_foreach(json_object_get(st, "Peer"), key, ps) {
         uint8_t k[32];
-        json_t *path = hw_key_parse(HW_KEY_NODE, key, k, NULL) == 0 ? hwc_magic_peer_status(d->magic, k) : NULL;
+        if (hw_key_parse(HW_KEY_NODE, key, k, NULL) != 0)
+            continue;
+        json_t *path = hwc_magic_peer_status(d->magic, k);
         if (path) {
             json_object_update(ps, path);
             json_decref(path);
+        }
+        json_t *w = d->wg ? hwc_wgdev_peer_status(d->wg, k) : NULL;
+        if (w) {
+            json_object_update(ps, w);
+            json_decref(w);
         }
     }
     return st;
@@ -1488,6 +1618,7 @@ static int setup(struct daemon *d, char *err, size_t errlen)
         .on_netinfo = on_netinfo,
         .on_derp_packet = on_derp_packet,
         .on_endpoints = on_endpoints,
+        .on_wg_packet = on_wg_packet,
     };
     d->magic = hwc_magic_new(d->loop, &mo, &magic_callbacks, d, err, errlen);
     if (!d->magic)
@@ -1496,6 +1627,12 @@ static int setup(struct daemon *d, char *err, size_t errlen)
     hwc_magic_disco_public(d->magic, d->disco_pub);
     if (mo.plain_http)
         log_info("derp: plain HTTP to relays (TS_DEBUG_USE_DERP_HTTP / --debug-derp-http): for tests only");
+    if (d->opts->tun) {
+        d->tun = hwc_tun_open(d->opts->tun, HWC_TUN_MTU, err, errlen);
+        if (!d->tun)
+            return -1;
+        log_info("data plane: TUN device %s (MTU %d)", hwc_tun_name(d->tun), HWC_TUN_MTU);
+    }
     d->dbg_rx = hwc_dbg_rx_new();
     d->need_register = true;
     if (d->have_node) {
@@ -1536,6 +1673,10 @@ static void teardown(struct daemon *d)
             debug_send_free(d, d->sends[i]);
         }
     }
+    hwc_wgdev_free(d->wg);
+    d->wg = NULL;
+    hwc_tun_close(d->tun);   /* removes the addresses and routes it added */
+    d->tun = NULL;
     /* Before the control socket goes: a netcheck waiting there still gets its answer. */
     hwc_magic_free(d->magic);
     d->magic = NULL;

@@ -19,6 +19,8 @@ struct hwc_up_opts {
     int port;                  /* UDP port for magicsock, when port_set (0 = any) */
     bool port_set;             /* else 41641, or any port when that one is taken */
     bool derp_http;            /* plain HTTP to DERP relays (upstream's TS_DEBUG_USE_DERP_HTTP) */
+    const char *tun;           /* TUN device for the data plane; NULL: none (control and DERP only) */
+    bool accept_routes;        /* peers' subnet routes in AllowedIPs and the routing table */
 };
 
 /* Runs until `hwclient down`, SIGINT/SIGTERM, or a refused login (exit status 1). */

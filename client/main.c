@@ -22,6 +22,8 @@
 #include "client/state.h"
 #include "client/status.h"
 #include "client/tlsdial.h"
+#include "client/tun.h"
+#include "client/wgconf.h"
 #include "common/log.h"
 #include "common/loop.h"
 #include "common/util.h"
@@ -37,10 +39,13 @@ static const char usage[] =
     "usage:\n"
     "  hwclient up --login-server URL [--authkey KEY] [--hostname NAME]\n"
     "              [--advertise-routes CIDR,...] [--statedir DIR] [--ephemeral] [--verbose]\n"
-    "              [--port N] [--debug-derp-http]\n"
+    "              [--port N] [--debug-derp-http] [--tun NAME] [--accept-routes]\n"
     "        log in and stay in the foreground, keeping the network map current and\n"
     "        a connection to the home DERP relay (without --authkey: prints a URL for\n"
     "        the admin to complete). --port: UDP port (default 41641, or any free one)\n"
+    "        --tun NAME: carry packets: a TUN device NAME (hw0 is the usual name) with\n"
+    "        the node's addresses, WireGuard to every peer (needs root); without it only\n"
+    "        the control and DERP halves run. --accept-routes: use peers' subnet routes\n"
     "  hwclient netcheck [--statedir DIR] [--format json] [--derp-map FILE]\n"
     "        UDP reachability, public address and latency to each DERP region, measured\n"
     "        by the daemon (or, with --derp-map FILE holding a DERPMap JSON, by this\n"
@@ -53,6 +58,10 @@ static const char usage[] =
     "  hwclient netmap [-o json] [--statedir DIR]   the whole network map as JSON\n"
     "  hwclient logout [--statedir DIR]             expire this node's key on the server\n"
     "  hwclient down [--statedir DIR]               stop the daemon (also: stop)\n"
+    "  hwclient wg -c FILE [--tun NAME]\n"
+    "        plain WireGuard without a control server: a wg-quick style file\n"
+    "        ([Interface] PrivateKey/ListenPort/Address/MTU, [Peer] PublicKey/Endpoint/\n"
+    "        AllowedIPs/PersistentKeepalive) on TUN device NAME (default hw0)\n"
     "  hwclient --version | --help\n"
     "\n"
     "debug commands (opaque numbered packets through DERP, until the data plane exists):\n"
@@ -207,7 +216,16 @@ static int cmd_up(int argc, char **argv)
                 die_usage("up", "--port %s: expected 0 to 65535 (0: any free port)", v);
             o.port = (int)port;
             o.port_set = true;
-        } else if (flag_bool(argv[i], "debug-derp-http"))
+        } else if ((v = flag_value("up", argc, argv, &i, "tun"))) {
+            if (strcmp(v, "userspace") == 0 || strcmp(v, "userspace-networking") == 0) {
+                fprintf(stderr, "hwclient up: --tun=userspace (SOCKS5 without a TUN device) is not supported yet; "
+                                "use --tun NAME (e.g. hw0) as root\n");
+                exit(1);
+            }
+            o.tun = strcmp(v, "none") == 0 ? NULL : v;
+        } else if (flag_bool(argv[i], "accept-routes"))
+            o.accept_routes = true;
+        else if (flag_bool(argv[i], "debug-derp-http"))
             o.derp_http = true;
         else if (flag_bool(argv[i], "ephemeral"))
             o.ephemeral = true;
@@ -711,6 +729,37 @@ static int cmd_down(int argc, char **argv)
     return 0;
 }
 
+static int cmd_wg(int argc, char **argv)
+{
+    const char *conf = NULL, *tun = HWC_TUN_DEFAULT_NAME, *v;
+    for (int i = 2; i < argc; i++) {
+        if ((v = flag_value("wg", argc, argv, &i, "c")) || (v = flag_value("wg", argc, argv, &i, "config")))
+            conf = v;
+        else if ((v = flag_value("wg", argc, argv, &i, "tun")))
+            tun = v;
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        } else
+            die_usage("wg", "unknown argument %s", argv[i]);
+    }
+    if (!conf)
+        die_usage("wg", "%s", "-c FILE is required (a wg-quick style [Interface]/[Peer] file)");
+    if (strcmp(tun, "userspace") == 0) {
+        fprintf(stderr, "hwclient wg: --tun=userspace (no TUN device, SOCKS5) is not supported yet\n");
+        return 1;
+    }
+    struct hwc_wgconf c;
+    char err[512];
+    if (hwc_wgconf_load(conf, &c, err, sizeof err) != 0) {
+        fprintf(stderr, "hwclient wg: %s\n", err);
+        return 1;
+    }
+    int rc = hwc_wg_run(&c, tun);
+    hwc_wgconf_free(&c);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (sodium_init() < 0) {
@@ -746,5 +795,7 @@ int main(int argc, char **argv)
         return cmd_ping(argc, argv);
     if (strcmp(cmd, "debug") == 0)
         return cmd_debug(argc, argv);
+    if (strcmp(cmd, "wg") == 0)
+        return cmd_wg(argc, argv);
     die_usage(NULL, "unknown command %s", cmd);
 }

@@ -237,7 +237,10 @@ atexit.register(_cleanup_servers)
 class Server:
     """A headwater process on a temp dir. Use as a context manager, or call close()."""
 
-    def __init__(self, start=True, config=None):
+    def __init__(self, start=True, config=None, wrap=()):
+        # wrap: a command prefix, e.g. ["ip", "netns", "exec", NS] to run inside a namespace
+        # (the admin socket is a file, so the harness reaches it from anywhere)
+        self.wrap = list(wrap)
         self.dir = tempfile.mkdtemp(prefix="hw-")  # short: a socket path has < 108 bytes
         self.socket = os.path.join(self.dir, "hw.sock")
         self.db_path = os.path.join(self.dir, "db.sqlite")
@@ -285,7 +288,7 @@ class Server:
         self._log = open(self.log_path, "a")
         self._log.write("=== headwater serve -c %s\n" % self.config_path)
         self._log.flush()
-        self.proc = subprocess.Popen([HEADWATER, "serve", "-c", self.config_path],
+        self.proc = subprocess.Popen(self.wrap + [HEADWATER, "serve", "-c", self.config_path],
                                      cwd=self.dir, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=self._log,
                                      preexec_fn=_die_with_parent, env=_hermetic_env())
