@@ -590,8 +590,21 @@ static struct candidate *cand_find(struct peer *p, const struct hw_disco_addr *a
     return NULL;
 }
 
+/* Tailscale's own ranges (upstream's tsaddr.IsTailscaleIP): 100.64.0.0/10 and
+ * fd7a:115c:a1e0::/48. Such an address is reached through the tunnel itself, so it is
+ * never a path for the tunnel's packets, and never one of our endpoints. */
+static bool is_tailnet_addr(const struct hw_disco_addr *a)
+{
+    if (hw_disco_addr_is_v4(a))
+        return a->ip[12] == 100 && (a->ip[13] & 0xc0) == 64;
+    static const uint8_t ula[6] = {0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0};
+    return memcmp(a->ip, ula, sizeof ula) == 0;
+}
+
 static struct candidate *cand_add(struct peer *p, const struct hw_disco_addr *a)
 {
+    if (is_tailnet_addr(a))
+        return NULL;
     struct candidate *c = cand_find(p, a);
     if (c)
         return c;
@@ -1126,6 +1139,8 @@ static void update_endpoints(struct hwc_magic *m)
                 bool v4 = hw_disco_addr_is_v4(&a);
                 if (!v4 && (IN6_IS_ADDR_LINKLOCAL(a6) || IN6_IS_ADDR_V4MAPPED(a6)))
                     continue;
+                if (is_tailnet_addr(&a))
+                    continue; /* our own TUN device's addresses */
                 bool loop = v4 ? a.ip[12] == 127 : IN6_IS_ADDR_LOOPBACK(a6);
                 if (loop != (pass == 1))
                     continue;

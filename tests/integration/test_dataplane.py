@@ -73,7 +73,7 @@ def two_nodes_through_derp():
                            "%s to see %s homed at the relay" % (c.hostname, peer), interval=0.1)
             for src_ns, dst in ((a_ns, ip_b), (b_ns, ip_a)):
                 p = nn.run(src_ns, "ping", "-c", "3", "-i", "0.2", "-W", "5", dst, check=False, timeout=60)
-                check(p.returncode == 0, "ping %s: %s" % (dst, p.stdout[-300:]))
+                check(p.returncode == 0, "ping %s: %s\nA:%s\nB:%s" % (dst, p.stdout[-300:], a.log_tail(40), b.log_tail(40)))
             v6_b = [ip for ip in b.ips() if ":" in ip]
             check(v6_b, "b has an IPv6 tailnet address: %r" % b.ips())
             p = nn.run(a_ns, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "5", v6_b[0], check=False, timeout=60)
