@@ -816,7 +816,8 @@ static void send_call_me_maybe(struct hwc_magic *m, struct peer *p)
     }
 }
 
-/* Upstream's sendDiscoPingsLocked: every candidate not pinged in the last 5 s, and a
+/* Upstream's sendDiscoPingsLocked: every candidate not pinged in the last 5 s (2.5 s
+ * while no path is trusted), and a
  * CallMeMaybe through DERP so the peer pings back and both NATs open. */
 static void send_pings(struct hwc_magic *m, struct peer *p, bool call_me_maybe)
 {
@@ -833,9 +834,11 @@ static void send_pings(struct hwc_magic *m, struct peer *p, bool call_me_maybe)
     }
     cand_remove_unwanted(p);
     bool sent_any = false;
+    int64_t interval = p->have_best && now < p->trust_until_ms ? HWC_MAGIC_PING_INTERVAL_MS
+                                                               : HWC_MAGIC_DISCOVERY_PING_INTERVAL_MS;
     for (size_t i = 0; i < p->n_cands; i++) {
         struct candidate *c = &p->cands[i];
-        if (c->last_ping_ms && now - c->last_ping_ms < HWC_MAGIC_PING_INTERVAL_MS)
+        if (c->last_ping_ms && now - c->last_ping_ms < interval)
             continue;
         start_ping(m, p, false, &c->addr, NULL);
         sent_any = true;

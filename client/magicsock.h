@@ -97,6 +97,10 @@ int hwc_magic_send_derp(struct hwc_magic *m, const uint8_t dst[32], int peer_hom
 /* Upstream's timers (wgengine/magicsock: magicsock.go, endpoint.go). */
 #define HWC_MAGIC_PING_TIMEOUT_MS 5000       /* pingTimeoutDuration */
 #define HWC_MAGIC_PING_INTERVAL_MS 5000      /* discoPingInterval: per endpoint */
+/* While a peer has traffic and no trusted path, its candidates are pinged this often
+ * instead (upstream keeps 5 s): a path that opens, e.g. a NAT or firewall that starts
+ * letting UDP through, is found within about 2.5 s instead of 5. */
+#define HWC_MAGIC_DISCOVERY_PING_INTERVAL_MS 2500
 #define HWC_MAGIC_HEARTBEAT_MS 3000          /* heartbeatInterval */
 #define HWC_MAGIC_TRUST_UDP_MS 6500          /* trustUDPAddrDuration */
 #define HWC_MAGIC_UPGRADE_MS 60000           /* upgradeUDPDirectInterval */

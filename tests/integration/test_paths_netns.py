@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Direct paths through NAT (issue 5's namespace test), without WireGuard: disco alone.
+"""Direct paths through NAT (issue 5's namespace test): disco alone (`hwclient ping`),
+and real packets over each node's TUN device and WireGuard.
 
 Five network namespaces made here and removed at the end, whatever happens:
 
@@ -146,6 +147,61 @@ def pongs(c, peer, count):
     return PONG_RE.findall(out), out + err
 
 
+def start_pair(topo, server, clients, extra=()):
+    """headwater in "inet", hwclients a and b behind their NATs with UDP between the NATs
+    dropped; returns (server, a, b) once each knows the other's NAT endpoint."""
+    port = free_port()
+    stun = free_port()
+    server = NsServer(topo, config={
+        "server_url": "http://%s:%d" % (SERVER_IP, port), "listen_addr": "%s:%d" % (SERVER_IP, port),
+        "derp": {"server": {"enabled": True, "region_id": 999, "region_code": "hw", "region_name": "Headwater",
+                            "stun_listen_addr": "%s:%d" % (SERVER_IP, stun),
+                            "private_key_path": "derp_server_private.key", "verify_clients": True},
+                 "urls": [], "paths": [], "auto_update_enabled": False}})
+    server.start()
+    server.hwctl("namespaces", "create", "a")
+    key = server.hwctl_json("preauthkeys", "create", "-n", "a", "--reusable")["key"]
+    topo.udp_rules("-A")
+    env = {"TS_DEBUG_USE_DERP_HTTP": "1"}
+    login = "http://%s:%d" % (SERVER_IP, port)
+    a = NsClient(topo.ns["a"], server, "a", key=key, login_server=login, env=env,
+                 extra=[x % {"side": "a"} for x in extra])
+    clients.append(a)
+    b = NsClient(topo.ns["b"], server, "b", key=key, login_server=login, env=env,
+                 extra=[x % {"side": "b"} for x in extra])
+    clients.append(b)
+    a.wait_running(20)
+    b.wait_running(20)
+    try:
+        wait_until(lambda: stun_endpoint(a, "b", WAN_B), 20, "a seeing b's NAT endpoint", interval=0.1)
+        wait_until(lambda: stun_endpoint(b, "a", WAN_A), 20, "b seeing a's NAT endpoint", interval=0.1)
+    except AssertionError as e:
+        raise AssertionError("%s; a: %s; b: %s" % (e, a.log_tail(), b.log_tail()))
+    return server, a, b
+
+
+def stun_endpoint(c, peer, wan):
+    """peer's endpoint at its NAT's address, as c's netmap has it."""
+    p = netmap_peer(c, peer)
+    eps = (p or {}).get("Endpoints") or []
+    return p and p.get("DiscoKey") and p.get("HomeDERP") == 999 and \
+        [e for e in eps if e.startswith(wan + ":")]
+
+
+def finish(topo, server, clients, ok):
+    errors = []
+    for c in clients:
+        try:
+            c.close(check_log=ok)
+        except AssertionError as e:
+            errors.append(str(e))
+    if server:
+        server.close(check=ok)
+    topo.close()
+    if errors and ok:
+        raise AssertionError("; ".join(errors))
+
+
 @case
 def nat_derp_then_direct_then_derp():
     why = can_run()
@@ -156,38 +212,7 @@ def nat_derp_then_direct_then_derp():
     clients = []
     ok = False
     try:
-        port = free_port()
-        stun = free_port()
-        server = NsServer(topo, config={
-            "server_url": "http://%s:%d" % (SERVER_IP, port), "listen_addr": "%s:%d" % (SERVER_IP, port),
-            "derp": {"server": {"enabled": True, "region_id": 999, "region_code": "hw", "region_name": "Headwater",
-                                "stun_listen_addr": "%s:%d" % (SERVER_IP, stun),
-                                "private_key_path": "derp_server_private.key", "verify_clients": True},
-                     "urls": [], "paths": [], "auto_update_enabled": False}})
-        server.start()
-        server.hwctl("namespaces", "create", "a")
-        key = server.hwctl_json("preauthkeys", "create", "-n", "a", "--reusable")["key"]
-        topo.udp_rules("-A")
-        env = {"TS_DEBUG_USE_DERP_HTTP": "1"}
-        login = "http://%s:%d" % (SERVER_IP, port)
-        a = NsClient(topo.ns["a"], server, "a", key=key, login_server=login, env=env)
-        clients.append(a)
-        b = NsClient(topo.ns["b"], server, "b", key=key, login_server=login, env=env)
-        clients.append(b)
-        a.wait_running(20)
-        b.wait_running(20)
-
-        # each side's STUN endpoint is its NAT's address; both know the other's
-        def stun_endpoint(c, peer, wan):
-            p = netmap_peer(c, peer)
-            eps = (p or {}).get("Endpoints") or []
-            return p and p.get("DiscoKey") and p.get("HomeDERP") == 999 and \
-                [e for e in eps if e.startswith(wan + ":")]
-        try:
-            wait_until(lambda: stun_endpoint(a, "b", WAN_B), 20, "a seeing b's NAT endpoint", interval=0.1)
-            wait_until(lambda: stun_endpoint(b, "a", WAN_A), 20, "b seeing a's NAT endpoint", interval=0.1)
-        except AssertionError as e:
-            raise AssertionError("%s; a: %s; b: %s" % (e, a.log_tail(), b.log_tail()))
+        server, a, b = start_pair(topo, server, clients)
         ip_b = b.ips()[0]
         b_public = stun_endpoint(a, "b", WAN_B)[0]
 
@@ -226,17 +251,52 @@ def nat_derp_then_direct_then_derp():
         contains(table, 'active; relay "hw"')
         ok = True
     finally:
-        errors = []
-        for c in clients:
-            try:
-                c.close(check_log=ok)
-            except AssertionError as e:
-                errors.append(str(e))
-        if server:
-            server.close(check=ok)
-        topo.close()
-        if errors and ok:
-            raise AssertionError("; ".join(errors))
+        finish(topo, server, clients, ok)
 
+
+def icmp_ok(topo, ns, ip, count=1):
+    p = topo.run(ns, "ping", "-c", str(count), "-i", "0.2", "-W", "3", ip, ok=False)
+    return p.returncode == 0
+
+
+@case
+def tunnel_traffic_derp_then_direct():
+    """The same NATs with real packets: each node has its TUN device, and ICMP to the
+    peer's tailnet address works through DERP while UDP is dropped; once it is not,
+    WireGuard moves to the direct path within 5 s of the first packets."""
+    why = can_run()
+    if why:
+        skip(why)
+    if not shutil.which("ping"):
+        skip("ping is not installed")
+    topo = Topology()
+    server = None
+    clients = []
+    ok = False
+    try:
+        server, a, b = start_pair(topo, server, clients,
+                                  extra=["--tun", "hwt%(side)s" + str(PID)])
+        ip_b = b.ips()[0]
+        b_public = stun_endpoint(a, "b", WAN_B)[0]
+        check(icmp_ok(topo, "a", ip_b, 3), "ping %s through DERP; a: %s" % (ip_b, a.log_tail()))
+        _, st = peer_entry(a, "b")
+        eq((st["CurAddr"], st["Relay"]), ("", "hw"), "a's path to b while UDP is dropped")
+        check(st.get("TxBytes", 0) > 0 and st.get("RxBytes", 0) > 0, "WireGuard counters: %r" % st)
+
+        topo.udp_rules("-D")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5 * SLOW and peer_entry(a, "b")[1]["CurAddr"] != b_public:
+            icmp_ok(topo, "a", ip_b)
+        took = time.monotonic() - t0
+        eq(peer_entry(a, "b")[1]["CurAddr"], b_public,
+           "a's path to b within %ds of unblocking UDP" % (5 * SLOW))
+        rx_before = peer_entry(a, "b")[1]["RxBytes"]
+        check(icmp_ok(topo, "a", ip_b, 3), "ping %s on the direct path" % ip_b)
+        check(icmp_ok(topo, "b", a.ips()[0], 3), "ping back from b on the direct path")
+        check(peer_entry(a, "b")[1]["RxBytes"] > rx_before, "replies counted on the direct path")
+        print("# tunnel direct after %.2f s" % took, flush=True)
+        ok = True
+    finally:
+        finish(topo, server, clients, ok)
 
 main()
