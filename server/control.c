@@ -1558,6 +1558,32 @@ int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text,
     return 0;
 }
 
+struct policy_post {
+    struct hw_control *ctl;
+    struct hw_policy *policy;
+    char *text;
+};
+
+static void apply_policy_post(struct hw_loop *loop, void *arg)
+{
+    struct policy_post *pp = arg;
+    char err[512];
+    pthread_mutex_lock(&pp->ctl->srv->lock);
+    if (hw_control_set_policy(pp->ctl, pp->policy, pp->text, err, sizeof err) < 0)
+        log_error("the new policy was not put in force: %s", err);
+    else
+        log_info("policy: a new policy is in force");
+    pthread_mutex_unlock(&pp->ctl->srv->lock);
+    free(pp);
+}
+
+void hw_control_post_policy(struct hw_control *c, struct hw_policy *p, char *text)
+{
+    struct policy_post *pp = hw_malloc(sizeof *pp);
+    *pp = (struct policy_post){c, p, text};
+    hw_loop_post(c->loop, apply_policy_post, pp);
+}
+
 /* ---- /machine/register ---- */
 
 static void random_id(char *out, size_t len)

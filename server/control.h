@@ -40,6 +40,8 @@ void hw_control_reload_derp_map(struct hw_control *c);
  * policy cannot compile) returns -1 with err set, frees p and text, and keeps the old. */
 struct hw_policy;
 int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text, char *err, size_t err_len);
+/* Thread-safe: hw_control_set_policy on the loop thread, soon (the admin API). */
+void hw_control_post_policy(struct hw_control *c, struct hw_policy *p, char *text);
 const struct hw_policy *hw_control_policy(struct hw_control *c);
 const char *hw_control_policy_text(struct hw_control *c);
 
