@@ -712,6 +712,20 @@ static void policy_note(struct hw_control *c, int64_t id, const struct hw_policy
         pend_of(c, chg->filters[i])->filter = true;
 }
 
+/* Sends `viewer` the routers it sees again: which of their routes it may use shows
+ * in their AllowedIPs. */
+static void policy_resend_routers(struct hw_control *c, struct hw_policy_net *net, int64_t viewer)
+{
+    size_t np = 0;
+    int64_t *peers = hw_policy_peers(net, viewer, &np);
+    for (size_t i = 0; i < np; i++) {
+        struct tn_node *p = hw_tailnet_node(&c->tn, peers[i]);
+        if (p && p->n_routes)
+            idvec_push(&pend_of(c, viewer)->changed, peers[i]);
+    }
+    free(peers);
+}
+
 /* The node changed in the store and in memory: recompile its part of the policy. */
 static void policy_track_node(struct hw_control *c, struct tn_node *n)
 {
@@ -721,10 +735,18 @@ static void policy_track_node(struct hw_control *c, struct tn_node *n)
     hw_policy_node_from_tn(n, &d);
     struct hw_policy_change chg = {0};
     char err[256];
-    if (hw_policy_net_set_node(c->pnet, &d, &chg, err, sizeof err) < 0)
+    if (hw_policy_net_set_node(c->pnet, &d, &chg, err, sizeof err) < 0) {
         log_error("policy: node %lld (%s) left as it was: %s", (long long)n->row.id, n->row.given_name, err);
-    else
+    } else {
         policy_note(c, n->row.id, &chg);
+        /* Its rules changed (tags, namespace): the subnet routes it may use may have
+         * changed with them, and those show in the routers' AllowedIPs. */
+        bool own_filter = false;
+        for (size_t i = 0; i < chg.n_filters && !own_filter; i++)
+            own_filter = chg.filters[i] == n->row.id;
+        if (own_filter || chg.n_gained || chg.n_lost)
+            policy_resend_routers(c, c->pnet, n->row.id);
+    }
     hw_policy_change_clear(&chg);
     hw_policy_node_release(&d);
 }
@@ -1536,6 +1558,17 @@ int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text,
         if (every_filter)
             pend_of(c, descs[i].id)->filter = true;
     }
+    /* Which routes each viewer may use follows the rules too. */
+    for (size_t i = 0; i < n; i++) {
+        struct tn_node *router = hw_tailnet_node(&c->tn, descs[i].id);
+        if (!router || !router->n_routes)
+            continue;
+        size_t np = 0;
+        int64_t *peers = hw_policy_peers(cur, router->row.id, &np);
+        for (size_t k = 0; k < np; k++)
+            idvec_push(&pend_of(c, peers[k])->changed, router->row.id);
+        free(peers);
+    }
     policy_nodes_free(descs, n);
     hw_policy_net_free(old);
     hw_policy_free(c->policy);
@@ -1967,7 +2000,11 @@ static bool update_from_map_request(struct hw_control *c, struct tn_node *n, con
     /* Routes are checked on every new stream too: a node registered through an
      * interactive login has its Hostinfo stored already, so "changed" says nothing. */
     bool check_routes = r->hostinfo.raw && (hostinfo_changed || r->stream);
-    if (check_routes && apply_request_tags(c, &row, &r->hostinfo))
+    /* Requested tags are applied when the client asks anew (its Hostinfo changed), or
+     * on the first stream of an untagged node (an interactive login stored the Hostinfo
+     * already): an admin's later `hwctl nodes tag` is not undone by every reconnect. */
+    bool untagged = !row.tags_json || strlen(row.tags_json) <= 2;
+    if ((hostinfo_changed || (r->stream && untagged)) && apply_request_tags(c, &row, &r->hostinfo))
         changed = true;
     if (changed || check_routes) {
         if (changed)

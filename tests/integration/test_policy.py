@@ -28,6 +28,7 @@ BASE_POLICY = """{
   "acls": [
     {"action": "accept", "src": ["group:dev"], "dst": ["tag:web:80,443"]},
     {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]},
+    {"action": "accept", "src": ["group:dev"], "dst": ["office:22"]},
   ],
   "autoApprovers": {"routes": {"10.77.0.0/16": ["alice@"]}},
   "tests": [
@@ -334,6 +335,22 @@ def auto_approvers_enable_matching_routes():
         got = routes()
         eq(got.get(("router", "10.99.0.0/24")), False, "a route outside autoApprovers")
         eq(got.get(("other", "10.77.2.0/24")), False, "bob is not an approver")
+        # The approved subnet reaches the devices whose rules reach it (group:dev ->
+        # office:22), in the router's AllowedIPs; bob's devices do not see the router.
+        a1 = net.client("a1", key=alice)
+        b1 = net.client("b1", key=bob)
+        a1.wait_running()
+        b1.wait_running()
+
+        def router_allowed_ips():
+            for p in a1.cli_netmap().get("Peers") or []:
+                if p.get("Hostinfo", {}).get("Hostname") == "router":
+                    return p.get("AllowedIPs") or []
+            return []
+        wait_until(lambda: "10.77.1.0/24" in router_allowed_ips() or None, 5,
+                   "the approved route in the router's AllowedIPs on a1")
+        check("10.99.0.0/24" not in router_allowed_ips(), "an unapproved route is not sent")
+        check("router" not in peer_names(b1), "b1 sees the router")
 
 
 main()
