@@ -1532,15 +1532,29 @@ const char *hw_control_policy_text(struct hw_control *c)
     return c->policy_text;
 }
 
+struct compare_ctx {
+    struct hw_control *ctl;
+    bool every_filter;
+};
+
+static void note_compared(int64_t id, const struct hw_policy_change *chg, void *arg)
+{
+    struct compare_ctx *cc = arg;
+    policy_note(cc->ctl, id, chg);
+    if (cc->every_filter)
+        pend_of(cc->ctl, id)->filter = true;
+}
+
 int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text, char *err, size_t err_len)
 {
     size_t n = 0;
     struct hw_policy_node *descs = policy_nodes_of(c, &n);
+    /* Both compiled from one node list: the comparison runs a word at a time. The
+     * kept net (c->pnet) has the same content, but its slots follow the node history. */
     struct hw_policy_net *cur = hw_policy_net_build(p, descs, n, err, err_len);
-    struct hw_policy_net *old = c->pnet;
-    if (cur && !old)
-        old = hw_policy_net_build(NULL, descs, n, err, err_len);   /* what clients have now */
+    struct hw_policy_net *old = cur ? hw_policy_net_build(c->policy, descs, n, err, err_len) : NULL;
     if (!cur || !old) {
+        hw_policy_net_free(old);
         policy_nodes_free(descs, n);
         hw_policy_net_free(cur);
         hw_policy_free(p);
@@ -1549,15 +1563,8 @@ int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text,
     }
     /* Leaving or entering "no policy" changes every filter: the namespace default is
      * an allow-all rule, not what the engine compiles for namespaces. */
-    bool every_filter = !c->pnet || !p;
-    for (size_t i = 0; i < n; i++) {
-        struct hw_policy_change chg = {0};
-        hw_policy_net_compare(old, cur, descs[i].id, c->srv->cfg->server_url, &chg);
-        policy_note(c, descs[i].id, &chg);
-        hw_policy_change_clear(&chg);
-        if (every_filter)
-            pend_of(c, descs[i].id)->filter = true;
-    }
+    struct compare_ctx cc = {c, !c->pnet || !p};
+    hw_policy_net_compare_all(old, cur, c->srv->cfg->server_url, note_compared, &cc);
     /* Which routes each viewer may use follows the rules too. */
     for (size_t i = 0; i < n; i++) {
         struct tn_node *router = hw_tailnet_node(&c->tn, descs[i].id);
@@ -1571,6 +1578,7 @@ int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text,
     }
     policy_nodes_free(descs, n);
     hw_policy_net_free(old);
+    hw_policy_net_free(c->pnet);
     hw_policy_free(c->policy);
     free(c->policy_text);
     c->policy = p;
