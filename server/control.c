@@ -1532,17 +1532,40 @@ const char *hw_control_policy_text(struct hw_control *c)
     return c->policy_text;
 }
 
+/* A node that gains this many peers at once gets a new full map rather than a delta
+ * listing them: its blocks are shared with other viewers, a delta's are not, and no
+ * per-node list of thousands of ids is kept meanwhile. */
+#define POLICY_FULL_MAP_GAIN 256
+
 struct compare_ctx {
     struct hw_control *ctl;
     bool every_filter;
 };
 
-static void note_compared(int64_t id, const struct hw_policy_change *chg, void *arg)
+/* One node's part of a policy change, sent at once (nothing is gathered per node: a
+ * change that gives every node every other would otherwise hold nodes^2 ids). */
+static void send_compared(int64_t id, const struct hw_policy_change *chg, void *arg)
 {
     struct compare_ctx *cc = arg;
-    policy_note(cc->ctl, id, chg);
-    if (cc->every_filter)
-        pend_of(cc->ctl, id)->filter = true;
+    struct hw_control *c = cc->ctl;
+    struct tn_node *n = hw_tailnet_node(&c->tn, id);
+    bool filter = cc->every_filter || chg->n_filters > 0;
+    if (!n || !node_has_live_streams(n) || (!filter && !chg->n_gained && !chg->n_lost))
+        return;
+    if (chg->n_gained > POLICY_FULL_MAP_GAIN) {
+        for (struct tn_stream *ms = n->streams; ms; ms = ms->node_next)
+            if (ms->initial_sent && ms->st)
+                push_full_map(c, ms);
+        return;
+    }
+    struct idvec gained = {chg->gained, chg->n_gained, chg->n_gained};
+    struct idvec lost = {chg->lost, chg->n_lost, chg->n_lost};
+    struct idvec none = {0};
+    struct delta_args a = {&gained, &none, &lost, filter, false, false};
+    struct hw_sbuf *frames[2] = {NULL, NULL};
+    push_to_node(n, frames, c, build_delta, &a);
+    hw_sbuf_unref(frames[0]);
+    hw_sbuf_unref(frames[1]);
 }
 
 int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text, char *err, size_t err_len)
@@ -1561,10 +1584,22 @@ int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text,
         free(text);
         return -1;
     }
-    /* Leaving or entering "no policy" changes every filter: the namespace default is
-     * an allow-all rule, not what the engine compiles for namespaces. */
-    struct compare_ctx cc = {c, !c->pnet || !p};
-    hw_policy_net_compare_all(old, cur, c->srv->cfg->server_url, note_compared, &cc);
+    /* The new policy is in force before anything is sent: messages are built from it. */
+    bool every_filter = !c->pnet || !p;   /* the namespace default is an allow-all filter */
+    struct hw_policy *old_policy = c->policy;   /* `old` refers to it */
+    hw_policy_net_free(c->pnet);
+    free(c->policy_text);
+    c->policy = p;
+    c->pnet = p ? cur : NULL;
+    c->policy_text = text;
+    if (c->flush_timer) {
+        hw_timer_cancel(c->loop, c->flush_timer);
+        c->flush_timer = NULL;
+    }
+    /* What was pending goes out first, under the new policy. */
+    flush_policy(c, cur);
+    struct compare_ctx cc = {c, every_filter};
+    hw_policy_net_compare_all(old, cur, c->srv->cfg->server_url, send_compared, &cc);
     /* Which routes each viewer may use follows the rules too. */
     for (size_t i = 0; i < n; i++) {
         struct tn_node *router = hw_tailnet_node(&c->tn, descs[i].id);
@@ -1578,16 +1613,7 @@ int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text,
     }
     policy_nodes_free(descs, n);
     hw_policy_net_free(old);
-    hw_policy_net_free(c->pnet);
-    hw_policy_free(c->policy);
-    free(c->policy_text);
-    c->policy = p;
-    c->pnet = p ? cur : NULL;
-    c->policy_text = text;
-    if (c->flush_timer) {
-        hw_timer_cancel(c->loop, c->flush_timer);
-        c->flush_timer = NULL;
-    }
+    hw_policy_free(old_policy);
     auto_approve_all(c);
     flush_policy(c, cur);
     if (!p)
