@@ -1449,6 +1449,10 @@ static int auto_approve_routes(struct hw_control *c, const struct hw_node *row)
                  (long long)row->id, row->given_name);
         count++;
     }
+    /* As an admin's `routes enable`: whatever follows route changes (primary routes)
+     * hears of it once the caller's transaction is in. */
+    if (count > 0)
+        hw_server_changed(c->srv, HW_CHANGE_ROUTES, row->id);
     hw_policy_node_release(&d);
     free(routes);
     return count;
