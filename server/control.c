@@ -803,34 +803,38 @@ static json_t *ssh_for(struct hw_control *c, const struct tn_node *n)
     return ssh ? ssh : json_pack("{s:[]}", "rules");
 }
 
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)*(void *const *)a, y = (uintptr_t)*(void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* UserProfiles naming the owners of `nodes` (and of self): with a policy, peers come
  * from several namespaces. */
 static json_t *profiles_for_nodes(struct hw_control *c, struct tn_node *self, struct tn_node *const *nodes,
                                   size_t n)
 {
     json_t *arr = self ? user_profiles_for(self) : json_array();
-    struct idvec seen = {0};
-    if (self)
-        idvec_push(&seen, self->row.namespace_id);
-    for (size_t i = 0; i < n; i++) {
-        const struct tn_node *p = nodes[i];
-        if (node_is_tagged(p) || !p->ns)
+    struct tn_namespace **spaces = hw_calloc(n + 1, sizeof *spaces);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!node_is_tagged(nodes[i]) && nodes[i]->ns && (!self || nodes[i]->ns != self->ns))
+            spaces[k++] = nodes[i]->ns;
+    if (k > 1)
+        qsort(spaces, k, sizeof *spaces, cmp_ptr);
+    for (size_t i = 0; i < k; i++) {
+        if (i > 0 && spaces[i] == spaces[i - 1])
             continue;
-        bool dup = false;
-        for (size_t k = 0; k < seen.n && !dup; k++)
-            dup = seen.v[k] == p->ns->id;
-        if (dup)
-            continue;
-        idvec_push(&seen, p->ns->id);
-        struct tc_user_profile up = {.id = p->ns->id, .login_name = p->ns->name, .display_name = p->ns->name};
+        struct tc_user_profile up = {.id = spaces[i]->id, .login_name = spaces[i]->name,
+                                     .display_name = spaces[i]->name};
         json_array_append_new(arr, tc_user_profile_to_json(&up));
     }
+    free(spaces);
     if (!self && n > 0) {
         struct tc_user_profile tagged = {.id = TAGGED_USER_ID, .login_name = "tagged-devices",
                                          .display_name = "Tagged devices"};
         json_array_append_new(arr, tc_user_profile_to_json(&tagged));
     }
-    idvec_free(&seen);
     if (json_array_size(arr) == 0) {
         json_decref(arr);
         return NULL;

@@ -166,6 +166,12 @@ def peers_and_filters_follow_the_policy():
         check("b1" not in peer_names(t.web), "web sees b1")
         status = t.web.status()
         eq(sorted(status["Self"].get("Tags") or []), ["tag:web"], "web's tags")
+        # Peers from another namespace come with their owner's profile.
+        nm = t.web.cli_netmap()
+        owners = {p["User"] for p in nm.get("Peers") or []}
+        names = {str(up.get("LoginName")) for k, up in (nm.get("UserProfiles") or {}).items()
+                 if up.get("ID") in owners}
+        eq(sorted(names), ["alice"], "profiles of web's peers' owners")
 
 
 @case
