@@ -230,6 +230,15 @@ def broken_policy_at_start_stops_the_server():
     eq(r.returncode, 1, "exit status with a failing test")
     contains(r.stderr, "tests[0]")
     contains(r.stderr, "test failed")
+    # configtest checks the file too.
+    r = subprocess.run([HEADWATER, "configtest", "-c", s.config_path], capture_output=True, text=True,
+                       timeout=20)
+    eq(r.returncode, 1, "configtest exit status")
+    contains(r.stderr, "test failed")
+    write_policy(path, BASE_POLICY)
+    r = subprocess.run([HEADWATER, "configtest", "-c", s.config_path], capture_output=True, text=True,
+                       timeout=20)
+    eq(r.returncode, 0, "configtest with a good policy: %s" % r.stderr)
     s.close(check=False)
 
 
