@@ -20,6 +20,14 @@
 #include "server/httputil.h"
 
 #define ADMIN_BODY_LIMIT (64 * 1024)
+/* A policy may be 1 MiB (HW_POLICY_MAX_BYTES); as a JSON string its quotes and line
+ * ends are escaped. */
+#define ADMIN_POLICY_BODY_LIMIT (4 * 1024 * 1024)
+
+static size_t body_limit(const char *url)
+{
+    return strncmp(url, "/api/v1/policy", 14) == 0 ? ADMIN_POLICY_BODY_LIMIT : ADMIN_BODY_LIMIT;
+}
 /* Admins and scripts, not clients: a few connections, each request quick. */
 #define ADMIN_CONNECTION_LIMIT 64
 #define ADMIN_IDLE_TIMEOUT_S 60
@@ -469,6 +477,9 @@ static const struct {
     {"GET", "/api/v1/routes", admin_routes_list},
     {"POST", "/api/v1/routes/enable", admin_routes_enable},
     {"POST", "/api/v1/routes/disable", admin_routes_disable},
+    {"GET", "/api/v1/policy", admin_policy_get},
+    {"POST", "/api/v1/policy", admin_policy_set},
+    {"POST", "/api/v1/policy/check", admin_policy_check},
     {"GET", "/api/v1/apikeys", admin_apikeys_list},
     {"POST", "/api/v1/apikeys", admin_apikeys_create},
     {"POST", "/api/v1/apikeys/expire", admin_apikeys_expire},
@@ -592,10 +603,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         /* A declared oversize body is refused before a byte of it is read. */
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > ADMIN_BODY_LIMIT) {
+        if (cl && strtoull(cl, NULL, 10) > body_limit(url)) {
             up->too_large = true;
             return reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE,
-                               "request body too large (at most %d bytes)", ADMIN_BODY_LIMIT);
+                               "request body too large (at most %zu bytes)", body_limit(url));
         }
         return MHD_YES;
     }
@@ -604,7 +615,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         if (up->too_large)
             return MHD_YES;
-        if (up->len + n > ADMIN_BODY_LIMIT) {
+        if (up->len + n > body_limit(url)) {
             /* Chunked bodies carry no length: drop what came and keep discarding, so
              * memory stays bounded and the client still gets its 413. */
             up->too_large = true;
@@ -623,7 +634,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (up->too_large)
         return reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE,
-                           "request body too large (at most %d bytes)", ADMIN_BODY_LIMIT);
+                           "request body too large (at most %zu bytes)", body_limit(url));
     return dispatch(s, conn, url, method, up);
 }
 

@@ -100,4 +100,8 @@ void admin_routes_list(struct admin_req *r);
 void admin_routes_enable(struct admin_req *r);
 void admin_routes_disable(struct admin_req *r);
 
+void admin_policy_get(struct admin_req *r);
+void admin_policy_set(struct admin_req *r);
+void admin_policy_check(struct admin_req *r);
+
 #endif

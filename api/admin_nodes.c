@@ -7,6 +7,7 @@
 #include "common/util.h"
 #include "server/control.h"
 #include "server/nodes.h"
+#include "server/policy.h"
 
 /* routes: the node's rows (any order, other nodes' rows skipped). */
 static json_t *node_json(struct admin_req *r, const struct hw_node *n, const struct hw_route *routes,
@@ -267,6 +268,21 @@ void admin_nodes_tag(struct admin_req *r)
     int64_t id;
     if (admin_field_tags(r, "tags", true, &tags_json) < 0)
         return;
+    /* The admin is not bound by tagOwners, but under a policy a tag it does not list
+     * matches no rule: refuse it rather than leave the node cut off unnoticed. */
+    const struct hw_policy *policy = r->s->control ? hw_control_policy(r->s->control) : NULL;
+    json_t *tags = policy && tags_json ? json_loads(tags_json, 0, NULL) : NULL;
+    for (size_t i = 0; i < json_array_size(tags); i++) {
+        const char *tag = json_string_value(json_array_get(tags, i));
+        if (!hw_policy_tag_defined(policy, tag)) {
+            admin_fail(r, MHD_HTTP_BAD_REQUEST,
+                       "tag %s is not defined in the policy's tagOwners: add it there first", tag);
+            json_decref(tags);
+            free(tags_json);
+            return;
+        }
+    }
+    json_decref(tags);
     if (!begin_node_change(r, &id, NULL)) {
         free(tags_json);
         return;

@@ -23,7 +23,7 @@
 enum opt_id {
     OPT_SOCKET, OPT_CONFIG, OPT_OUTPUT, OPT_HELP, OPT_NAMESPACE, OPT_FORCE, OPT_YES,
     OPT_IDENTIFIER, OPT_KEY, OPT_ROUTE, OPT_TAGS, OPT_REUSABLE, OPT_EPHEMERAL,
-    OPT_EXPIRATION, OPT_PREFIX, OPT_NAME, OPT_NEW_NAME,
+    OPT_EXPIRATION, OPT_PREFIX, OPT_NAME, OPT_NEW_NAME, OPT_FILE,
 };
 #define O(x) (1u << (x))
 #define GLOBAL_OPTS (O(OPT_SOCKET) | O(OPT_CONFIG) | O(OPT_OUTPUT) | O(OPT_HELP))
@@ -57,6 +57,7 @@ static const struct optdef optdefs[] = {
     {OPT_PREFIX, {"prefix"}, "p", true, "PREFIX", "API key prefix (or the full key)"},
     {OPT_NAME, {"name"}, "", true, "NAME", "the namespace's current name"},
     {OPT_NEW_NAME, {"new-name"}, "r", true, "NEW", "the new name"},
+    {OPT_FILE, {"file"}, "f", true, "FILE", "a policy file (HuJSON)"},
 };
 
 /* ---- commands ---- */
@@ -85,6 +86,7 @@ static const struct hwctl_group groups[] = {
     {"preauthkeys", "preauthkey authkeys authkey", "pre-auth keys for `tailscale up --authkey`"},
     {"routes", "route", "subnet routes and exit nodes"},
     {"apikeys", "apikey api", "API keys"},
+    {"policy", "acl acls", "the access policy (docs/policy.md)"},
     {"version", "", "print hwctl's and the server's version"},
 };
 
@@ -137,6 +139,13 @@ static const struct hwctl_cmd cmds[] = {
     {"apikeys", "list", "ls show", "", NULL, 0, 0, 0, "list API keys", hwctl_apikeys_list},
     {"apikeys", "expire", "revoke exp", "-p PREFIX", NULL, 0, 0, O(OPT_PREFIX),
      "expire an API key", hwctl_apikeys_expire},
+
+    {"policy", "get", "show", "", NULL, 0, 0, 0,
+     "print the policy in force", hwctl_policy_get},
+    {"policy", "set", "", "-f FILE", NULL, 0, 0, O(OPT_FILE),
+     "validate FILE and put it in force (policy.mode: database)", hwctl_policy_set},
+    {"policy", "check", "", "-f FILE", NULL, 0, 0, O(OPT_FILE),
+     "validate FILE against the server's namespaces, change nothing", hwctl_policy_check},
 
     {"version", NULL, "", "", NULL, 0, 0, 0, "print hwctl's and the server's version", hwctl_version},
 };
@@ -406,6 +415,7 @@ static int set_opt(struct hwctl_ctx *ctx, const struct optdef *d, const char *la
     case OPT_PREFIX: ctx->prefix = v; break;
     case OPT_NAME: ctx->name = v; break;
     case OPT_NEW_NAME: ctx->new_name = v; break;
+    case OPT_FILE: ctx->file = v; break;
     }
     return 0;
 }

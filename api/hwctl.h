@@ -39,6 +39,7 @@ struct hwctl_ctx {
     const char *new_name;          /* --new-name */
     const char *expiration;        /* --expiration */
     const char *prefix;            /* --prefix (apikeys expire) */
+    const char *file;              /* --file (policy set/check) */
     bool tags_given;
     char **tags;                   /* --tags, split at commas, empty pieces dropped */
     size_t n_tags;
@@ -137,6 +138,10 @@ int hwctl_apikeys_expire(struct hwctl_ctx *ctx);
 int hwctl_routes_list(struct hwctl_ctx *ctx);
 int hwctl_routes_enable(struct hwctl_ctx *ctx);
 int hwctl_routes_disable(struct hwctl_ctx *ctx);
+
+int hwctl_policy_get(struct hwctl_ctx *ctx);
+int hwctl_policy_set(struct hwctl_ctx *ctx);
+int hwctl_policy_check(struct hwctl_ctx *ctx);
 
 int hwctl_version(struct hwctl_ctx *ctx);
 

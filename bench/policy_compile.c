@@ -1,6 +1,7 @@
 /* How long the policy engine takes on a large tailnet: parse a 50-rule policy, compile
  * it against 10,000 nodes, answer every node's peers, packet filter and SSH policy,
- * then apply single-node changes one at a time with their change reports.
+ * then apply single-node changes one at a time with their change reports, and compare
+ * every node between no policy and the policy (what a policy reload costs the engine).
  * Usage: policy_compile [NODES] [RULES]   (defaults 10000 50). Prints numbers only. */
 
 #include <jansson.h>
@@ -131,6 +132,17 @@ static struct hw_policy_node make_node(struct node_text *t, long id)
     return n;
 }
 
+/* The policy the no-policy run changes to (set by main). */
+static const struct hw_policy *other_policy;
+
+static void count_change(int64_t id, const struct hw_policy_change *chg, void *arg)
+{
+    size_t *counts = arg;
+    (void)id;
+    counts[0] += chg->n_gained + chg->n_lost;
+    counts[1] += chg->n_filters;
+}
+
 static void run(const struct hw_policy *p, long nodes, const char *label)
 {
     struct node_text *texts = calloc((size_t)nodes, sizeof *texts);
@@ -186,6 +198,18 @@ static void run(const struct hw_policy *p, long nodes, const char *label)
         hw_policy_change_clear(&chg);
     }
     double t6 = now_ms();
+    /* A policy change: the same nodes under the other policy (none <-> this one),
+     * compared node by node as a reload does. */
+    struct hw_policy_net *other = hw_policy_net_new(p ? NULL : other_policy);
+    for (long i = 0; i < nodes; i++) {
+        struct hw_policy_node n = make_node(&texts[i], i + 1);
+        hw_policy_net_set_node(other, &n, NULL, err, sizeof err);
+    }
+    size_t compared[2] = {0, 0};
+    double t7 = now_ms();
+    hw_policy_net_compare_all(other, net, "https://hw.example.com", count_change, compared);
+    double t8 = now_ms();
+    hw_policy_net_free(other);
     printf("%s: %ld nodes\n", label, nodes);
     printf("  compile (every node added):       %8.1f ms\n", t1 - t0);
     printf("  peers of every node:              %8.1f ms  (%.1f peers per node)\n", t2 - t1,
@@ -197,6 +221,8 @@ static void run(const struct hw_policy *p, long nodes, const char *label)
            bytes / (size_t)((nodes + 99) / 100));
     printf("  one node changed, with report:    %8.3f ms average, %.3f ms worst (%zu ids reported per change)\n",
            (t6 - t5) / CHANGES, worst, reported / CHANGES);
+    printf("  policy change, every node compared: %6.1f ms  (%zu peer ids gained or lost, %zu filters changed)\n",
+           t8 - t7, compared[0], compared[1]);
     hw_policy_net_free(net);
     free(texts);
 }
@@ -219,6 +245,7 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("policy: %d rules, %zu bytes, parsed in %.2f ms\n", rules, strlen(text), t1 - t0);
+    other_policy = p;
     run(p, nodes, "with the policy");
     run(NULL, nodes, "without a policy (namespaces)");
     hw_policy_free(p);

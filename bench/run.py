@@ -37,6 +37,10 @@ TARGETS = {
 
 # An allow-all policy in Headscale's format, for the policy change when the server has one.
 POLICY = {"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}
+# With --start-policy the server runs under POLICY from the start, and the policy change
+# puts this one in force instead: the same peers, a different packet filter for every node.
+POLICY_CHANGED = {"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]},
+                           {"action": "accept", "src": ["bench@"], "dst": ["bench@:22"], "proto": "tcp"}]}
 
 
 def machine():
@@ -121,6 +125,8 @@ def main():
     ap.add_argument("--deadline", type=int, default=None, help="hard stop in seconds")
     ap.add_argument("--json", default=None, help="also write the JSON lines here")
     ap.add_argument("--log-level", default="info", help="headwater's log level")
+    ap.add_argument("--start-policy", action="store_true",
+                    help="run every phase under an allow-all policy (per-node peer sets and filters)")
     args = ap.parse_args()
 
     build = os.path.join(ROOT, args.build)
@@ -142,7 +148,9 @@ def main():
         burst = max(0, limit - n - 100)
 
     print("machine: %s" % machine())
-    server = hwtest.Server(config={"log": {"level": args.log_level}})
+    # policy.mode database: `hwctl policy set` works, and until the policy change the
+    # server runs without a policy, as the other phases expect.
+    server = hwtest.Server(config={"log": {"level": args.log_level}, "policy": {"mode": "database"}})
     proc = None
     results = []
     policy_path = None
@@ -168,6 +176,10 @@ def main():
             fd, policy_path = tempfile.mkstemp(prefix="hwbench-policy-", suffix=".json")
             with os.fdopen(fd, "w") as f:
                 json.dump(POLICY, f)
+            if args.start_policy:
+                server.hwctl("policy", "set", "-f", policy_path)
+                with open(policy_path, "w") as f:
+                    json.dump(POLICY_CHANGED, f)
             argv += ["--policy-file", policy_path]
         shown = [a if a not in (key, burst_key) else "KEY" for a in argv]
         print("server: %s serve -c %s (pid %d)" % (hwtest.HEADWATER, server.config_path, server.proc.pid))

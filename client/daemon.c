@@ -1563,6 +1563,12 @@ static json_t *build_hostinfo(const struct hwc_up_opts *o)
             json_array_append_new(r, json_string(o->routes[i]));
         json_object_set_new(hi, "RoutableIPs", r);
     }
+    if (o->n_tags) {
+        json_t *t = json_array();
+        for (size_t i = 0; i < o->n_tags; i++)
+            json_array_append_new(t, json_string(o->tags[i]));
+        json_object_set_new(hi, "RequestTags", t);
+    }
     return hi;
 }
 

@@ -14,6 +14,8 @@ struct hwc_up_opts {
     const char *hostname;      /* NULL: the system's host name */
     const char *const *routes; /* validated, canonical prefixes */
     size_t n_routes;
+    const char *const *tags;   /* --advertise-tags: "tag:x" (Hostinfo.RequestTags) */
+    size_t n_tags;
     const char *statedir;      /* NULL: the default */
     bool ephemeral;
     int port;                  /* UDP port for magicsock, when port_set (0 = any) */

@@ -38,8 +38,12 @@ static const char usage[] =
     "\n"
     "usage:\n"
     "  hwclient up --login-server URL [--authkey KEY] [--hostname NAME]\n"
-    "              [--advertise-routes CIDR,...] [--statedir DIR] [--ephemeral] [--verbose]\n"
-    "              [--port N] [--debug-derp-http] [--tun NAME] [--accept-routes]\n"
+    "              [--advertise-routes CIDR,...] [--advertise-tags tag:x,...]
+"
+    "              [--statedir DIR] [--ephemeral] [--verbose]
+"
+    "              [--port N] [--debug-derp-http] [--tun NAME] [--accept-routes]
+"
     "        log in and stay in the foreground, keeping the network map current and\n"
     "        a connection to the home DERP relay (without --authkey: prints a URL for\n"
     "        the admin to complete). --port: UDP port (default 41641, or any free one)\n"
@@ -171,8 +175,8 @@ static char *read_authkey_file(const char *path)
 static int cmd_up(int argc, char **argv)
 {
     struct hwc_up_opts o = {0};
-    char **routes = NULL;
-    size_t n_routes = 0;
+    char **routes = NULL, **tags = NULL;
+    size_t n_routes = 0, n_tags = 0;
     char *key_from_file = NULL;
     for (int i = 2; i < argc; i++) {
         const char *v;
@@ -209,6 +213,23 @@ static int cmd_up(int argc, char **argv)
                 routes[n_routes++] = canon;
             }
             free(copy);
+        } else if ((v = flag_value("up", argc, argv, &i, "advertise-tags"))) {
+            char *copy = hw_strdup(v), *save = NULL;
+            for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                while (*tok == ' ')
+                    tok++;
+                if (!*tok)
+                    continue;
+                if (strncmp(tok, "tag:", 4) != 0 || !tok[4]) {
+                    fprintf(stderr, "hwclient up: --advertise-tags: \"%s\" is not a tag (tag:name)\n", tok);
+                    exit(2);
+                }
+                tags = realloc(tags, (n_tags + 1) * sizeof *tags);
+                if (!tags)
+                    abort();
+                tags[n_tags++] = hw_strdup(tok);
+            }
+            free(copy);
         } else if ((v = flag_value("up", argc, argv, &i, "port"))) {
             char *end;
             long port = strtol(v, &end, 10);
@@ -243,10 +264,15 @@ static int cmd_up(int argc, char **argv)
         die_usage("up", "--hostname %s: expected 1 to 255 characters", o.hostname);
     o.routes = (const char *const *)routes;
     o.n_routes = n_routes;
+    o.tags = (const char *const *)tags;
+    o.n_tags = n_tags;
     int rc = hwc_daemon_run(&o);
     for (size_t i = 0; i < n_routes; i++)
         free(routes[i]);
     free(routes);
+    for (size_t i = 0; i < n_tags; i++)
+        free(tags[i]);
+    free(tags);
     if (key_from_file) {
         sodium_memzero(key_from_file, strlen(key_from_file));
         free(key_from_file);

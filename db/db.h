@@ -160,6 +160,12 @@ int hw_db_route_set_advertised(struct hw_db *db, int64_t node_id,
 int hw_db_route_set_enabled(struct hw_db *db, int64_t node_id, const char *prefix, bool enabled);
 int hw_db_route_set_primary(struct hw_db *db, int64_t route_id, bool is_primary);
 
+/* ---- the access policy (policy.mode: database) ---- */
+/* The stored policy text (malloc'd) and when it was stored; HW_DB_NOT_FOUND when none. */
+int hw_db_policy_get(struct hw_db *db, char **text, int64_t *updated_at);
+/* Replaces the stored policy. Validate it first: the store keeps any text. */
+int hw_db_policy_set(struct hw_db *db, const char *text);
+
 /* ---- secrets: pre-auth keys and API keys ----
  * Text form "hwkey-auth-<prefix>-<secret>" / "hwkey-api-<prefix>-<secret>": the prefix
  * (12 lowercase hex) is stored in clear to find the row, the secret (≥128 random bits)

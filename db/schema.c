@@ -118,8 +118,17 @@ static const char schema_v1[] =
     "   WHERE family = 6 AND OLD.ipv6_bin >= base AND OLD.ipv6_bin < next;"
     "END;";
 
+/* policy.mode database: the policy file's text, one row. */
+static const char schema_v2[] =
+    "CREATE TABLE policy ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  data TEXT NOT NULL,"
+    "  updated_at INTEGER NOT NULL"
+    ");";
+
 const struct hw_migration hw_schema_migrations[] = {
     {1, "initial schema", schema_v1},
+    {2, "add policy", schema_v2},
 };
 const size_t hw_schema_n_migrations = HW_ARRAY_LEN(hw_schema_migrations);
 

@@ -19,6 +19,7 @@
 #include "server/dns.h"
 #include "server/nodes.h"
 #include "server/routes.h"
+#include "server/policy.h"
 #include "server/tailnet.h"
 #include "server/ts2021.h"
 
@@ -88,6 +89,27 @@ struct followup {
     struct followup *prev, *next;
 };
 
+/* Ids gathered for one recipient's next delta. */
+struct idvec {
+    int64_t *v;
+    size_t n, cap;
+};
+
+/* With a policy, what one node's next delta must carry beyond the pending nodes it
+ * sees: peers it gained or lost, and whether its packet filter / SSH policy changed. */
+struct pol_pending {
+    struct idvec changed, patched, removed;
+    bool filter, self, touched;
+};
+
+/* With a policy, a block of TN_CHUNK ids is shared between viewers that see all of it.
+ * src holds (a reference to) the node texts the frames were built from: the frames are
+ * current exactly while every node of the block still has that text. */
+struct pol_chunk {
+    struct hw_sbuf *frame[2];
+    struct hw_sbuf *src[TN_CHUNK];
+};
+
 struct hw_control {
     struct hw_server *srv;
     struct hw_loop *loop;
@@ -113,10 +135,24 @@ struct hw_control {
     struct hw_primaries primaries;      /* elected subnet routers (server/routes.h) */
     bool election_due;                  /* re-elect before the next flush */
     int64_t expiry_checked;             /* unix seconds up to which key expiries were announced */
+    /* The access policy. NULL: namespaces are the boundary, and none of the rest is used. */
+    struct hw_policy *policy;
+    struct hw_policy_net *pnet;         /* the policy compiled over every node */
+    char *policy_text;                  /* the text in force, for `hwctl policy get` */
+    struct pol_pending *pend;           /* indexed by node id */
+    size_t pend_cap;
+    struct idvec touched;               /* ids with pend[id].touched */
+    struct pol_chunk *pchunks;          /* indexed by id / TN_CHUNK */
+    size_t n_pchunks;
 };
 
 static void schedule_flush(struct hw_control *c);
 static void push_to_stream(struct tn_stream *ms, struct hw_sbuf *frame);
+static void push_full_map_policy(struct hw_control *c, struct tn_stream *ms);
+static struct hw_sbuf *policy_whole_map(struct hw_control *c, struct tn_node *self, bool compress);
+static void flush_policy(struct hw_control *c, struct hw_policy_net *net);
+static void policy_track_node(struct hw_control *c, struct tn_node *n);
+static void policy_forget_node(struct hw_control *c, int64_t id);
 
 /* ---- helpers ---- */
 
@@ -143,6 +179,14 @@ static int64_t node_user_id(const struct tn_node *n)
     return node_is_tagged(n) ? TAGGED_USER_ID : n->row.namespace_id;
 }
 
+/* Where routers compete for a prefix. Without a policy a node sees only its own
+ * namespace, so each namespace elects its own primary; a policy can let a node see
+ * routers of several namespaces, and then one primary per prefix serves the tailnet. */
+static int64_t route_scope(const struct hw_control *c, const struct tn_node *n)
+{
+    return c->pnet ? 0 : n->row.namespace_id;
+}
+
 static void strv_from_json_array(struct tc_strv *out, const char *json_text)
 {
     json_t *arr = json_or_null(json_text);
@@ -156,7 +200,7 @@ static void strv_from_json_array(struct tc_strv *out, const char *json_text)
 /* The node as every client (itself and its peers) sees it: tailcfg.Node. name must
  * outlive tn (it is borrowed). */
 static void fill_tc_node(struct hw_control *c, const struct tn_node *n, struct tc_node *tn,
-                         char *name, size_t name_len)
+                         char *name, size_t name_len, const struct tn_node *viewer)
 {
     int64_t now = hw_now();
     memset(tn, 0, sizeof *tn);
@@ -185,9 +229,11 @@ static void fill_tc_node(struct hw_control *c, const struct tn_node *n, struct t
     tc_strv_copy(&tn->allowed_ips, &tn->addresses);
     /* Exit routes go to every peer; a subnet route only from its elected primary. */
     for (size_t i = 0; i < n->n_routes; i++) {
+        if (viewer && c->pnet && !hw_policy_route_visible(c->pnet, viewer->row.id, n->row.id, n->routes[i]))
+            continue;
         if (hw_route_is_exit(n->routes[i])) {
             tc_strv_push(&tn->allowed_ips, n->routes[i]);
-        } else if (hw_primaries_get(&c->primaries, n->row.namespace_id, n->routes[i]) == n->row.id) {
+        } else if (hw_primaries_get(&c->primaries, route_scope(c, n), n->routes[i]) == n->row.id) {
             tc_strv_push(&tn->allowed_ips, n->routes[i]);
             tc_strv_push(&tn->primary_routes, n->routes[i]);
         }
@@ -227,7 +273,7 @@ static struct hw_sbuf *node_text(struct hw_control *c, struct tn_node *n)
     if (!n->peer_json) {
         struct tc_node tn;
         char name[HW_NAME_MAX + 260];
-        fill_tc_node(c, n, &tn, name, sizeof name);
+        fill_tc_node(c, n, &tn, name, sizeof name, NULL);
         n->peer_json = tc_node_serialize(&tn);
         release_tc_node(&tn);
     }
@@ -349,6 +395,8 @@ static void map_head_release(struct tc_map_response *m)
 /* The node's whole map as one message (one zstd frame, or plain JSON). */
 static struct hw_sbuf *whole_map(struct hw_control *c, struct tn_node *self, bool compress)
 {
+    if (c->pnet)
+        return policy_whole_map(c, self, compress);
     struct tn_namespace *ns = self->ns;
     struct tn_node **peers = hw_calloc(ns ? ns->count + 1 : 1, sizeof *peers);
     size_t k = 0;
@@ -361,28 +409,14 @@ static struct hw_sbuf *whole_map(struct hw_control *c, struct tn_node *self, boo
     return frame;
 }
 
-/* Sends the first map of a stream. With zstd (every current client) the message is
- * one frame for the small members, then one frame per block of peers -- reused from the
- * namespace's cache for every block that does not hold the recipient -- and a closing
- * frame: a reconnect storm of N nodes costs N small frames plus the few blocks that
- * changed, not N full compressions of an N-peer map. */
-static void push_full_map(struct hw_control *c, struct tn_stream *ms)
+/* The first frame of a map sent in blocks: m's members and the opening of "Peers",
+ * with room for the length prefix of the whole message. */
+static struct hw_sbuf *map_open_frame(struct hw_control *c, const struct tc_map_response *m)
 {
-    struct tn_node *self = ms->node;
-    struct tn_namespace *ns = self->ns;
-    if (!ms->compress || !ns || ns->count <= 1) {
-        struct hw_sbuf *frame = whole_map(c, self, ms->compress);
-        push_to_stream(ms, frame);
-        hw_sbuf_unref(frame);
-        return;
-    }
-
-    struct tc_map_response m = map_head(c, self);
     size_t head_len = 0;
-    json_t *head_json = tc_map_response_to_json(&m);
+    json_t *head_json = tc_map_response_to_json(m);
     char *head = tc_json_dump(head_json, &head_len);
     json_decref(head_json);
-    map_head_release(&m);
     /* "{...}" becomes "{...,"Peers":[" */
     static const char peers_key[] = "\"Peers\":[";
     char *open_text = hw_malloc(head_len + sizeof peers_key + 1);
@@ -393,11 +427,36 @@ static void push_full_map(struct hw_control *c, struct tn_stream *ms)
     memcpy(open_text + open_len, peers_key, sizeof peers_key - 1);
     open_len += sizeof peers_key - 1;
     free(head);
+    struct hw_sbuf *f = zframe(c, open_text, open_len, 4);
+    free(open_text);
+    return f;
+}
 
+/* Sends the first map of a stream. With zstd (every current client) the message is
+ * one frame for the small members, then one frame per block of peers -- reused from the
+ * namespace's cache for every block that does not hold the recipient -- and a closing
+ * frame: a reconnect storm of N nodes costs N small frames plus the few blocks that
+ * changed, not N full compressions of an N-peer map. */
+static void push_full_map(struct hw_control *c, struct tn_stream *ms)
+{
+    struct tn_node *self = ms->node;
+    struct tn_namespace *ns = self->ns;
+    if (c->pnet) {
+        push_full_map_policy(c, ms);
+        return;
+    }
+    if (!ms->compress || !ns || ns->count <= 1) {
+        struct hw_sbuf *frame = whole_map(c, self, ms->compress);
+        push_to_stream(ms, frame);
+        hw_sbuf_unref(frame);
+        return;
+    }
+
+    struct tc_map_response m = map_head(c, self);
     size_t n_blocks = ns->count / TN_CHUNK + 3, n_parts = 0;
     struct hw_sbuf **parts = hw_calloc(n_blocks + 2, sizeof *parts);
-    parts[n_parts++] = zframe(c, open_text, open_len, 4);
-    free(open_text);
+    parts[n_parts++] = map_open_frame(c, &m);
+    map_head_release(&m);
     bool first = true;
     for (struct tn_node *p = ns->head; p;) {
         size_t block = (size_t)p->row.id / TN_CHUNK;
@@ -599,7 +658,7 @@ static void elect_primaries(struct hw_control *c)
                     abort();
                 offers = grown;
             }
-            offers[n_offers++] = (struct hw_route_offer){.scope = n->row.namespace_id,
+            offers[n_offers++] = (struct hw_route_offer){.scope = route_scope(c, n),
                                                          .node_id = n->row.id,
                                                          .prefix = n->routes[r],
                                                          .up = router_up(n, now_ms)};
@@ -610,9 +669,10 @@ static void elect_primaries(struct hw_control *c)
     free(offers);
     for (size_t i = 0; i < n_changes; i++) {
         const struct hw_primary_change *ch = &changes[i];
-        struct tn_namespace *ns = hw_tailnet_namespace(&c->tn, ch->scope);
-        log_info("routes: %s in namespace %s: primary router %s%lld (was %s%lld)", ch->prefix,
-                 ns ? ns->name : "?", ch->to ? "node " : "none", (long long)ch->to,
+        struct tn_namespace *ns = ch->scope ? hw_tailnet_namespace(&c->tn, ch->scope) : NULL;
+        log_info("routes: %s in %s%s: primary router %s%lld (was %s%lld)", ch->prefix,
+                 ch->scope ? "namespace " : "the tailnet", ch->scope ? (ns ? ns->name : "?") : "",
+                 ch->to ? "node " : "none", (long long)ch->to,
                  ch->from ? "node " : "none", (long long)ch->from);
         int64_t ids[2] = {ch->from, ch->to};
         for (int k = 0; k < 2; k++) {
@@ -629,7 +689,7 @@ static void elect_primaries(struct hw_control *c)
 bool hw_control_route_is_primary(struct hw_control *c, int64_t node_id, const char *prefix)
 {
     struct tn_node *n = hw_tailnet_node(&c->tn, node_id);
-    return n && hw_primaries_get(&c->primaries, n->row.namespace_id, prefix) == node_id;
+    return n && hw_primaries_get(&c->primaries, route_scope(c, n), prefix) == node_id;
 }
 
 static void flush_deltas(struct hw_loop *loop, struct hw_timer *t, void *arg)
@@ -642,6 +702,10 @@ static void flush_deltas(struct hw_loop *loop, struct hw_timer *t, void *arg)
         elect_primaries(c);
         pthread_mutex_unlock(&c->srv->lock);
     }
+    if (c->pnet) {
+        flush_policy(c, c->pnet);
+        return;
+    }
     for (struct tn_namespace *ns = c->tn.namespaces; ns; ns = ns->next)
         if (ns->pending_head || ns->n_removed)
             flush_namespace(c, ns);
@@ -651,6 +715,617 @@ static void schedule_flush(struct hw_control *c)
 {
     if (!c->flush_timer)
         c->flush_timer = hw_timer_start(c->loop, DELTA_BATCH_MS, flush_deltas, c);
+}
+
+/* ---- the access policy ----
+ * Without a policy (c->pnet NULL) nothing here runs: namespaces are the boundary and
+ * the namespace code above shares every message. With one, each node sees the peers
+ * hw_policy_peers gives it and gets its own packet filter, so messages are built per
+ * recipient -- except where recipients would get the same bytes: a delta that every
+ * recipient hears whole, and blocks of a full map whose every node a viewer sees. */
+
+static void idvec_push(struct idvec *iv, int64_t id)
+{
+    if (iv->n == iv->cap) {
+        iv->cap = iv->cap ? iv->cap * 2 : 8;
+        int64_t *grown = realloc(iv->v, iv->cap * sizeof *grown);
+        if (!grown)
+            abort();
+        iv->v = grown;
+    }
+    iv->v[iv->n++] = id;
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void idvec_sort_uniq(struct idvec *iv)
+{
+    if (iv->n < 2)
+        return;
+    qsort(iv->v, iv->n, sizeof *iv->v, cmp_id);
+    size_t k = 1;
+    for (size_t i = 1; i < iv->n; i++)
+        if (iv->v[i] != iv->v[k - 1])
+            iv->v[k++] = iv->v[i];
+    iv->n = k;
+}
+
+static bool idvec_has(const struct idvec *iv, int64_t id)   /* iv sorted */
+{
+    return iv->n && bsearch(&id, iv->v, iv->n, sizeof *iv->v, cmp_id) != NULL;
+}
+
+static bool idvec_equal(const struct idvec *a, const struct idvec *b)
+{
+    return a->n == b->n && (a->n == 0 || memcmp(a->v, b->v, a->n * sizeof *a->v) == 0);
+}
+
+static void idvec_free(struct idvec *iv)
+{
+    free(iv->v);
+    memset(iv, 0, sizeof *iv);
+}
+
+static struct pol_pending *pend_of(struct hw_control *c, int64_t id)
+{
+    if (id <= 0)
+        return NULL;
+    if ((size_t)id >= c->pend_cap) {
+        size_t cap = c->pend_cap ? c->pend_cap : 256;
+        while (cap <= (size_t)id)
+            cap *= 2;
+        struct pol_pending *grown = realloc(c->pend, cap * sizeof *grown);
+        if (!grown)
+            abort();
+        memset(grown + c->pend_cap, 0, (cap - c->pend_cap) * sizeof *grown);
+        c->pend = grown;
+        c->pend_cap = cap;
+    }
+    struct pol_pending *p = &c->pend[id];
+    if (!p->touched) {
+        p->touched = true;
+        idvec_push(&c->touched, id);
+    }
+    return p;
+}
+
+/* What a compiled change means for the next deltas: `id` changed (or was compared). */
+static void policy_note(struct hw_control *c, int64_t id, const struct hw_policy_change *chg)
+{
+    for (size_t i = 0; i < chg->n_gained; i++)
+        idvec_push(&pend_of(c, id)->changed, chg->gained[i]);
+    for (size_t i = 0; i < chg->n_lost; i++) {
+        idvec_push(&pend_of(c, chg->lost[i])->removed, id);
+        idvec_push(&pend_of(c, id)->removed, chg->lost[i]);
+    }
+    for (size_t i = 0; i < chg->n_filters; i++)
+        pend_of(c, chg->filters[i])->filter = true;
+}
+
+/* Sends `viewer` the routers it sees again: which of their routes it may use shows
+ * in their AllowedIPs. */
+static void policy_resend_routers(struct hw_control *c, struct hw_policy_net *net, int64_t viewer)
+{
+    size_t np = 0;
+    int64_t *peers = hw_policy_peers(net, viewer, &np);
+    for (size_t i = 0; i < np; i++) {
+        struct tn_node *p = hw_tailnet_node(&c->tn, peers[i]);
+        if (p && p->n_routes)
+            idvec_push(&pend_of(c, viewer)->changed, peers[i]);
+    }
+    free(peers);
+}
+
+/* The node changed in the store and in memory: recompile its part of the policy. */
+static void policy_track_node(struct hw_control *c, struct tn_node *n)
+{
+    if (!c->pnet || !n)
+        return;
+    struct hw_policy_node d;
+    hw_policy_node_from_tn(n, &d);
+    struct hw_policy_change chg = {0};
+    char err[256];
+    if (hw_policy_net_set_node(c->pnet, &d, &chg, err, sizeof err) < 0) {
+        log_error("policy: node %lld (%s) left as it was: %s", (long long)n->row.id, n->row.given_name, err);
+    } else {
+        policy_note(c, n->row.id, &chg);
+        /* Its rules changed (tags, namespace): the subnet routes it may use may have
+         * changed with them, and those show in the routers' AllowedIPs. */
+        bool own_filter = false;
+        for (size_t i = 0; i < chg.n_filters && !own_filter; i++)
+            own_filter = chg.filters[i] == n->row.id;
+        if (own_filter || chg.n_gained || chg.n_lost)
+            policy_resend_routers(c, c->pnet, n->row.id);
+    }
+    hw_policy_change_clear(&chg);
+    hw_policy_node_release(&d);
+}
+
+static void policy_forget_node(struct hw_control *c, int64_t id)
+{
+    if (!c->pnet)
+        return;
+    struct hw_policy_change chg = {0};
+    hw_policy_net_remove_node(c->pnet, id, &chg);
+    policy_note(c, id, &chg);
+    hw_policy_change_clear(&chg);
+}
+
+/* A peer as `viewer` sees it: the shared text, unless the policy hides some of its
+ * routes from the viewer. A new reference. */
+static struct hw_sbuf *peer_text_for(struct hw_control *c, const struct tn_node *viewer, struct tn_node *n)
+{
+    bool all_visible = true;
+    for (size_t i = 0; viewer && c->pnet && i < n->n_routes && all_visible; i++)
+        all_visible = hw_policy_route_visible(c->pnet, viewer->row.id, n->row.id, n->routes[i]);
+    if (all_visible)
+        return hw_sbuf_ref(node_text(c, n));
+    struct tc_node tn;
+    char name[HW_NAME_MAX + 260];
+    fill_tc_node(c, n, &tn, name, sizeof name, viewer);
+    struct hw_sbuf *t = tc_node_serialize(&tn);
+    release_tc_node(&tn);
+    return t;
+}
+
+static bool routes_visible_to(struct hw_control *c, const struct tn_node *viewer, const struct tn_node *n)
+{
+    for (size_t i = 0; i < n->n_routes; i++)
+        if (!hw_policy_route_visible(c->pnet, viewer->row.id, n->row.id, n->routes[i]))
+            return false;
+    return true;
+}
+
+/* {"base": rules} for the node: its policy filter, or the namespace default. */
+static json_t *filters_for(struct hw_control *c, const struct tn_node *n)
+{
+    if (!c->pnet)
+        return json_incref(c->packet_filters);
+    json_t *rules = hw_policy_filter(c->pnet, n->row.id);
+    return json_pack("{s:o}", "base", rules ? rules : json_array());
+}
+
+/* The node's SSHPolicy; an empty one when the policy has no ssh section (it replaces
+ * what an earlier policy gave). */
+static json_t *ssh_for(struct hw_control *c, const struct tn_node *n)
+{
+    json_t *ssh = c->pnet ? hw_policy_ssh(c->pnet, n->row.id, c->srv->cfg->server_url) : NULL;
+    return ssh ? ssh : json_pack("{s:[]}", "rules");
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)*(void *const *)a, y = (uintptr_t)*(void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* UserProfiles naming the owners of `nodes` (and of self): with a policy, peers come
+ * from several namespaces. */
+static json_t *profiles_for_nodes(struct hw_control *c, struct tn_node *self, struct tn_node *const *nodes,
+                                  size_t n)
+{
+    json_t *arr = self ? user_profiles_for(self) : json_array();
+    struct tn_namespace **spaces = hw_calloc(n + 1, sizeof *spaces);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!node_is_tagged(nodes[i]) && nodes[i]->ns && (!self || nodes[i]->ns != self->ns))
+            spaces[k++] = nodes[i]->ns;
+    if (k > 1)
+        qsort(spaces, k, sizeof *spaces, cmp_ptr);
+    for (size_t i = 0; i < k; i++) {
+        if (i > 0 && spaces[i] == spaces[i - 1])
+            continue;
+        struct tc_user_profile up = {.id = spaces[i]->id, .login_name = spaces[i]->name,
+                                     .display_name = spaces[i]->name};
+        json_array_append_new(arr, tc_user_profile_to_json(&up));
+    }
+    free(spaces);
+    if (!self && n > 0) {
+        struct tc_user_profile tagged = {.id = TAGGED_USER_ID, .login_name = "tagged-devices",
+                                         .display_name = "Tagged devices"};
+        json_array_append_new(arr, tc_user_profile_to_json(&tagged));
+    }
+    if (json_array_size(arr) == 0) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+static struct hw_sbuf *encode_frags(struct hw_control *c, const struct tc_map_response *m, const char *list,
+                                    struct hw_sbuf *const *frags, size_t k, bool compress)
+{
+    size_t len = 0;
+    char *text = tc_map_response_dump_with_peers(m, list, frags, k, &len);
+    char err[160];
+    struct hw_sbuf *f = tc_mapframe_encode(c->zenc, text, len, compress, err, sizeof err);
+    if (!f)
+        log_error("map message of %zu bytes not sent: %s", len, err);
+    free(text);
+    return f;
+}
+
+/* One delta: `viewer` NULL builds the shared form (full peer texts, no filter/self). */
+static struct hw_sbuf *policy_delta(struct hw_control *c, struct tn_node *viewer, const struct idvec *changed,
+                                    const struct idvec *patched, const struct idvec *removed, bool filter,
+                                    bool self, bool compress)
+{
+    struct tn_node **nodes = hw_calloc(changed->n + 1, sizeof *nodes);
+    struct hw_sbuf **frags = hw_calloc(changed->n + 1, sizeof *frags);
+    size_t k = 0;
+    for (size_t i = 0; i < changed->n; i++) {
+        struct tn_node *p = hw_tailnet_node(&c->tn, changed->v[i]);
+        if (!p)
+            continue;
+        nodes[k] = p;
+        frags[k++] = viewer ? peer_text_for(c, viewer, p) : hw_sbuf_ref(node_text(c, p));
+    }
+    json_t *patches = json_array();
+    for (size_t i = 0; i < patched->n; i++) {
+        struct tn_node *p = hw_tailnet_node(&c->tn, patched->v[i]);
+        if (!p)
+            continue;
+        struct tc_peer_change pc = {.node_id = p->row.id, .online = p->online ? TC_TRUE : TC_FALSE};
+        if (!p->online && p->row.last_seen) {
+            pc.has_last_seen = true;
+            pc.last_seen = tc_time_from_unix(p->row.last_seen);
+        }
+        json_array_append_new(patches, tc_peer_change_to_json(&pc));
+    }
+    json_t **patch_items = hw_calloc(json_array_size(patches) + 1, sizeof *patch_items);
+    for (size_t i = 0; i < json_array_size(patches); i++)
+        patch_items[i] = json_array_get(patches, i);
+    struct tc_map_response m = {
+        .peers_removed = removed->v,
+        .n_peers_removed = removed->n,
+        .peers_changed_patch = patch_items,
+        .n_peers_changed_patch = json_array_size(patches),
+        .control_time = tc_time_now(),
+    };
+    json_t *node = NULL, *profiles = NULL, *pf = NULL, *ssh = NULL;
+    if (viewer && self)
+        m.node = node = node_json(c, viewer);
+    profiles = profiles_for_nodes(c, viewer && self ? viewer : NULL, nodes, k);
+    m.user_profiles = profiles;
+    if (viewer && filter) {
+        m.packet_filters = pf = filters_for(c, viewer);
+        m.ssh_policy = ssh = ssh_for(c, viewer);
+    }
+    struct hw_sbuf *f = encode_frags(c, &m, "PeersChanged", frags, k, compress);
+    for (size_t i = 0; i < k; i++)
+        hw_sbuf_unref(frags[i]);
+    free(frags);
+    free(nodes);
+    free(patch_items);
+    json_decref(patches);
+    json_decref(node);
+    json_decref(profiles);
+    json_decref(pf);
+    json_decref(ssh);
+    return f;
+}
+
+static void push_to_node(struct tn_node *n, struct hw_sbuf *frames[2], struct hw_control *c,
+                         struct hw_sbuf *(*build)(struct hw_control *, struct tn_node *, bool, void *), void *arg)
+{
+    for (struct tn_stream *ms = n->streams; ms; ms = ms->node_next) {
+        if (!ms->initial_sent)
+            continue;
+        if (!frames[ms->compress])
+            frames[ms->compress] = build(c, n, ms->compress, arg);
+        push_to_stream(ms, frames[ms->compress]);
+    }
+}
+
+struct delta_args {
+    struct idvec *changed, *patched, *removed;
+    bool filter, self, shared;
+};
+
+static struct hw_sbuf *build_delta(struct hw_control *c, struct tn_node *n, bool compress, void *arg)
+{
+    struct delta_args *a = arg;
+    return policy_delta(c, a->shared ? NULL : n, a->changed, a->patched, a->removed, a->filter, a->self,
+                        compress);
+}
+
+/* Pushes everything pending under the policy compiled in `net`: the pending nodes of
+ * every namespace to the nodes that see them, and what pend[] gathered. */
+static void flush_policy(struct hw_control *c, struct hw_policy_net *net)
+{
+    struct idvec all_changed = {0}, all_patched = {0}, all_removed = {0};
+    for (struct tn_namespace *ns = c->tn.namespaces; ns; ns = ns->next) {
+        for (struct tn_node *n = ns->pending_head, *next; n; n = next) {
+            next = n->pending_next;
+            if (n->pending & (TN_PEER_CHANGED | TN_PEER_ONLINE)) {
+                bool whole = n->pending & TN_PEER_CHANGED;
+                idvec_push(whole ? &all_changed : &all_patched, n->row.id);
+                size_t np = 0;
+                int64_t *peers = hw_policy_peers(net, n->row.id, &np);
+                for (size_t i = 0; i < np; i++) {
+                    struct pol_pending *p = pend_of(c, peers[i]);
+                    idvec_push(whole ? &p->changed : &p->patched, n->row.id);
+                }
+                free(peers);
+            }
+            if (n->pending & TN_SELF_CHANGED)
+                pend_of(c, n->row.id)->self = true;
+            n->pending = 0;
+            n->pending_next = NULL;
+        }
+        ns->pending_head = NULL;
+        ns->n_removed = 0;   /* the policy's lost lists say who must hear a removal */
+    }
+    idvec_sort_uniq(&all_changed);
+    idvec_sort_uniq(&all_patched);
+    for (size_t t = 0; t < c->touched.n; t++) {
+        struct pol_pending *p = &c->pend[c->touched.v[t]];
+        for (size_t i = 0; i < p->removed.n; i++)
+            idvec_push(&all_removed, p->removed.v[i]);
+    }
+    idvec_sort_uniq(&all_removed);
+    /* Recipients of exactly the whole batch share one message. */
+    struct hw_sbuf *shared[2] = {NULL, NULL};
+    struct delta_args shared_args = {&all_changed, &all_patched, &all_removed, false, false, true};
+    bool changed_have_routes = false;
+    for (size_t i = 0; i < all_changed.n && !changed_have_routes; i++) {
+        struct tn_node *p = hw_tailnet_node(&c->tn, all_changed.v[i]);
+        changed_have_routes = p && p->n_routes > 0;
+    }
+    for (size_t t = 0; t < c->touched.n; t++) {
+        int64_t id = c->touched.v[t];
+        struct pol_pending *p = &c->pend[id];
+        struct tn_node *n = hw_tailnet_node(&c->tn, id);
+        if (n && node_has_live_streams(n)) {
+            /* Only what holds now: a peer gained and lost in one batch is not sent. */
+            idvec_sort_uniq(&p->changed);
+            idvec_sort_uniq(&p->patched);
+            idvec_sort_uniq(&p->removed);
+            size_t k = 0;
+            for (size_t i = 0; i < p->changed.n; i++)
+                if (hw_tailnet_node(&c->tn, p->changed.v[i]) && hw_policy_sees(net, id, p->changed.v[i]))
+                    p->changed.v[k++] = p->changed.v[i];
+            p->changed.n = k;
+            k = 0;
+            for (size_t i = 0; i < p->patched.n; i++)
+                if (!idvec_has(&p->changed, p->patched.v[i]) && hw_policy_sees(net, id, p->patched.v[i]))
+                    p->patched.v[k++] = p->patched.v[i];
+            p->patched.n = k;
+            k = 0;
+            for (size_t i = 0; i < p->removed.n; i++)
+                if (!hw_policy_sees(net, id, p->removed.v[i]))
+                    p->removed.v[k++] = p->removed.v[i];
+            p->removed.n = k;
+            bool anything = p->changed.n || p->patched.n || p->removed.n || p->filter || p->self;
+            bool same = !p->filter && !p->self && idvec_equal(&p->changed, &all_changed) &&
+                        idvec_equal(&p->patched, &all_patched) && idvec_equal(&p->removed, &all_removed);
+            for (size_t i = 0; same && changed_have_routes && i < p->changed.n; i++)
+                same = routes_visible_to(c, n, hw_tailnet_node(&c->tn, p->changed.v[i]));
+            if (anything && same) {
+                push_to_node(n, shared, c, build_delta, &shared_args);
+            } else if (anything) {
+                struct delta_args own = {&p->changed, &p->patched, &p->removed, p->filter, p->self, false};
+                struct hw_sbuf *frames[2] = {NULL, NULL};
+                push_to_node(n, frames, c, build_delta, &own);
+                hw_sbuf_unref(frames[0]);
+                hw_sbuf_unref(frames[1]);
+            }
+        }
+        p->changed.n = p->patched.n = p->removed.n = 0;
+        p->filter = p->self = p->touched = false;
+    }
+    c->touched.n = 0;
+    hw_sbuf_unref(shared[0]);
+    hw_sbuf_unref(shared[1]);
+    idvec_free(&all_changed);
+    idvec_free(&all_patched);
+    idvec_free(&all_removed);
+}
+
+/* The shared frame of block b (ids b*TN_CHUNK ...), current for the nodes as they are. */
+static struct hw_sbuf *policy_chunk(struct hw_control *c, size_t b, int variant)
+{
+    if (b >= c->n_pchunks) {
+        size_t n = c->n_pchunks ? c->n_pchunks : 64;
+        while (n <= b)
+            n *= 2;
+        struct pol_chunk *grown = realloc(c->pchunks, n * sizeof *grown);
+        if (!grown)
+            abort();
+        memset(grown + c->n_pchunks, 0, (n - c->n_pchunks) * sizeof *grown);
+        c->pchunks = grown;
+        c->n_pchunks = n;
+    }
+    struct pol_chunk *ch = &c->pchunks[b];
+    bool current = true;
+    struct hw_sbuf *now[TN_CHUNK];
+    for (size_t k = 0; k < TN_CHUNK; k++) {
+        struct tn_node *n = hw_tailnet_node(&c->tn, (int64_t)(b * TN_CHUNK + k));
+        now[k] = n ? node_text(c, n) : NULL;
+        current = current && now[k] == ch->src[k];
+    }
+    if (!current) {
+        for (int v = 0; v < 2; v++) {
+            hw_sbuf_unref(ch->frame[v]);
+            ch->frame[v] = NULL;
+        }
+        for (size_t k = 0; k < TN_CHUNK; k++) {
+            hw_sbuf_unref(ch->src[k]);
+            ch->src[k] = now[k] ? hw_sbuf_ref(now[k]) : NULL;
+        }
+    }
+    if (!ch->frame[variant]) {
+        size_t total = 0;
+        for (size_t k = 0; k < TN_CHUNK; k++)
+            total += ch->src[k] ? ch->src[k]->len + 1 : 0;
+        char *text = hw_malloc(total + 1);
+        size_t pos = 0;
+        bool comma = variant == 0;
+        for (size_t k = 0; k < TN_CHUNK; k++) {
+            if (!ch->src[k])
+                continue;
+            if (comma)
+                text[pos++] = ',';
+            comma = true;
+            memcpy(text + pos, ch->src[k]->data, ch->src[k]->len);
+            pos += ch->src[k]->len;
+        }
+        ch->frame[variant] = zframe(c, text, pos, 0);
+        free(text);
+    }
+    return hw_sbuf_ref(ch->frame[variant]);
+}
+
+static void pchunks_free(struct hw_control *c)
+{
+    for (size_t b = 0; b < c->n_pchunks; b++) {
+        for (int v = 0; v < 2; v++)
+            hw_sbuf_unref(c->pchunks[b].frame[v]);
+        for (size_t k = 0; k < TN_CHUNK; k++)
+            hw_sbuf_unref(c->pchunks[b].src[k]);
+    }
+    free(c->pchunks);
+    c->pchunks = NULL;
+    c->n_pchunks = 0;
+}
+
+/* The first map under a policy: the node's own peers, filter and SSH policy. */
+static struct tc_map_response policy_map_head(struct hw_control *c, struct tn_node *self, struct tn_node **peers,
+                                              size_t np)
+{
+    struct tc_map_response m = map_head(c, self);
+    json_decref(m.user_profiles);
+    json_t *profiles = profiles_for_nodes(c, self, peers, np);
+    m.user_profiles = profiles;
+    m.packet_filters = filters_for(c, self);
+    m.ssh_policy = hw_policy_ssh(c->pnet, self->row.id, c->srv->cfg->server_url);
+    return m;
+}
+
+static void policy_map_head_release(struct tc_map_response *m)
+{
+    json_decref(m->packet_filters);
+    json_decref(m->ssh_policy);
+    map_head_release(m);
+}
+
+static struct tn_node **policy_peer_nodes(struct hw_control *c, struct tn_node *self, size_t *n_out)
+{
+    size_t np = 0, k = 0;
+    int64_t *ids = hw_policy_peers(c->pnet, self->row.id, &np);
+    struct tn_node **peers = hw_calloc(np + 1, sizeof *peers);
+    for (size_t i = 0; i < np; i++) {
+        struct tn_node *p = hw_tailnet_node(&c->tn, ids[i]);
+        if (p)
+            peers[k++] = p;
+    }
+    free(ids);
+    *n_out = k;
+    return peers;
+}
+
+static struct hw_sbuf *policy_whole_map(struct hw_control *c, struct tn_node *self, bool compress)
+{
+    size_t np;
+    struct tn_node **peers = policy_peer_nodes(c, self, &np);
+    struct hw_sbuf **frags = hw_calloc(np + 1, sizeof *frags);
+    for (size_t i = 0; i < np; i++)
+        frags[i] = peer_text_for(c, self, peers[i]);
+    struct tc_map_response m = policy_map_head(c, self, peers, np);
+    struct hw_sbuf *frame = encode_frags(c, &m, "Peers", frags, np, compress);
+    policy_map_head_release(&m);
+    for (size_t i = 0; i < np; i++)
+        hw_sbuf_unref(frags[i]);
+    free(frags);
+    free(peers);
+    return frame;
+}
+
+static void push_full_map_policy(struct hw_control *c, struct tn_stream *ms)
+{
+    struct tn_node *self = ms->node;
+    if (!ms->compress) {
+        struct hw_sbuf *frame = policy_whole_map(c, self, false);
+        push_to_stream(ms, frame);
+        hw_sbuf_unref(frame);
+        return;
+    }
+    size_t np;
+    struct tn_node **peers = policy_peer_nodes(c, self, &np);
+    struct tc_map_response m = policy_map_head(c, self, peers, np);
+    size_t n_parts = 0;
+    struct hw_sbuf **parts = hw_calloc(np + 3, sizeof *parts);
+    parts[n_parts++] = map_open_frame(c, &m);
+    policy_map_head_release(&m);
+    size_t self_block = (size_t)self->row.id / TN_CHUNK;
+    bool first = true;
+    for (size_t i = 0; i < np;) {
+        size_t b = (size_t)peers[i]->row.id / TN_CHUNK, j = i;
+        bool routes_ok = true;
+        for (; j < np && (size_t)peers[j]->row.id / TN_CHUNK == b; j++)
+            if (peers[j]->n_routes && routes_ok)
+                routes_ok = routes_visible_to(c, self, peers[j]);
+        size_t members = 0;
+        for (size_t k = 0; k < TN_CHUNK; k++)
+            members += hw_tailnet_node(&c->tn, (int64_t)(b * TN_CHUNK + k)) != NULL;
+        if (b != self_block && routes_ok && members == j - i) {
+            parts[n_parts++] = policy_chunk(c, b, first ? 1 : 0);
+        } else {
+            size_t total = 0, pos = 0;
+            struct hw_sbuf *texts[TN_CHUNK];
+            for (size_t k = i; k < j; k++) {
+                texts[k - i] = peer_text_for(c, self, peers[k]);
+                total += texts[k - i]->len + 1;
+            }
+            char *text = hw_malloc(total + 1);
+            for (size_t k = i; k < j; k++) {
+                if (!first || k > i)
+                    text[pos++] = ',';
+                memcpy(text + pos, texts[k - i]->data, texts[k - i]->len);
+                pos += texts[k - i]->len;
+                hw_sbuf_unref(texts[k - i]);
+            }
+            parts[n_parts++] = zframe(c, text, pos, 0);
+            free(text);
+        }
+        first = false;
+        i = j;
+    }
+    free(peers);
+    if (!c->close_frame)
+        c->close_frame = zframe(c, "]}", 2, 0);
+    parts[n_parts++] = hw_sbuf_ref(c->close_frame);
+    size_t total = 0;
+    for (size_t i = 0; i < n_parts; i++)
+        total += parts[i]->len;
+    tc_mapframe_put_length(parts[0]->data, total - 4);
+    for (size_t i = 0; i < n_parts; i++) {
+        push_to_stream(ms, parts[i]);
+        hw_sbuf_unref(parts[i]);
+    }
+    free(parts);
+}
+
+static struct hw_policy_node *policy_nodes_of(struct hw_control *c, size_t *n_out)
+{
+    struct hw_policy_node *descs = hw_calloc(c->tn.n_nodes + 1, sizeof *descs);
+    size_t k = 0;
+    for (size_t i = 0; i < c->tn.by_id_cap; i++)
+        if (c->tn.by_id[i])
+            hw_policy_node_from_tn(c->tn.by_id[i], &descs[k++]);
+    *n_out = k;
+    return descs;
+}
+
+static void policy_nodes_free(struct hw_policy_node *descs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        hw_policy_node_release(&descs[i]);
+    free(descs);
 }
 
 /* ---- answering ---- */
@@ -698,6 +1373,7 @@ static struct tn_node *reload_node(struct hw_control *c, int64_t id)
     struct tn_node *n = hw_tailnet_apply(&c->tn, &row, routes, n_routes);
     free(routes);
     hw_node_clear(&row);
+    policy_track_node(c, n);
     schedule_flush(c);
     /* Its routes, namespace or key may have changed what it serves. */
     want_election(c);
@@ -731,6 +1407,7 @@ static void detach_and_remove(struct hw_control *c, struct tn_node *n)
         ms->node = NULL;
     n->streams = NULL;
     bool routed = n->n_routes > 0;
+    policy_forget_node(c, n->row.id);
     hw_tailnet_remove(&c->tn, n->row.id);
     schedule_flush(c);
     if (routed)
@@ -750,8 +1427,10 @@ static void resync_namespaces(struct hw_control *c)
         }
         if (strcmp(row.name, ns->name) != 0) {
             snprintf(ns->name, sizeof ns->name, "%s", row.name);
-            for (struct tn_node *n = ns->head; n; n = n->ns_next)
+            for (struct tn_node *n = ns->head; n; n = n->ns_next) {
                 hw_tailnet_mark(n, TN_SELF_CHANGED);
+                policy_track_node(c, n);   /* the policy names namespaces */
+            }
             schedule_flush(c);
         }
     }
@@ -838,6 +1517,248 @@ static int sync_advertised_routes(struct hw_db *db, int64_t node_id, const struc
     if (same && advertised == hi->n_routable_ips)
         return HW_DB_OK;
     return hw_db_route_set_advertised(db, node_id, hi->routable_ips, hi->n_routable_ips);
+}
+
+static bool same_text(const char *a, const char *b);
+
+/* ---- policy: tags, route approval, reloads ---- */
+
+/* Enables the node's advertised routes that the policy's autoApprovers allow. The
+ * number enabled, or -1 on a store error. */
+static int auto_approve_routes(struct hw_control *c, const struct hw_node *row)
+{
+    if (!c->policy)
+        return 0;
+    struct hw_route *routes = NULL;
+    size_t n = 0;
+    if (hw_db_route_list(c->srv->db, row->id, &routes, &n) != HW_DB_OK)
+        return -1;
+    struct tn_node tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.row = *row;   /* borrowed: never cleared */
+    tmp.ns = hw_tailnet_namespace(&c->tn, row->namespace_id);
+    struct hw_policy_node d;
+    hw_policy_node_from_tn(&tmp, &d);
+    int count = 0;
+    for (size_t i = 0; i < n && count >= 0; i++) {
+        if (!routes[i].advertised || routes[i].enabled ||
+            !hw_policy_auto_approves(c->policy, &d, routes[i].prefix))
+            continue;
+        if (hw_db_route_set_enabled(c->srv->db, row->id, routes[i].prefix, true) != HW_DB_OK) {
+            count = -1;
+            break;
+        }
+        log_info("policy: route %s of node %lld (%s) approved by autoApprovers", routes[i].prefix,
+                 (long long)row->id, row->given_name);
+        count++;
+    }
+    /* As an admin's `routes enable`: whatever follows route changes (primary routes)
+     * hears of it once the caller's transaction is in. */
+    if (count > 0)
+        hw_server_changed(c->srv, HW_CHANGE_ROUTES, row->id);
+    hw_policy_node_release(&d);
+    free(routes);
+    return count;
+}
+
+/* Applies the tags a node asks for itself (Hostinfo.RequestTags: --advertise-tags)
+ * that tagOwners lets its namespace, or the tags it already carries, own. Refused
+ * tags are logged and left off. True when row's tags changed. */
+static bool apply_request_tags(struct hw_control *c, struct hw_node *row, const struct tc_hostinfo *hi)
+{
+    if (!hi || hi->n_request_tags == 0)
+        return false;
+    struct tn_namespace *ns = hw_tailnet_namespace(&c->tn, row->namespace_id);
+    const char *ns_name = ns ? ns->name : row->namespace_name;
+    struct tc_strv cur = {0};
+    strv_from_json_array(&cur, row->tags_json);
+    json_t *out = json_array();
+    for (size_t i = 0; i < hi->n_request_tags; i++) {
+        const char *tag = hi->request_tags[i];
+        bool ok = hw_policy_tag_owner_ok(c->policy, tag, ns_name) ||
+                  (cur.n > 0 && hw_policy_tag_owned_by_tags(c->policy, tag, (const char *const *)cur.v, cur.n));
+        if (!ok) {
+            log_warn("node %lld (%s) asked for %s, which %s does not own in the policy's tagOwners: "
+                     "not applied", (long long)row->id, row->given_name[0] ? row->given_name : row->hostname,
+                     tag, c->policy ? ns_name : "nobody (no policy is loaded)");
+            continue;
+        }
+        bool dup = false;
+        for (size_t k = 0; k < json_array_size(out) && !dup; k++)
+            dup = strcmp(json_string_value(json_array_get(out, k)), tag) == 0;
+        if (!dup)
+            json_array_append_new(out, json_string(tag));
+    }
+    tc_strv_clear(&cur);
+    bool changed = false;
+    if (json_array_size(out) > 0) {
+        char *text = json_dumps(out, JSON_COMPACT);
+        if (!same_text(text, row->tags_json)) {
+            log_info("node %lld (%s) now carries the tags %s it asked for", (long long)row->id,
+                     row->given_name[0] ? row->given_name : row->hostname, text);
+            free(row->tags_json);
+            row->tags_json = text;
+            text = NULL;
+            row->expiry = 0;   /* a tagged node does not expire */
+            changed = true;
+        }
+        free(text);
+    }
+    json_decref(out);
+    return changed;
+}
+
+/* Re-checks every advertised, not yet enabled route against autoApprovers. */
+static void auto_approve_all(struct hw_control *c)
+{
+    struct hw_route *routes = NULL;
+    size_t n = 0;
+    if (!c->policy || hw_db_route_list(c->srv->db, 0, &routes, &n) != HW_DB_OK) {
+        free(routes);
+        return;
+    }
+    int64_t last = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!routes[i].advertised || routes[i].enabled || routes[i].node_id == last)
+            continue;
+        last = routes[i].node_id;
+        struct tn_node *node = hw_tailnet_node(&c->tn, last);
+        if (node && auto_approve_routes(c, &node->row) > 0)
+            reload_node(c, last);
+    }
+    free(routes);
+}
+
+const struct hw_policy *hw_control_policy(struct hw_control *c)
+{
+    return c->policy;
+}
+
+const char *hw_control_policy_text(struct hw_control *c)
+{
+    return c->policy_text;
+}
+
+/* A node that gains this many peers at once gets a new full map rather than a delta
+ * listing them: its blocks are shared with other viewers, a delta's are not, and no
+ * per-node list of thousands of ids is kept meanwhile. */
+#define POLICY_FULL_MAP_GAIN 256
+
+struct compare_ctx {
+    struct hw_control *ctl;
+    bool every_filter;
+};
+
+/* One node's part of a policy change, sent at once (nothing is gathered per node: a
+ * change that gives every node every other would otherwise hold nodes^2 ids). */
+static void send_compared(int64_t id, const struct hw_policy_change *chg, void *arg)
+{
+    struct compare_ctx *cc = arg;
+    struct hw_control *c = cc->ctl;
+    struct tn_node *n = hw_tailnet_node(&c->tn, id);
+    bool filter = cc->every_filter || chg->n_filters > 0;
+    if (!n || !node_has_live_streams(n) || (!filter && !chg->n_gained && !chg->n_lost))
+        return;
+    if (chg->n_gained > POLICY_FULL_MAP_GAIN) {
+        for (struct tn_stream *ms = n->streams; ms; ms = ms->node_next)
+            if (ms->initial_sent && ms->st)
+                push_full_map(c, ms);
+        return;
+    }
+    struct idvec gained = {chg->gained, chg->n_gained, chg->n_gained};
+    struct idvec lost = {chg->lost, chg->n_lost, chg->n_lost};
+    struct idvec none = {0};
+    struct delta_args a = {&gained, &none, &lost, filter, false, false};
+    struct hw_sbuf *frames[2] = {NULL, NULL};
+    push_to_node(n, frames, c, build_delta, &a);
+    hw_sbuf_unref(frames[0]);
+    hw_sbuf_unref(frames[1]);
+}
+
+int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text, char *err, size_t err_len)
+{
+    size_t n = 0;
+    struct hw_policy_node *descs = policy_nodes_of(c, &n);
+    /* Both compiled from one node list: the comparison runs a word at a time. The
+     * kept net (c->pnet) has the same content, but its slots follow the node history. */
+    struct hw_policy_net *cur = hw_policy_net_build(p, descs, n, err, err_len);
+    struct hw_policy_net *old = cur ? hw_policy_net_build(c->policy, descs, n, err, err_len) : NULL;
+    if (!cur || !old) {
+        hw_policy_net_free(old);
+        policy_nodes_free(descs, n);
+        hw_policy_net_free(cur);
+        hw_policy_free(p);
+        free(text);
+        return -1;
+    }
+    /* The new policy is in force before anything is sent: messages are built from it. */
+    bool every_filter = !c->pnet || !p;   /* the namespace default is an allow-all filter */
+    struct hw_policy *old_policy = c->policy;   /* `old` refers to it */
+    hw_policy_net_free(c->pnet);
+    free(c->policy_text);
+    c->policy = p;
+    c->pnet = p ? cur : NULL;
+    c->policy_text = text;
+    if (c->flush_timer) {
+        hw_timer_cancel(c->loop, c->flush_timer);
+        c->flush_timer = NULL;
+    }
+    /* Routers compete per namespace without a policy, tailnet-wide with one. */
+    if ((old_policy != NULL) != (p != NULL))
+        elect_primaries(c);
+    /* What was pending goes out first, under the new policy. */
+    flush_policy(c, cur);
+    struct compare_ctx cc = {c, every_filter};
+    hw_policy_net_compare_all(old, cur, c->srv->cfg->server_url, send_compared, &cc);
+    /* Which routes each viewer may use follows the rules too. */
+    for (size_t i = 0; i < n; i++) {
+        struct tn_node *router = hw_tailnet_node(&c->tn, descs[i].id);
+        if (!router || !router->n_routes)
+            continue;
+        size_t np = 0;
+        int64_t *peers = hw_policy_peers(cur, router->row.id, &np);
+        for (size_t k = 0; k < np; k++)
+            idvec_push(&pend_of(c, peers[k])->changed, router->row.id);
+        free(peers);
+    }
+    policy_nodes_free(descs, n);
+    hw_policy_net_free(old);
+    hw_policy_free(old_policy);
+    auto_approve_all(c);
+    flush_policy(c, cur);
+    if (!p)
+        hw_policy_net_free(cur);
+    if (c->flush_timer) {
+        hw_timer_cancel(c->loop, c->flush_timer);
+        c->flush_timer = NULL;
+    }
+    return 0;
+}
+
+struct policy_post {
+    struct hw_control *ctl;
+    struct hw_policy *policy;
+    char *text;
+};
+
+static void apply_policy_post(struct hw_loop *loop, void *arg)
+{
+    struct policy_post *pp = arg;
+    char err[512];
+    pthread_mutex_lock(&pp->ctl->srv->lock);
+    if (hw_control_set_policy(pp->ctl, pp->policy, pp->text, err, sizeof err) < 0)
+        log_error("the new policy was not put in force: %s", err);
+    else
+        log_info("policy: a new policy is in force");
+    pthread_mutex_unlock(&pp->ctl->srv->lock);
+    free(pp);
+}
+
+void hw_control_post_policy(struct hw_control *c, struct hw_policy *p, char *text)
+{
+    struct policy_post *pp = hw_malloc(sizeof *pp);
+    *pp = (struct policy_post){c, p, text};
+    hw_loop_post(c->loop, apply_policy_post, pp);
 }
 
 /* ---- /machine/register ---- */
@@ -981,6 +1902,10 @@ static struct tn_node *register_with_key(struct hw_control *c, const char *mkey,
     }
     if (rc == HW_DB_OK && r->hostinfo.raw)
         rc = sync_advertised_routes(db, row.id, &r->hostinfo);
+    if (rc == HW_DB_OK && !tagged && apply_request_tags(c, &row, &r->hostinfo))
+        rc = hw_db_node_update(db, &row);
+    if (rc == HW_DB_OK && auto_approve_routes(c, &row) < 0)
+        rc = HW_DB_ERROR;
     if (rc == HW_DB_OK && !key->reusable)
         rc = hw_db_preauth_mark_used(db, key->id);
     if (rc != HW_DB_OK || hw_db_commit(db) != HW_DB_OK) {
@@ -1219,6 +2144,12 @@ static bool update_from_map_request(struct hw_control *c, struct tn_node *n, con
     /* Routes are checked on every new stream too: a node registered through an
      * interactive login has its Hostinfo stored already, so "changed" says nothing. */
     bool check_routes = r->hostinfo.raw && (hostinfo_changed || r->stream);
+    /* Requested tags are applied when the client asks anew (its Hostinfo changed), or
+     * on the first stream of an untagged node (an interactive login stored the Hostinfo
+     * already): an admin's later `hwctl nodes tag` is not undone by every reconnect. */
+    bool untagged = !row.tags_json || strlen(row.tags_json) <= 2;
+    if ((hostinfo_changed || (r->stream && untagged)) && apply_request_tags(c, &row, &r->hostinfo))
+        changed = true;
     if (changed || check_routes) {
         if (changed)
             row.last_seen = hw_now();
@@ -1227,6 +2158,13 @@ static bool update_from_map_request(struct hw_control *c, struct tn_node *n, con
             rc = hw_db_node_update(c->srv->db, &row);
         if (rc == HW_DB_OK && check_routes)
             rc = sync_advertised_routes(c->srv->db, n->row.id, &r->hostinfo);
+        if (rc == HW_DB_OK && check_routes) {
+            int approved = auto_approve_routes(c, &row);
+            if (approved < 0)
+                rc = HW_DB_ERROR;
+            else if (approved > 0)
+                changed = true;
+        }
         if (rc == HW_DB_OK)
             rc = hw_db_commit(c->srv->db);
         if (rc != HW_DB_OK) {
@@ -1664,6 +2602,17 @@ void hw_control_free(struct hw_control *c)
     json_decref(c->dns_config);
     json_decref(c->packet_filters);
     hw_primaries_free(&c->primaries);
+    hw_policy_net_free(c->pnet);
+    hw_policy_free(c->policy);
+    free(c->policy_text);
+    for (size_t i = 0; i < c->pend_cap; i++) {
+        idvec_free(&c->pend[i].changed);
+        idvec_free(&c->pend[i].patched);
+        idvec_free(&c->pend[i].removed);
+    }
+    free(c->pend);
+    idvec_free(&c->touched);
+    pchunks_free(c);
     free(c->domain);
     tc_zenc_free(c->zenc);
     hw_tailnet_free(&c->tn);

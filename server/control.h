@@ -6,6 +6,7 @@
  * other machine paths. Runs on the event-loop thread. */
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "server/server.h"
@@ -29,6 +30,20 @@ void hw_control_notify(struct hw_control *c, enum hw_change_kind kind, int64_t i
 
 /* Re-reads the DERP map sources now (SIGHUP); a change reaches clients as usual. */
 void hw_control_reload_derp_map(struct hw_control *c);
+
+/* The access policy (server/policy.h). Call these with the server lock held.
+ * hw_control_set_policy puts p in force (NULL: none, namespaces are the boundary),
+ * taking p and text (the source, for `hwctl policy get`; may be NULL): the policy is
+ * compiled over every node, and each connected client hears at once what changed for
+ * it (peers gained and lost, packet filter, SSH policy); advertised routes are checked
+ * against autoApprovers again. Run it on the loop thread. On failure (a node the
+ * policy cannot compile) returns -1 with err set, frees p and text, and keeps the old. */
+struct hw_policy;
+int hw_control_set_policy(struct hw_control *c, struct hw_policy *p, char *text, char *err, size_t err_len);
+/* Thread-safe: hw_control_set_policy on the loop thread, soon (the admin API). */
+void hw_control_post_policy(struct hw_control *c, struct hw_policy *p, char *text);
+const struct hw_policy *hw_control_policy(struct hw_control *c);
+const char *hw_control_policy_text(struct hw_control *c);
 
 /* Whether the node has a live map stream (or lost it less than the grace period ago).
  * Call with the server lock held. */

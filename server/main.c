@@ -12,6 +12,8 @@
 #include "common/version.h"
 #include "server/derpmap.h"
 #include "server/derp_embed.h"
+#include "server/policy.h"
+#include "server/policy_source.h"
 #include "server/server.h"
 
 #define SYSTEM_CONFIG "/etc/headwater/config.yaml"
@@ -126,6 +128,17 @@ static int cmd_configtest(const struct config_choice *choice)
             rc = -1;
         hw_derpmap_diags_print(&diags, stderr);
         hw_derpmap_diags_free(&diags);
+        /* So is the policy file (its syntax, definitions and tests; the namespace names it
+         * uses are checked when the server loads it). */
+        if (!hw_policy_mode_database(&cfg) && cfg.policy_path && *cfg.policy_path) {
+            char perr[1024];
+            struct hw_policy *p = hw_policy_load_file(cfg.policy_path, perr, sizeof perr);
+            if (!p) {
+                fprintf(stderr, "%s: error: %s\n", choice->path ? choice->path : "embedded default", perr);
+                rc = -1;
+            }
+            hw_policy_free(p);
+        }
     }
     if (rc == 0) {
         hw_config_dump(&cfg, stdout);

@@ -555,10 +555,17 @@ static int64_t *bitmap_ids(const struct hw_policy_net *net, const uint64_t *bm, 
         return NULL;
     int64_t *ids = hw_malloc(n * sizeof *ids);
     size_t k = 0;
+    bool ascending = true;
     for (size_t w = 0; w < net->words; w++)
-        for (uint64_t bits = bm[w]; bits; bits &= bits - 1)
-            ids[k++] = net->nodes[w * 64 + (size_t)__builtin_ctzll(bits)].id;
-    qsort(ids, n, sizeof *ids, cmp_i64);
+        for (uint64_t bits = bm[w]; bits; bits &= bits - 1) {
+            ids[k] = net->nodes[w * 64 + (size_t)__builtin_ctzll(bits)].id;
+            ascending = ascending && (k == 0 || ids[k - 1] < ids[k]);
+            k++;
+        }
+    /* Slots follow ids when nodes were added in id order (the usual case): a 10,000-id
+     * sort per call would cost more than building the bitmap. */
+    if (!ascending)
+        qsort(ids, n, sizeof *ids, cmp_i64);
     return ids;
 }
 
@@ -1019,6 +1026,74 @@ void hw_policy_net_compare(struct hw_policy_net *old, struct hw_policy_net *cur,
         out->filters[0] = id;
         out->n_filters = 1;
     }
+}
+
+/* Whether both nets hold the same ids in the same slots (built from one node list). */
+static bool same_layout(const struct hw_policy_net *a, const struct hw_policy_net *b)
+{
+    if (a->n_slots != b->n_slots || a->words != b->words || a->count != b->count)
+        return false;
+    for (size_t i = 0; i < a->n_slots; i++)
+        if (a->nodes[i].id != b->nodes[i].id || a->nodes[i].used != b->nodes[i].used)
+            return false;
+    return true;
+}
+
+void hw_policy_net_compare_all(struct hw_policy_net *old, struct hw_policy_net *cur, const char *check_url,
+                               void (*fn)(int64_t id, const struct hw_policy_change *chg, void *arg), void *arg)
+{
+    if (!same_layout(old, cur)) {
+        for (size_t i = 0; i < cur->n_slots; i++) {
+            if (!cur->nodes[i].used)
+                continue;
+            struct hw_policy_change chg;
+            hw_policy_net_compare(old, cur, cur->nodes[i].id, check_url, &chg);
+            fn(cur->nodes[i].id, &chg, arg);
+            hw_policy_change_clear(&chg);
+        }
+        return;
+    }
+    /* One slot layout: the peer sets compare a word at a time, and only differences
+     * become ids. */
+    uint64_t *bo = hw_malloc(cur->words * sizeof *bo), *bn = hw_malloc(cur->words * sizeof *bn);
+    for (size_t slot = 0; slot < cur->n_slots; slot++) {
+        if (!cur->nodes[slot].used)
+            continue;
+        int64_t id = cur->nodes[slot].id;
+        struct hw_policy_change chg;
+        memset(&chg, 0, sizeof chg);
+        peers_bitmap(old, (uint32_t)slot, bo);
+        peers_bitmap(cur, (uint32_t)slot, bn);
+        size_t n_lost = 0, n_gained = 0;
+        for (size_t w = 0; w < cur->words; w++) {
+            n_lost += (size_t)__builtin_popcountll(bo[w] & ~bn[w]);
+            n_gained += (size_t)__builtin_popcountll(bn[w] & ~bo[w]);
+        }
+        if (n_lost)
+            chg.lost = hw_malloc(n_lost * sizeof *chg.lost);
+        if (n_gained)
+            chg.gained = hw_malloc(n_gained * sizeof *chg.gained);
+        for (size_t w = 0; w < cur->words && (n_lost || n_gained); w++) {
+            for (uint64_t lost = bo[w] & ~bn[w]; lost; lost &= lost - 1)
+                chg.lost[chg.n_lost++] = cur->nodes[w * 64 + (size_t)__builtin_ctzll(lost)].id;
+            for (uint64_t gained = bn[w] & ~bo[w]; gained; gained &= gained - 1)
+                chg.gained[chg.n_gained++] = cur->nodes[w * 64 + (size_t)__builtin_ctzll(gained)].id;
+        }
+        if (chg.n_lost > 1)
+            qsort(chg.lost, chg.n_lost, sizeof *chg.lost, cmp_i64);
+        if (chg.n_gained > 1)
+            qsort(chg.gained, chg.n_gained, sizeof *chg.gained, cmp_i64);
+        if (!same_json(hw_policy_filter(old, id), hw_policy_filter(cur, id)) ||
+            !same_json(hw_policy_ssh(old, id, check_url), hw_policy_ssh(cur, id, check_url))) {
+            chg.filters = hw_malloc(sizeof *chg.filters);
+            chg.filters[0] = id;
+            chg.n_filters = 1;
+        }
+        fn(id, &chg, arg);
+        hw_policy_change_clear(&chg);
+    }
+    free(bo);
+    free(bn);
 }
 
 /* ---- packet filters ---- */

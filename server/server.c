@@ -19,6 +19,7 @@
 #include "server/http_public.h"
 #include "server/control.h"
 #include "server/derp_embed.h"
+#include "server/policy_source.h"
 #include "proto/keys.h"
 #include "server/ts2021.h"
 
@@ -99,11 +100,12 @@ static void on_signal(struct hw_loop *loop, int fd, int events, void *arg)
     struct signalfd_siginfo si;
     while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
         if (si.ssi_signo == SIGHUP) {
-            /* systemctl reload: re-read the DERP map sources now (the rest of the
-             * configuration needs a restart). */
-            log_info("received SIGHUP: re-reading the DERP map sources");
+            /* systemctl reload: re-read the DERP map sources and the policy file now
+             * (the rest of the configuration needs a restart). */
+            log_info("received SIGHUP: re-reading the DERP map sources and the policy file");
             if (s->control)
                 hw_control_reload_derp_map(s->control);
+            hw_policy_source_reload(s, "SIGHUP");
             continue;
         }
         log_info("received %s: shutting down", si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
@@ -146,7 +148,7 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
 {
     memset(s, 0, sizeof *s);
     s->cfg = cfg;
-    s->signal_fd = s->public_fd = s->admin_fd = -1;
+    s->signal_fd = s->public_fd = s->admin_fd = s->policy_watch_fd = -1;
     pthread_mutex_init(&s->lock, NULL);
 
     if (hw_server_check_config(cfg, err, err_len) < 0 || setup_signals(s, err, err_len) < 0)
@@ -194,15 +196,15 @@ int hw_server_start(struct hw_server *s, struct hw_config *cfg, char *err, size_
     log_info("noise key %s (%s), public key mkey:%s", cfg->noise_private_key_path,
              created ? "created" : "loaded", pub_hex);
 
-    if (cfg->policy_path && *cfg->policy_path)
-        log_warn("policy.path %s: ACL policies are not enforced by this version yet; namespaces "
-                 "are the boundary (all within a namespace, nothing across)", cfg->policy_path);
     s->control = hw_control_new(s, s->loop);
     if (!s->control) {
         snprintf(err, err_len, "cannot start the control server: the tailnet in %s, the DERP "
                  "map or the DNS records file failed (see the log above)", cfg->database_sqlite_path);
         goto fail;
     }
+    /* A broken policy stops the start: serving without it would open what it closes. */
+    if (hw_policy_source_load(s, err, err_len) < 0 || hw_policy_source_watch(s, err, err_len) < 0)
+        goto fail;
     s->ts2021 = hw_ts2021_new(s->loop, s->control, s->noise_private);
     if (s->derp && hw_derp_embed_start(s->derp, s->noise_private, err, err_len) < 0)
         goto fail;
@@ -252,6 +254,7 @@ void hw_server_stop(struct hw_server *s)
         free(s->admin_socket_path);
         s->admin_socket_path = NULL;
     }
+    hw_policy_source_unwatch(s);
     hw_control_free(s->control);
     s->control = NULL;
     if (s->db) {

@@ -54,6 +54,9 @@ struct hw_server {
     struct hw_ts2021 *ts2021;
     /* The built-in relay (derp.server.enabled), NULL when off. */
     struct hw_derp_embed *derp;
+    /* policy.mode file: inotify on the policy file's directory (server/policy_source.c). */
+    int policy_watch_fd;
+    struct hw_timer *policy_reload_timer;
 };
 
 /* Checks what the server needs beyond what the config reader checks (listen_addr form,

@@ -1130,6 +1130,63 @@ static void policy_reload_compare(void)
     hw_policy_free(p2);
 }
 
+/* compare_all gives what compare gives node by node: on one slot layout (word passes)
+ * and on two layouts (a net kept through changes against a fresh one). */
+struct compare_log {
+    struct hw_policy_net *old, *cur;
+    size_t calls, mismatches;
+};
+
+static void check_against_compare(int64_t id, const struct hw_policy_change *chg, void *arg)
+{
+    struct compare_log *log = arg;
+    struct hw_policy_change want;
+    hw_policy_net_compare(log->old, log->cur, id, "u", &want);
+    log->calls++;
+    if (strcmp(ids_text(chg->gained, chg->n_gained), ids_text(want.gained, want.n_gained)) != 0 ||
+        strcmp(ids_text(chg->lost, chg->n_lost), ids_text(want.lost, want.n_lost)) != 0 ||
+        strcmp(ids_text(chg->filters, chg->n_filters), ids_text(want.filters, want.n_filters)) != 0) {
+        printf("# node %lld: gained %s lost %s filters %s, compare says %s / %s / %s\n", (long long)id,
+               ids_text(chg->gained, chg->n_gained), ids_text(chg->lost, chg->n_lost),
+               ids_text(chg->filters, chg->n_filters), ids_text(want.gained, want.n_gained),
+               ids_text(want.lost, want.n_lost), ids_text(want.filters, want.n_filters));
+        log->mismatches++;
+    }
+    hw_policy_change_clear(&want);
+}
+
+static void compare_all_matches_compare(void)
+{
+    struct hw_policy *p1 = parse(acme_policy);
+    struct hw_policy *p2 = parse(random_policy);
+    CHECK(p1 && p2, "parse");
+    struct hw_policy_node nodes[ACME_N];
+    for (size_t i = 0; i < ACME_N; i++)
+        nodes[i] = pnode(&acme_nodes[i]);
+    const struct hw_policy *pairs[][2] = {{p1, p2}, {NULL, p1}, {p2, NULL}, {p1, p1}};
+    for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++) {
+        struct compare_log log = {hw_policy_net_build(pairs[k][0], nodes, ACME_N, err, sizeof err),
+                                  hw_policy_net_build(pairs[k][1], nodes, ACME_N, err, sizeof err), 0, 0};
+        CHECK(log.old && log.cur, "%s", err);
+        hw_policy_net_compare_all(log.old, log.cur, "u", check_against_compare, &log);
+        CHECK_INT(log.calls, ACME_N);
+        CHECK_INT(log.mismatches, 0);
+        /* Another layout: the old net built in reverse order. */
+        hw_policy_net_free(log.old);
+        log.old = hw_policy_net_new(pairs[k][0]);
+        for (size_t i = ACME_N; i-- > 0;)
+            CHECK(hw_policy_net_set_node(log.old, &nodes[i], NULL, err, sizeof err) == 0, "%s", err);
+        log.calls = log.mismatches = 0;
+        hw_policy_net_compare_all(log.old, log.cur, "u", check_against_compare, &log);
+        CHECK_INT(log.calls, ACME_N);
+        CHECK_INT(log.mismatches, 0);
+        hw_policy_net_free(log.old);
+        hw_policy_net_free(log.cur);
+    }
+    hw_policy_free(p1);
+    hw_policy_free(p2);
+}
+
 static void descriptor_from_tailnet_node(void)
 {
     struct tn_namespace ns = {.id = 3, .name = "carol"};
@@ -1236,6 +1293,7 @@ int main(void)
     RUN(incremental_without_policy);
     RUN(unchanged_node_reports_nothing);
     RUN(policy_reload_compare);
+    RUN(compare_all_matches_compare);
     RUN(descriptor_from_tailnet_node);
     RUN(ten_thousand_nodes_compile_quickly);
     return TEST_MAIN_END();
