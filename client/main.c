@@ -38,12 +38,9 @@ static const char usage[] =
     "\n"
     "usage:\n"
     "  hwclient up --login-server URL [--authkey KEY] [--hostname NAME]\n"
-    "              [--advertise-routes CIDR,...] [--advertise-tags tag:x,...]
-"
-    "              [--statedir DIR] [--ephemeral] [--verbose]
-"
-    "              [--port N] [--debug-derp-http] [--tun NAME] [--accept-routes]
-"
+    "              [--advertise-routes CIDR,...] [--advertise-tags tag:x,...]\n"
+    "              [--statedir DIR] [--ephemeral] [--verbose]\n"
+    "              [--port N] [--debug-derp-http] [--tun NAME] [--accept-routes]\n"
     "        log in and stay in the foreground, keeping the network map current and\n"
     "        a connection to the home DERP relay (without --authkey: prints a URL for\n"
     "        the admin to complete). --port: UDP port (default 41641, or any free one)\n"
