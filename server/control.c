@@ -428,9 +428,8 @@ static void push_full_map(struct hw_control *c, struct tn_stream *ms)
         struct tn_chunk *ch = hw_tailnet_chunk(ns, p->row.id);
         int variant = first ? 1 : 0;
         struct tn_node *next;
-        if (!holds_self && ch->frame[variant]) {
-            for (next = p; next && (size_t)next->row.id / TN_CHUNK == block; next = next->ns_next)
-                ;
+        if (!holds_self && ch->frame[variant] && ch->last) {
+            next = ch->last->ns_next;
             parts[n_parts++] = hw_sbuf_ref(ch->frame[variant]);
         } else {
             size_t len = 0;
@@ -441,8 +440,11 @@ static void push_full_map(struct hw_control *c, struct tn_stream *ms)
             }
             struct hw_sbuf *f = zframe(c, text, len, 0);
             free(text);
-            if (!holds_self)
+            if (!holds_self) {
+                hw_sbuf_unref(ch->frame[variant]);
                 ch->frame[variant] = hw_sbuf_ref(f);
+                ch->last = next ? next->ns_prev : ns->tail;
+            }
             parts[n_parts++] = f;
         }
         if (n_parts == n_blocks + 1) {
