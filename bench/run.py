@@ -9,7 +9,7 @@ asks, for the mass-reconnect phase. Prints the swarm's JSON lines, its table, an
 numbers compare with the scale targets. Everything is stopped and removed at the end.
 
     python3 bench/run.py [--build build] [--nodes 1000] [--concurrency 100] [--burst N]
-                         [--parse scan|jansson] [--changes LIST] [--json FILE]
+                         [--parse scan|jansson] [--changes LIST] [--phase-timeout S] [--json FILE]
 
 Numbers, not a test: the exit status is 0 when the run completed, whatever the numbers.
 """
@@ -122,6 +122,8 @@ def main():
     ap.add_argument("--idle", type=int, default=10)
     ap.add_argument("--no-restart", action="store_true")
     ap.add_argument("--reconnect-timeout", type=int, default=None, help="seconds (default: 120, 300 above 5,000 nodes)")
+    ap.add_argument("--phase-timeout", type=int, default=None,
+                    help="seconds for the burst and register phases (the swarm's default: 300)")
     ap.add_argument("--deadline", type=int, default=None, help="hard stop in seconds")
     ap.add_argument("--json", default=None, help="also write the JSON lines here")
     ap.add_argument("--log-level", default="info", help="headwater's log level")
@@ -171,6 +173,8 @@ def main():
                      str(args.reconnect_timeout or (300 if n > 5000 else 120))]
         if args.changes:
             argv += ["--changes", args.changes]
+        if args.phase_timeout:
+            argv += ["--phase-timeout", str(args.phase_timeout)]
         rc, _, _ = hwtest.run_hwctl("--socket", server.socket, "policy", "--help", ok=None)
         if rc == 0:
             fd, policy_path = tempfile.mkstemp(prefix="hwbench-policy-", suffix=".json")

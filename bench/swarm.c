@@ -56,9 +56,9 @@
 
 extern char **environ;
 
-/* Reconnect backoff as hwclient's daemon does it: doubling from 100 ms, jittered by
- * 0.5-1.5, capped at 30 s. */
-#define BACKOFF_BASE_MS 100
+/* Reconnect backoff as hwclient's daemon (and upstream's control client) does it:
+ * n^2 x 10 ms after the n-th failure in a row, jittered by 0.5-1.5, capped at 30 s. */
+#define BACKOFF_STEP_MS 10
 #define BACKOFF_CAP_MS 30000
 /* A node that cannot register after this many attempts is counted as failed. */
 #define REGISTER_ATTEMPTS 5
@@ -924,9 +924,9 @@ static void node_drop(struct snode *n, const char *why_text)
         if (sw->phase == PH_RESTART && !sw->restart_drop_us)
             sw->restart_drop_us = now_us();
     }
-    int shift = n->backoff < 16 ? n->backoff : 16;
-    n->backoff++;
-    double ms = (double)BACKOFF_BASE_MS * (double)(1u << shift);
+    if (n->backoff < 1000)
+        n->backoff++;
+    double ms = (double)BACKOFF_STEP_MS * n->backoff * n->backoff;
     if (ms > BACKOFF_CAP_MS)
         ms = BACKOFF_CAP_MS;
     ms *= 0.5 + randombytes_uniform(1000) / 1000.0;

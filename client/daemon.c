@@ -35,8 +35,10 @@
 /* Upstream's map watchdog: no message at all (keep-alives count) for this long means the
  * stream is dead even if TCP has not noticed. */
 #define WATCHDOG_MS 120000
-/* Reconnect backoff: doubles from the base, jittered by 0.5-1.5, capped like upstream. */
-#define BACKOFF_BASE_MS 100
+/* Reconnect backoff as upstream's control client does it: n^2 x 10 ms after the n-th
+ * failure in a row, capped at 30 s, jittered by 0.5-1.5 so that the clients of a
+ * restarted server do not all come back in the same instant. */
+#define BACKOFF_STEP_MS 10
 #define BACKOFF_CAP_MS 30000
 /* A logout the server does not answer in this time is finished locally anyway. */
 #define LOGOUT_TIMEOUT_MS 10000
@@ -248,9 +250,9 @@ static void expiry_cb(struct hw_loop *loop, struct hw_timer *t, void *arg)
 
 static int64_t next_backoff_ms(struct daemon *d)
 {
-    int n = d->backoff < 16 ? d->backoff : 16;
-    d->backoff++;
-    double ms = (double)BACKOFF_BASE_MS * (double)(1u << n);
+    if (d->backoff < 1000)
+        d->backoff++;
+    double ms = (double)BACKOFF_STEP_MS * d->backoff * d->backoff;
     if (ms > BACKOFF_CAP_MS)
         ms = BACKOFF_CAP_MS;
     ms *= 0.5 + randombytes_uniform(1000) / 1000.0;

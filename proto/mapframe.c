@@ -148,12 +148,36 @@ struct hw_sbuf *tc_mapframe_keepalive(struct tc_zenc *z, bool compress)
 
 /* ---- decompression ----------------------------------------------------------------------- */
 
-static int decompress_with(ZSTD_DCtx *dctx, const uint8_t *in, size_t len, size_t max_out,
-                           uint8_t **out, size_t *out_len, char *err, size_t errlen)
+/* The sum of the content sizes the frames of a payload declare, or
+ * ZSTD_CONTENTSIZE_UNKNOWN when one does not (or the frames do not parse: the
+ * decompression then says why). */
+static unsigned long long frames_content_size(const uint8_t *in, size_t len)
+{
+    unsigned long long total = 0;
+    while (len > 0) {
+        unsigned long long one = ZSTD_getFrameContentSize(in, len);
+        size_t size = ZSTD_findFrameCompressedSize(in, len);
+        if (one == ZSTD_CONTENTSIZE_UNKNOWN || one == ZSTD_CONTENTSIZE_ERROR || ZSTD_isError(size) ||
+            size > len)
+            return ZSTD_CONTENTSIZE_UNKNOWN;
+        total += one;
+        in += size;
+        len -= size;
+    }
+    return total;
+}
+
+/* Inflates into reuse (reuse_room bytes plus one for the NUL, or NULL) when it is large
+ * enough, else into a new buffer (reuse is then freed); *out_room gets the room of the
+ * buffer returned, for the next call. On failure nothing is left allocated. */
+static int decompress_into(ZSTD_DCtx *dctx, const uint8_t *in, size_t len, size_t max_out,
+                           uint8_t *reuse, size_t reuse_room, uint8_t **out, size_t *out_len,
+                           size_t *out_room, char *err, size_t errlen)
 {
     *out = NULL;
     *out_len = 0;
     if (len == 0) {
+        free(reuse);
         snprintf(err, errlen, "empty zstd payload");
         return -1;
     }
@@ -162,23 +186,60 @@ static int decompress_with(ZSTD_DCtx *dctx, const uint8_t *in, size_t len, size_
      * multi-frame payload are still bounded by the streaming check below. */
     unsigned long long declared = ZSTD_getFrameContentSize(in, len);
     if (declared == ZSTD_CONTENTSIZE_ERROR) {
+        free(reuse);
         snprintf(err, errlen, "not a zstd frame (magic %02x%02x%02x%02x)", in[0],
                  len > 1 ? in[1] : 0, len > 2 ? in[2] : 0, len > 3 ? in[3] : 0);
         return -1;
     }
     if (declared != ZSTD_CONTENTSIZE_UNKNOWN && declared > max_out) {
+        free(reuse);
         snprintf(err, errlen, "zstd frame declares %llu bytes, over the %zu-byte limit", declared,
                  max_out);
         return -1;
     }
     /* Room for max_out + 1 bytes of output (one more than allowed, to tell "exactly at
-     * the limit" from "over it") plus the NUL. */
+     * the limit" from "over it") plus the NUL. A multi-frame payload whose frames all
+     * declare their sizes gets its exact total at once. */
     size_t limit = max_out + 1;
+    unsigned long long total = frames_content_size(in, len);
+    if (total != ZSTD_CONTENTSIZE_UNKNOWN && total > max_out) {
+        free(reuse);
+        snprintf(err, errlen, "zstd frames declare %llu bytes, over the %zu-byte limit", total, max_out);
+        return -1;
+    }
+    if (total != ZSTD_CONTENTSIZE_UNKNOWN)
+        declared = total;
     size_t room = declared != ZSTD_CONTENTSIZE_UNKNOWN ? (size_t)declared + 1 : len * 4 + 64;
     if (room > limit)
         room = limit;
-    uint8_t *buf = hw_malloc(room + 1);
+    uint8_t *buf;
+    if (reuse && reuse_room >= room) {
+        buf = reuse;
+        room = reuse_room;
+    } else {
+        free(reuse);
+        buf = hw_malloc(room + 1);
+    }
     ZSTD_DCtx_reset(dctx, ZSTD_reset_session_only);
+    if (total != ZSTD_CONTENTSIZE_UNKNOWN) {
+        /* Every frame says how much it holds: inflate in one pass straight into buf,
+         * without the streaming decoder's window buffer and its copy of every byte. A
+         * frame holding more than it declared fails here (the output is full). */
+        size_t got = ZSTD_decompressDCtx(dctx, buf, room, in, len);
+        if (ZSTD_isError(got)) {
+            snprintf(err, errlen, "zstd: %s", ZSTD_getErrorName(got));
+            goto bad;
+        }
+        if (got != total) {
+            snprintf(err, errlen, "zstd frames hold %zu bytes, not the %llu they declare", got, total);
+            goto bad;
+        }
+        buf[got] = '\0';
+        *out = buf;
+        *out_len = got;
+        *out_room = room;
+        return 0;
+    }
     ZSTD_inBuffer ib = {in, len, 0};
     ZSTD_outBuffer ob = {buf, room, 0};
     for (;;) {
@@ -209,10 +270,18 @@ static int decompress_with(ZSTD_DCtx *dctx, const uint8_t *in, size_t len, size_
     buf[ob.pos] = '\0';
     *out = buf;
     *out_len = ob.pos;
+    *out_room = ob.size;
     return 0;
 bad:
     free(buf);
     return -1;
+}
+
+static int decompress_with(ZSTD_DCtx *dctx, const uint8_t *in, size_t len, size_t max_out,
+                           uint8_t **out, size_t *out_len, char *err, size_t errlen)
+{
+    size_t room;
+    return decompress_into(dctx, in, len, max_out, NULL, 0, out, out_len, &room, err, errlen);
 }
 
 static ZSTD_DCtx *new_dctx(void)
@@ -237,6 +306,11 @@ int tc_zstd_decompress(const uint8_t *in, size_t len, size_t max_out, uint8_t **
 
 struct tc_zdec {
     ZSTD_DCtx *dctx;
+    /* The output of the last message, kept for the next: a full 10,000-peer map inflates
+     * to ~8 MB, and a fresh buffer per message costs its page faults and the copies of
+     * growing it. */
+    uint8_t *out;
+    size_t out_room;
 };
 
 struct tc_zdec *tc_zdec_new(void)
@@ -251,6 +325,7 @@ void tc_zdec_free(struct tc_zdec *z)
     if (!z)
         return;
     ZSTD_freeDCtx(z->dctx);
+    free(z->out);
     free(z);
 }
 
@@ -258,6 +333,7 @@ struct tc_mapdec {
     bool compressed;
     size_t max;
     ZSTD_DCtx *dctx;
+    struct tc_zdec *shared;
     bool owns_dctx;
     uint8_t hdr[4];
     size_t hdr_have;
@@ -285,6 +361,7 @@ struct tc_mapdec *tc_mapdec_new_shared(struct tc_zdec *z, size_t max_size)
     d->compressed = true;
     d->max = max_size ? max_size : TC_MAPFRAME_MAX;
     d->dctx = z->dctx;
+    d->shared = z;
     return d;
 }
 
@@ -312,13 +389,22 @@ static int deliver(struct tc_mapdec *d, tc_mapdec_cb cb, void *arg)
     } else {
         uint8_t *json;
         size_t jlen;
-        if (decompress_with(d->dctx, d->msg, d->want, d->max, &json, &jlen, d->err,
-                            sizeof d->err) < 0) {
+        uint8_t *reuse = d->shared ? d->shared->out : NULL;
+        size_t reuse_room = d->shared ? d->shared->out_room : 0;
+        if (d->shared)
+            d->shared->out = NULL;
+        if (decompress_into(d->dctx, d->msg, d->want, d->max, reuse, reuse_room, &json, &jlen,
+                            &reuse_room, d->err, sizeof d->err) < 0) {
             d->failed = true;
             return -1;
         }
         r = cb((const char *)json, jlen, arg);
-        free(json);
+        if (d->shared && !d->shared->out) {
+            d->shared->out = json;
+            d->shared->out_room = reuse_room;
+        } else {
+            free(json);
+        }
     }
     free(d->msg);
     d->msg = NULL;

@@ -28,6 +28,15 @@
 /* Changes are gathered this long, then pushed as one delta per namespace: a burst of
  * joins costs each client one message, not one per join. */
 #define DELTA_BATCH_MS 25
+/* ... and under a storm of changes (a join storm: the previous flush was less than
+ * DELTA_STORM_GAP_MS ago) the window widens with the fan-out the last flush cost, so
+ * that pushing deltas takes at most about a third of the loop: two times (messages
+ * pushed x DELTA_PUSH_COST_US), at most DELTA_BATCH_MAX_MS. Each message then carries
+ * more changes (fewer messages, better compression), and one change still reaches
+ * everyone in well under a second: the window plus one fan-out (~200 ms at 10,000). */
+#define DELTA_STORM_GAP_MS 500
+#define DELTA_PUSH_COST_US 20      /* seal + write of one small message, measured at 10,000 */
+#define DELTA_BATCH_MAX_MS 400
 /* Keep-alive cadence: well inside the client's 120 s watchdog, with per-stream jitter
  * so that 10,000 streams do not all wake in the same second. */
 #define KEEPALIVE_MS 50000
@@ -57,7 +66,12 @@
 #define FULL_MAP_BUDGET (256u << 20)
 #define ADMIT_RETRY_MS 20
 
-enum stream_kind { STREAM_MAP = 1, STREAM_FOLLOWUP };
+/* Registrations with a pre-auth key that arrive in one pass of the event loop are
+ * stored in one transaction: one fsync (synchronous=FULL) for the group instead of one
+ * each. Every one is still answered only after the COMMIT that made it durable. */
+#define REGISTER_GROUP_MAX 256
+
+enum stream_kind { STREAM_MAP = 1, STREAM_FOLLOWUP, STREAM_REGISTER };
 
 /* A long-lived map response. */
 struct tn_stream {
@@ -110,6 +124,21 @@ struct pol_chunk {
     struct hw_sbuf *src[TN_CHUNK];
 };
 
+/* A pre-auth key registration waiting for its group's commit. */
+struct queued_reg {
+    enum stream_kind kind;
+    struct hw_h2_stream *st;            /* NULL once the client went away */
+    struct ts_session *sess;
+    char machine_key[HW_KEY_TEXT_MAX];
+    char node_key[HW_KEY_TEXT_MAX];
+    struct tc_register_request req;     /* owned */
+    struct tn_node *created;            /* after the store, before the commit: unset */
+    int64_t stored_id;                  /* > 0: stored in the open group transaction */
+    char answer_error[200];             /* "" = success */
+    bool expired_answer;                /* answer with NodeKeyExpired */
+    struct queued_reg *next;
+};
+
 struct hw_control {
     struct hw_server *srv;
     struct hw_loop *loop;
@@ -144,6 +173,11 @@ struct hw_control {
     struct idvec touched;               /* ids with pend[id].touched */
     struct pol_chunk *pchunks;          /* indexed by id / TN_CHUNK */
     size_t n_pchunks;
+    int64_t last_flush_ms;              /* monotonic; 0 = never */
+    size_t last_flush_pushes;           /* messages the last flush pushed */
+    struct queued_reg *reg_head, *reg_tail;   /* registrations of the current group */
+    size_t n_reg_queued;
+    struct hw_timer *reg_timer;
 };
 
 static void schedule_flush(struct hw_control *c);
@@ -464,9 +498,8 @@ static void push_full_map(struct hw_control *c, struct tn_stream *ms)
         struct tn_chunk *ch = hw_tailnet_chunk(ns, p->row.id);
         int variant = first ? 1 : 0;
         struct tn_node *next;
-        if (!holds_self && ch->frame[variant]) {
-            for (next = p; next && (size_t)next->row.id / TN_CHUNK == block; next = next->ns_next)
-                ;
+        if (!holds_self && ch->frame[variant] && ch->last) {
+            next = ch->last->ns_next;
             parts[n_parts++] = hw_sbuf_ref(ch->frame[variant]);
         } else {
             size_t len = 0;
@@ -477,8 +510,11 @@ static void push_full_map(struct hw_control *c, struct tn_stream *ms)
             }
             struct hw_sbuf *f = zframe(c, text, len, 0);
             free(text);
-            if (!holds_self)
+            if (!holds_self) {
+                hw_sbuf_unref(ch->frame[variant]);
                 ch->frame[variant] = hw_sbuf_ref(f);
+                ch->last = next ? next->ns_prev : ns->tail;
+            }
             parts[n_parts++] = f;
         }
         if (n_parts == n_blocks + 1) {
@@ -538,8 +574,9 @@ static bool node_has_live_streams(const struct tn_node *n)
 /* One namespace's pending changes, as messages: the same bytes for every member that
  * is not itself among the changed nodes, and a variant for each changed member (it must
  * not receive itself as a peer, and it gets its own Node). */
-static void flush_namespace(struct hw_control *c, struct tn_namespace *ns)
+static size_t flush_namespace(struct hw_control *c, struct tn_namespace *ns)
 {
+    size_t pushes = 0;
     size_t n_changed = 0;
     for (struct tn_node *n = ns->pending_head; n; n = n->pending_next)
         if (n->pending & TN_PEER_CHANGED)
@@ -582,6 +619,7 @@ static void flush_namespace(struct hw_control *c, struct tn_namespace *ns)
             if (!shared[ms->compress])
                 shared[ms->compress] = encode(c, &m, "PeersChanged", changed, n_changed, NULL, ms->compress);
             push_to_stream(ms, shared[ms->compress]);
+            pushes++;
         }
     }
     /* Members that changed themselves: their own Node, the others' changes. */
@@ -602,6 +640,7 @@ static void flush_namespace(struct hw_control *c, struct tn_namespace *ns)
                 if (!frame)
                     frame = encode(c, &own, "PeersChanged", changed, n_changed, mem, z);
                 push_to_stream(ms, frame);
+                pushes++;
             }
             hw_sbuf_unref(frame);
         }
@@ -621,6 +660,7 @@ static void flush_namespace(struct hw_control *c, struct tn_namespace *ns)
     }
     ns->pending_head = NULL;
     ns->n_removed = 0;
+    return pushes;
 }
 
 /* ---- primary subnet routers ---- */
@@ -706,15 +746,30 @@ static void flush_deltas(struct hw_loop *loop, struct hw_timer *t, void *arg)
         flush_policy(c, c->pnet);
         return;
     }
+    size_t pushes = 0;
     for (struct tn_namespace *ns = c->tn.namespaces; ns; ns = ns->next)
         if (ns->pending_head || ns->n_removed)
-            flush_namespace(c, ns);
+            pushes += flush_namespace(c, ns);
+    c->last_flush_ms = hw_now_ms_mono();
+    c->last_flush_pushes = pushes;
+}
+
+/* The batch window for changes starting now: DELTA_BATCH_MS, wider in a storm. */
+static int64_t batch_window_ms(const struct hw_control *c)
+{
+    if (!c->last_flush_ms || hw_now_ms_mono() - c->last_flush_ms >= DELTA_STORM_GAP_MS)
+        return DELTA_BATCH_MS;
+    int64_t fanout_ms = (int64_t)(c->last_flush_pushes * DELTA_PUSH_COST_US / 1000);
+    int64_t window = 2 * fanout_ms;
+    if (window < DELTA_BATCH_MS)
+        return DELTA_BATCH_MS;
+    return window < DELTA_BATCH_MAX_MS ? window : DELTA_BATCH_MAX_MS;
 }
 
 static void schedule_flush(struct hw_control *c)
 {
     if (!c->flush_timer)
-        c->flush_timer = hw_timer_start(c->loop, DELTA_BATCH_MS, flush_deltas, c);
+        c->flush_timer = hw_timer_start(c->loop, batch_window_ms(c), flush_deltas, c);
 }
 
 /* ---- the access policy ----
@@ -1848,11 +1903,12 @@ static void hold_followup(struct hw_control *c, struct ts_session *sess, struct 
     hw_h2_set_user(st, f);
 }
 
-/* Creates or re-keys the machine's node for a valid pre-auth key, in one transaction
- * with marking a single-use key used. */
-static struct tn_node *register_with_key(struct hw_control *c, const char *mkey,
-                                         const struct tc_register_request *r,
-                                         const struct hw_preauth_key *key, char *err, size_t err_len)
+/* Stores the machine's node (new, or re-keyed) for a valid pre-auth key, in one
+ * transaction with marking a single-use key used -- a savepoint of the group's
+ * transaction. Returns the node id, or 0 with err set (nothing of it stored). The
+ * tailnet in memory follows only after the group's COMMIT (commit_registrations). */
+static int64_t store_with_key(struct hw_control *c, const char *mkey, const struct tc_register_request *r,
+                              const struct hw_preauth_key *key, char *err, size_t err_len)
 {
     struct hw_db *db = c->srv->db;
     bool tagged = key->tags_json && strlen(key->tags_json) > 2;
@@ -1860,7 +1916,7 @@ static struct tn_node *register_with_key(struct hw_control *c, const char *mkey,
     struct tn_node *existing = hw_tailnet_by_machine_key(&c->tn, mkey);
     if (hw_db_begin(db) != HW_DB_OK) {
         snprintf(err, err_len, "the server's database is busy; try again");
-        return NULL;
+        return 0;
     }
     int rc;
     if (existing) {
@@ -1896,7 +1952,7 @@ static struct tn_node *register_with_key(struct hw_control *c, const char *mkey,
             hw_node_clear(&row);
             if (!*err)
                 snprintf(err, err_len, "the server could not name the node; try again");
-            return NULL;
+            return 0;
         }
         rc = hw_db_node_insert(db, &row);
     }
@@ -1913,15 +1969,153 @@ static struct tn_node *register_with_key(struct hw_control *c, const char *mkey,
         hw_db_rollback(db);
         hw_node_clear(&row);
         snprintf(err, err_len, "the server could not store the node; try again");
-        return NULL;
+        return 0;
     }
     int64_t id = row.id;
     hw_node_clear(&row);
-    struct tn_node *n = reload_node(c, id);
-    if (n)
-        log_info("register: node %lld %s joined namespace %s with a pre-auth key (%s %s)",
-                 (long long)id, n->row.given_name, n->ns ? n->ns->name : "?", n->row.ipv4, n->row.ipv6);
-    return n;
+    return id;
+}
+
+/* The pre-auth key part of /machine/register for one queued request, inside the group's
+ * transaction: checks the key (it may have been used by an earlier member of the same
+ * group) and stores the node. Decides the answer; sends nothing. */
+static void register_queued(struct hw_control *c, struct queued_reg *q, int64_t now)
+{
+    struct hw_preauth_key key = {0};
+    const char *problem = NULL;
+    if (hw_db_preauth_lookup(c->srv->db, q->req.auth_key, &key) != HW_DB_OK)
+        problem = "invalid pre-auth key: check the key, or create one with `hwctl preauthkeys create`";
+    else if (key.expiration && key.expiration <= now)
+        problem = "the pre-auth key has expired: create a new one with `hwctl preauthkeys create`";
+    else if (key.used && !key.reusable) {
+        /* A container restarting with the same single-use key and state keeps its node. */
+        struct tn_node *same = hw_tailnet_by_machine_key(&c->tn, q->machine_key);
+        if (same && same->row.auth_key_id == key.id && strcmp(same->row.node_key, q->node_key) == 0 &&
+            !node_expired(same, now)) {
+            q->created = same;
+            hw_preauth_key_clear(&key);
+            return;
+        }
+        problem = "the pre-auth key was already used (it is single-use): create a new one, "
+                  "or a reusable one with `hwctl preauthkeys create --reusable`";
+    }
+    if (problem) {
+        log_info("register: %s refused: %s", q->machine_key, problem);
+        snprintf(q->answer_error, sizeof q->answer_error, "%s", problem);
+        hw_preauth_key_clear(&key);
+        return;
+    }
+    q->stored_id = store_with_key(c, q->machine_key, &q->req, &key, q->answer_error, sizeof q->answer_error);
+    if (!q->stored_id && !q->answer_error[0])
+        snprintf(q->answer_error, sizeof q->answer_error, "the server could not store the node; try again");
+    hw_preauth_key_clear(&key);
+}
+
+static void queued_reg_free(struct queued_reg *q)
+{
+    if (q->st)
+        hw_h2_set_user(q->st, NULL);
+    tc_register_request_free(&q->req);
+    free(q);
+}
+
+/* Stores every queued registration in one transaction (one fsync), then -- only once
+ * the COMMIT returned -- brings the tailnet up to date and answers each client. Called
+ * with srv->lock held. */
+static void commit_registrations_locked(struct hw_control *c)
+{
+    struct queued_reg *group = c->reg_head;
+    size_t n = c->n_reg_queued;
+    c->reg_head = c->reg_tail = NULL;
+    c->n_reg_queued = 0;
+    if (!group)
+        return;
+    struct hw_db *db = c->srv->db;
+    int64_t now = hw_now();
+    bool open = hw_db_begin(db) == HW_DB_OK;
+    if (!open)
+        log_error("register: a transaction for %zu registrations could not start: %s", n, hw_db_errmsg(db));
+    for (struct queued_reg *q = group; q; q = q->next) {
+        if (open)
+            register_queued(c, q, now);
+        else
+            snprintf(q->answer_error, sizeof q->answer_error, "the server's database is busy; try again");
+    }
+    bool durable = open && hw_db_commit(db) == HW_DB_OK;
+    if (n > 1)
+        log_debug("register: %zu registrations stored in one transaction", n);
+    if (open && !durable) {
+        log_error("register: committing %zu registrations failed: %s", n, hw_db_errmsg(db));
+        hw_db_rollback(db);
+    }
+    for (struct queued_reg *q = group, *next; q; q = next) {
+        next = q->next;
+        struct tn_node *answer_node = q->created;
+        if (q->stored_id) {
+            if (durable) {
+                answer_node = reload_node(c, q->stored_id);
+                if (answer_node)
+                    log_info("register: node %lld %s joined namespace %s with a pre-auth key (%s %s)",
+                             (long long)q->stored_id, answer_node->row.given_name,
+                             answer_node->ns ? answer_node->ns->name : "?", answer_node->row.ipv4,
+                             answer_node->row.ipv6);
+                else
+                    snprintf(q->answer_error, sizeof q->answer_error, "the server could not store the node; try again");
+            } else {
+                snprintf(q->answer_error, sizeof q->answer_error, "the server could not store the node; try again");
+            }
+        }
+        if (q->st) {
+            if (q->answer_error[0])
+                register_answer(q->st, NULL, NULL, q->answer_error, false);
+            else
+                register_answer(q->st, answer_node, NULL, NULL, false);
+            ts_session_kick(q->sess);
+        }
+        queued_reg_free(q);
+    }
+}
+
+static void commit_registrations(struct hw_loop *loop, struct hw_timer *t, void *arg)
+{
+    struct hw_control *c = arg;
+    c->reg_timer = NULL;
+    pthread_mutex_lock(&c->srv->lock);
+    commit_registrations_locked(c);
+    pthread_mutex_unlock(&c->srv->lock);
+}
+
+/* Queues a pre-auth key registration for the group commit at the end of this pass of the
+ * event loop. A second request of the same machine or node key waits for the first's
+ * group to be committed, so each sees the other's result. Takes over *r. */
+static void queue_registration(struct hw_control *c, struct ts_session *sess, struct hw_h2_stream *st,
+                               const char *mkey, const char *nodekey, struct tc_register_request *r)
+{
+    for (struct queued_reg *q = c->reg_head; q; q = q->next) {
+        if (strcmp(q->machine_key, mkey) == 0 || strcmp(q->node_key, nodekey) == 0) {
+            commit_registrations_locked(c);
+            break;
+        }
+    }
+    if (c->n_reg_queued >= REGISTER_GROUP_MAX)
+        commit_registrations_locked(c);
+    struct queued_reg *q = hw_calloc(1, sizeof *q);
+    q->kind = STREAM_REGISTER;
+    q->st = st;
+    q->sess = sess;
+    snprintf(q->machine_key, sizeof q->machine_key, "%s", mkey);
+    snprintf(q->node_key, sizeof q->node_key, "%s", nodekey);
+    q->req = *r;
+    memset(r, 0, sizeof *r);
+    hw_h2_set_user(st, q);
+    if (c->reg_tail)
+        c->reg_tail->next = q;
+    else
+        c->reg_head = q;
+    c->reg_tail = q;
+    c->n_reg_queued++;
+    if (!c->reg_timer)
+        c->reg_timer = hw_timer_start(c->loop, 0, commit_registrations, c);
 }
 
 static const char *registration_id_of(const char *followup_url)
@@ -2029,37 +2223,7 @@ static void handle_register(struct hw_control *c, struct ts_session *sess, struc
     }
 
     if (r.auth_key) {
-        struct hw_preauth_key key = {0};
-        const char *problem = NULL;
-        if (hw_db_preauth_lookup(c->srv->db, r.auth_key, &key) != HW_DB_OK)
-            problem = "invalid pre-auth key: check the key, or create one with `hwctl preauthkeys create`";
-        else if (key.expiration && key.expiration <= now)
-            problem = "the pre-auth key has expired: create a new one with `hwctl preauthkeys create`";
-        else if (key.used && !key.reusable) {
-            /* A container restarting with the same single-use key and state keeps its node. */
-            struct tn_node *same = hw_tailnet_by_machine_key(&c->tn, mkey);
-            if (same && same->row.auth_key_id == key.id && strcmp(same->row.node_key, nodekey) == 0 &&
-                !node_expired(same, now)) {
-                register_answer(st, same, NULL, NULL, false);
-                hw_preauth_key_clear(&key);
-                goto done;
-            }
-            problem = "the pre-auth key was already used (it is single-use): create a new one, "
-                      "or a reusable one with `hwctl preauthkeys create --reusable`";
-        }
-        if (problem) {
-            log_info("register: %s refused: %s", mkey, problem);
-            register_answer(st, NULL, NULL, problem, false);
-            hw_preauth_key_clear(&key);
-            goto done;
-        }
-        char why[200] = "";
-        struct tn_node *created = register_with_key(c, mkey, &r, &key, why, sizeof why);
-        hw_preauth_key_clear(&key);
-        if (!created)
-            register_answer(st, NULL, NULL, why, false);
-        else
-            register_answer(st, created, NULL, NULL, false);
+        queue_registration(c, sess, st, mkey, nodekey, &r);
         goto done;
     }
 
@@ -2404,7 +2568,11 @@ void hw_control_stream_closed(struct hw_control *c, struct hw_h2_stream *st)
         return;
     enum stream_kind kind = *(enum stream_kind *)user;
     pthread_mutex_lock(&c->srv->lock);
-    if (kind == STREAM_FOLLOWUP) {
+    if (kind == STREAM_REGISTER) {
+        struct queued_reg *q = user;
+        q->st = NULL;
+        q->sess = NULL;
+    } else if (kind == STREAM_FOLLOWUP) {
         struct followup *f = user;
         if (f->prev)
             f->prev->next = f->next;
@@ -2587,6 +2755,13 @@ void hw_control_free(struct hw_control *c)
         hw_timer_cancel(c->loop, c->flush_timer);
     if (c->admit_timer)
         hw_timer_cancel(c->loop, c->admit_timer);
+    if (c->reg_timer)
+        hw_timer_cancel(c->loop, c->reg_timer);
+    for (struct queued_reg *q = c->reg_head, *next; q; q = next) {
+        next = q->next;
+        q->st = NULL;   /* the sessions are gone or going: nothing to answer */
+        queued_reg_free(q);
+    }
     for (struct followup *f = c->followups, *next; f; f = next) {
         next = f->next;
         free(f);

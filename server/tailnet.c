@@ -118,6 +118,7 @@ static void chunk_drop(struct tn_namespace *ns, int64_t id)
         hw_sbuf_unref(ch->frame[i]);
         ch->frame[i] = NULL;
     }
+    ch->last = NULL;
 }
 
 /* Members stay sorted by id because the client wants Peers sorted by ID and a sorted

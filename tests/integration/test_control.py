@@ -8,6 +8,7 @@ wrong; they are kept failing on purpose until the server is fixed."""
 import base64
 import datetime
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -561,6 +562,52 @@ def single_use_key_reused_is_refused():
         check(line[0].startswith("hwclient: login failed: "), "error line %r" % line[0])
         contains(line[0], "already used")
         eq(sorted(net.nodes()), ["first"], "nodes after the refusal")
+
+
+def register_at_once(port, key, count):
+    """count hwprobe processes, each a new machine with its own node key, register with
+    key at the same moment (the server stores registrations of one loop pass in one
+    transaction). Returns the parsed answers."""
+    procs = []
+    for i in range(count):
+        body = json.dumps({"Version": 133, "NodeKey": "nodekey:" + os.urandom(32).hex(),
+                           "Auth": {"AuthKey": key}, "Hostinfo": {"Hostname": "racer-%d" % i}})
+        procs.append(subprocess.Popen([HWPROBE, "http://127.0.0.1:%d" % port, "post", "/machine/register", body],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    answers = []
+    for p in procs:
+        out, err = p.communicate(timeout=30 * SLOW)
+        hwtest._check_sanitizer(err, "hwprobe")
+        status, _, body = out.partition("\n")
+        eq(status, "HTTP 200", "register answer (body %r)" % body)
+        answers.append(json.loads(body))
+    return answers
+
+
+@case
+def single_use_key_raced_by_many_machines_admits_one():
+    with Net() as net:
+        key = net.authkey("a", reusable=False)
+        answers = register_at_once(net.server.port, key, 12)
+        admitted = [a for a in answers if not a.get("Error") and a.get("MachineAuthorized")]
+        refused = [a for a in answers if "already used" in (a.get("Error") or "")]
+        eq(len(admitted), 1, "registrations admitted with one single-use key: %r" % answers)
+        eq(len(refused), 11, "registrations refused as already used: %r" % answers)
+        eq(len(net.node_rows()), 1, "nodes stored")
+
+
+@case
+def registrations_at_once_get_distinct_addresses():
+    with Net() as net:
+        key = net.authkey("a")
+        answers = register_at_once(net.server.port, key, 16)
+        for a in answers:
+            check(not a.get("Error") and a.get("MachineAuthorized"), "answer %r" % a)
+        rows = net.node_rows()
+        eq(len(rows), 16, "nodes stored")
+        addresses = [ip for n in rows for ip in n["ip_addresses"]]
+        eq(len(set(addresses)), 32, "distinct addresses of 16 nodes: %r" % addresses)
+        eq(len({n["name"] for n in rows}), 16, "distinct names")
 
 
 @case

@@ -129,12 +129,44 @@ static void broken_text_is_refused(void)
     tc_mapscan_free(&s);
 }
 
+/* Strings are searched 16 bytes at a time: escaped quotes and backslashes at every
+ * offset around those blocks, and a string cut anywhere, must read as jansson reads them. */
+static void escapes_at_every_offset(void)
+{
+    struct tc_mapscan s;
+    tc_mapscan_init(&s);
+    char text[512];
+    for (int pad = 0; pad < 40; pad++) {
+        char filler[64];
+        memset(filler, 'x', (size_t)pad);
+        filler[pad] = '\0';
+        /* Name holds a\"b\\ then a quote-looking tail: the id after it must be found. */
+        snprintf(text, sizeof text,
+                 "{\"Peers\":[{\"Name\":\"%s\\\"b\\\\\",\"Hostinfo\":{\"K\":\"\\\\\\\"}\"},\"ID\":%d}]}",
+                 filler, pad + 1);
+        json_error_t je;
+        json_t *ref = json_loads(text, 0, &je);
+        CHECK(ref != NULL, "pad %d: test text is JSON: %s", pad, je.text);
+        CHECK_INT(scan(&s, text), 0);
+        CHECK_INT(s.peers.n, 1);
+        CHECK_INT(s.peers.v[0].id, pad + 1);
+        CHECK(spans_hold_ids(text, &s.peers, "ID"), "pad %d: span", pad);
+        json_decref(ref);
+        /* Cut inside the Name string (before its closing quote): refused, never read past. */
+        size_t cut = strlen("{\"Peers\":[{\"Name\":\"") + (size_t)pad + 3;
+        char err[TC_ERRLEN];
+        CHECK_INT(tc_mapscan_run(&s, text, cut, err, sizeof err), -1);
+    }
+    tc_mapscan_free(&s);
+}
+
 int main(void)
 {
     g_map = fxj_load("real-client-map.json");
     RUN(fixture_messages_match_the_full_parser);
     RUN(deltas_of_every_kind);
     RUN(broken_text_is_refused);
+    RUN(escapes_at_every_offset);
     json_decref(g_map);
     return TEST_MAIN_END();
 }
