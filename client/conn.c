@@ -764,6 +764,17 @@ static void ready_readable(struct hwc_conn *c)
     }
 }
 
+/* After a non-blocking connect: true (and the next address tried) when it failed. */
+static bool connect_error(struct hwc_conn *c)
+{
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+    if (soerr)
+        connect_failed(c, soerr);
+    return soerr != 0;
+}
+
 /* Runs the TLS handshake of an https:// connection after the TCP connect; the HTTP
  * request goes out once the server proved its name. */
 static void tls_handshake(struct hwc_conn *c)
@@ -825,32 +836,16 @@ static void conn_event(struct hw_loop *loop, int fd, int events, void *arg)
         return;
     }
     if (c->url.https && !c->tls_up) {
-        if (!c->ssl) {
-            if (!(events & (HW_EV_WRITE | HW_EV_ERROR)))
-                return;
-            int soerr = 0;
-            socklen_t sl = sizeof soerr;
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-            if (soerr) {
-                connect_failed(c, soerr);
-                return;
-            }
-        }
+        if (!c->ssl && (!(events & (HW_EV_WRITE | HW_EV_ERROR)) || connect_error(c)))
+            return;
         tls_handshake(c);
         return;
     }
     if (c->req_off < c->req_len) {
         if (!(events & (HW_EV_WRITE | HW_EV_ERROR)))
             return;
-        if (!c->ssl) {
-            int soerr = 0;
-            socklen_t sl = sizeof soerr;
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-            if (soerr) {
-                connect_failed(c, soerr);
-                return;
-            }
-        }
+        if (!c->ssl && connect_error(c))
+            return;
         ssize_t n = conn_send(c, c->req + c->req_off, c->req_len - c->req_off);
         if (n < 0) {
             if (errno != EAGAIN && errno != EINTR)

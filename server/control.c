@@ -213,6 +213,26 @@ static int64_t node_user_id(const struct tn_node *n)
     return node_is_tagged(n) ? TAGGED_USER_ID : n->row.namespace_id;
 }
 
+/* PeersChangedPatch entry for a node that only went online or offline. */
+static json_t *online_patch(const struct tn_node *n)
+{
+    struct tc_peer_change pc = {.node_id = n->row.id, .online = n->online ? TC_TRUE : TC_FALSE};
+    if (!n->online && n->row.last_seen) {
+        pc.has_last_seen = true;
+        pc.last_seen = tc_time_from_unix(n->row.last_seen);
+    }
+    return tc_peer_change_to_json(&pc);
+}
+
+/* The patches as the borrowed array tc_map_response takes (free it, not its items). */
+static json_t **patch_items_of(json_t *patches)
+{
+    json_t **items = hw_calloc(json_array_size(patches) + 1, sizeof *items);
+    for (size_t i = 0; i < json_array_size(patches); i++)
+        items[i] = json_array_get(patches, i);
+    return items;
+}
+
 /* Where routers compete for a prefix. Without a policy a node sees only its own
  * namespace, so each namespace elects its own primary; a policy can let a node see
  * routers of several namespaces, and then one primary per prefix serves the tailnet. */
@@ -588,18 +608,11 @@ static size_t flush_namespace(struct hw_control *c, struct tn_namespace *ns)
         if (n->pending & TN_PEER_CHANGED) {
             changed[k++] = n;
         } else if (n->pending & TN_PEER_ONLINE) {
-            struct tc_peer_change pc = {.node_id = n->row.id, .online = n->online ? TC_TRUE : TC_FALSE};
-            if (!n->online && n->row.last_seen) {
-                pc.has_last_seen = true;
-                pc.last_seen = tc_time_from_unix(n->row.last_seen);
-            }
-            json_array_append_new(patches, tc_peer_change_to_json(&pc));
+            json_array_append_new(patches, online_patch(n));
         }
     }
 
-    json_t **patch_items = hw_calloc(json_array_size(patches) + 1, sizeof *patch_items);
-    for (size_t i = 0; i < json_array_size(patches); i++)
-        patch_items[i] = json_array_get(patches, i);
+    json_t **patch_items = patch_items_of(patches);
     struct tc_map_response m = {
         .peers_removed = ns->removed,
         .n_peers_removed = ns->n_removed,
@@ -1024,16 +1037,9 @@ static struct hw_sbuf *policy_delta(struct hw_control *c, struct tn_node *viewer
         struct tn_node *p = hw_tailnet_node(&c->tn, patched->v[i]);
         if (!p)
             continue;
-        struct tc_peer_change pc = {.node_id = p->row.id, .online = p->online ? TC_TRUE : TC_FALSE};
-        if (!p->online && p->row.last_seen) {
-            pc.has_last_seen = true;
-            pc.last_seen = tc_time_from_unix(p->row.last_seen);
-        }
-        json_array_append_new(patches, tc_peer_change_to_json(&pc));
+        json_array_append_new(patches, online_patch(p));
     }
-    json_t **patch_items = hw_calloc(json_array_size(patches) + 1, sizeof *patch_items);
-    for (size_t i = 0; i < json_array_size(patches); i++)
-        patch_items[i] = json_array_get(patches, i);
+    json_t **patch_items = patch_items_of(patches);
     struct tc_map_response m = {
         .peers_removed = removed->v,
         .n_peers_removed = removed->n,

@@ -38,6 +38,15 @@ def tls_server(cert, key, **extra):
     return s
 
 
+def tls_pair(net, server, cert):
+    """Two hwclients logged in to the https:// server, trusting its certificate."""
+    k = net.authkey("default")
+    url = "https://127.0.0.1:%d" % server.port
+    env = {"SSL_CERT_FILE": cert}
+    return (net.client("tls-a", key=k, login_server=url, env=env),
+            net.client("tls-b", key=k, login_server=url, env=env))
+
+
 class CertDir:
     def __enter__(self):
         self.dir = tempfile.mkdtemp(prefix="hw-tls-")
@@ -83,11 +92,7 @@ def hwclient_logs_in_over_https_and_sees_its_peer():
         cert, key = make_cert(cd.dir)
         s = tls_server(cert, key)
         with Net(server=s) as net:
-            k = net.authkey("default")
-            url = "https://127.0.0.1:%d" % s.port
-            env = {"SSL_CERT_FILE": cert}
-            a = net.client("tls-a", key=k, login_server=url, env=env)
-            b = net.client("tls-b", key=k, login_server=url, env=env)
+            a, b = tls_pair(net, s, cert)
             a.wait_running()
             b.wait_running()
             a.wait_for(lambda st: "tls-b" in a.peers(st), what="tls-b in tls-a's netmap")
@@ -114,11 +119,7 @@ def builtin_relay_over_https_carries_packets():
             "stun_listen_addr": "127.0.0.1:%d" % stun_port,
             "private_key_path": "derp_server_private.key", "verify_clients": True}})
         with Net(server=s) as net:
-            k = net.authkey("default")
-            url = "https://127.0.0.1:%d" % s.port
-            env = {"SSL_CERT_FILE": cert}
-            a = net.client("tls-a", key=k, login_server=url, env=env)
-            b = net.client("tls-b", key=k, login_server=url, env=env)
+            a, b = tls_pair(net, s, cert)
             for c in (a, b):
                 c.wait_running()
 
