@@ -288,6 +288,10 @@ void admin_nodes_tag(struct admin_req *r)
         return;
     }
     int rc = hw_db_node_set_tags(r->db, id, tags_json);
+    /* As in Tailscale: a tagged node is owned by its tags, and its key does not expire
+     * (an admin can still `hwctl nodes expire` it). */
+    if (rc == HW_DB_OK && tags_json && strcmp(tags_json, "[]") != 0)
+        rc = hw_db_node_set_expiry(r->db, id, 0);
     free(tags_json);
     finish_node_change(r, rc, HW_CHANGE_NODE_UPDATED, id);
 }

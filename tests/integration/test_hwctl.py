@@ -325,8 +325,12 @@ def nodes_tag():
     with Server() as s:
         s.hwctl("namespaces", "create", "default")
         n = s.register_node("default", "tagged")
+        s.hwctl("nodes", "expire", "-i", n["id"])
+        eq(node_by_id(s, n["id"])["expired"], True, "expired before tagging")
         _, out, _ = s.hwctl("nodes", "tag", "-i", n["id"], "-t", "tag:web",
                             "--tags", "tag:db,tag:prod")
+        # As in Tailscale, a tagged node's key does not expire.
+        eq(node_by_id(s, n["id"])["expired"], False, "expiry lifted by tagging")
         eq(out.strip(), "Node %d (tagged) tags: tag:web, tag:db, tag:prod" % n["id"], "output")
         eq(sorted(node_by_id(s, n["id"])["tags"]), ["tag:db", "tag:prod", "tag:web"], "tags")
         row = table(s.hwctl("nodes", "list")[1])[0]
