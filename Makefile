@@ -79,18 +79,22 @@ deps:
 
 $(BUILD)/lib/libhw.a: $(LIB_OBJS)
 	@mkdir -p $(dir $@)
+	rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/lib/libhwserver.a: $(SERVER_OBJS)
 	@mkdir -p $(dir $@)
+	rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/lib/libhwrelay.a: $(RELAY_OBJS)
 	@mkdir -p $(dir $@)
+	rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/lib/libhwclient.a: $(call obj,$(CLIENT_LIB_SRCS))
 	@mkdir -p $(dir $@)
+	rm -f $@
 	$(AR) rcs $@ $^
 
 # Archive order matters: each library may only use those after it.
