@@ -77,11 +77,14 @@ def wait_listed_primary(net, name, timeout=2):
 def primary_failover_without_flapping():
     with Net() as net:
         key = net.authkey("lab")
-        routers = [net.client("router%d" % i, key, extra=["--advertise-routes", SUBNET])
-                   for i in (1, 2, 3)]
+        # One after another: the election prefers the lowest node id, so the ids must
+        # follow the names.
+        routers = []
+        for i in (1, 2, 3):
+            routers.append(net.client("router%d" % i, key, extra=["--advertise-routes", SUBNET]))
+            routers[-1].wait_running(timeout=15)
         watcher = net.client("watcher", key)
-        for c in routers + [watcher]:
-            c.wait_running(timeout=15)
+        watcher.wait_running(timeout=15)
         ids = {c.hostname: c.node_id() for c in routers}
         check(ids["router1"] < ids["router2"] < ids["router3"], "ids in join order: %r" % ids)
         watcher.wait_for(lambda st: len(watcher.peers(st)) == 3, 5, what="three routers")
