@@ -1,4 +1,5 @@
 #include "client/magicsock.h"
+#include "client/hostnet.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1380,6 +1381,7 @@ static int bind_udp(int family, int port, char *err, size_t errlen)
         snprintf(err, errlen, "UDP socket: %s", strerror(errno));
         return -1;
     }
+    hwc_bypass_mark(fd);
     int rc;
     if (family == AF_INET) {
         struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
