@@ -1217,9 +1217,14 @@ static void sync_exit_routes(struct daemon *d, bool on)
  * masquerade on this host, undone in teardown (or at the next start after a crash). */
 static int setup_router(struct daemon *d, char *err, size_t errlen)
 {
-    if (!d->tun || !d->opts->n_routes)
+    if (!d->tun)
         return 0;
     char *saved = hw_sprintf("%s/forwarding.saved", d->st.dir);
+    if (!d->opts->n_routes) {
+        hwc_router_cleanup(saved); /* a crashed router's chains and sysctls */
+        free(saved);
+        return 0;
+    }
     d->router = hwc_router_start(hwc_tun_name(d->tun), d->opts->snat_subnet_routes, saved, err, errlen);
     free(saved);
     return d->router ? 0 : -1;
@@ -1306,6 +1311,8 @@ static void sync_dataplane(struct daemon *d, bool usable)
     if (hwc_tun_set_routes(d->tun, routes, n_routes, err, sizeof err) < 0)
         log_warn("data plane: %s", err);
     sync_exit_routes(d, true);
+    /* the first two are the tailnet ranges, which magicsock leaves out on its own */
+    hwc_magic_set_tunnel_routes(d->magic, routes + 2, n_routes - 2);
     free(routes);
     free(pfx);
     free(cfg);
