@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import hwtest
-from hwnet import Net, wait_until
+from hwnet import Net, run_hwclient, wait_until
 from hwtest import case, check, eq
 from dptopo import SERVER_IP, NsClient, server_config, topology
 from netns import Netns, available
@@ -75,6 +75,16 @@ def client(net, nn, name, ns, port, key, tun, extra):
                  extra=["--port", "0", "--tun", tun] + extra)
     net.clients.append(c)
     return c
+
+
+@case
+def flag_errors():
+    rc, _, err = run_hwclient("up", "--login-server", "http://127.0.0.1:1", "--exit-node", "b", ok=False)
+    eq(rc, 2, "exit status of --exit-node without --tun")
+    check("--exit-node b needs --tun NAME" in err, err)
+    rc, _, err = run_hwclient("up", "--login-server", "http://127.0.0.1:1", "--snat-subnet-routes=maybe", ok=False)
+    eq(rc, 2, "exit status of a bad --snat-subnet-routes")
+    check("--snat-subnet-routes=maybe: expected true or false" in err, err)
 
 
 @case
@@ -167,6 +177,13 @@ def router_cleans_up_after_sigterm_and_crash():
             b.wait_running(timeout=20)
             eq(firewall_state(nn, b_ns), before, "b's state once the next hwclient (no routes) has started")
             b.down()
+            b.extra = ["--port", "0", "--tun", tun, "--advertise-routes", "10.81.0.0/24", "--snat-subnet-routes=false"]
+            b.start()
+            b.wait_running(timeout=20)
+            st = firewall_state(nn, b_ns)
+            check("hw-forward" in st[2] and "MASQUERADE" not in st[3], "--snat-subnet-routes=false: %s" % st[3])
+            b.down()
+            eq(firewall_state(nn, b_ns), before, "b's state after the run without SNAT")
             eq(firewall_state(nn, b_ns), before, "b's state after a killed run and a clean one")
             ok = True
         finally:
