@@ -262,8 +262,25 @@ def exit_node_carries_default_route():
             eq(peer_of(a, "b").get("Relay"), "hw", "a reaches b through DERP")
             p = nn.run(a_ns, "ping", "-c", "1", "-W", "5", b.ips()[0], check=False, timeout=30)
             check(p.returncode == 0, "ping b's tailnet address: %s" % p.stdout[-300:])
+            # a's own LAN (the veth to net) is captured by the tunnel too, as tailscaled's
+            # default: 10.79.0.1 is not reachable through b
+            p = nn.run(a_ns, "ping", "-c", "1", "-W", "2", "10.79.0.1", check=False)
+            check(p.returncode != 0, "a's LAN answered around the exit node")
             a.down()
             eq(routing_state(nn, a_ns), a_before, "a's rules and routing tables after `hwclient down`")
+            # --exit-node-allow-lan-access: throw routes for the LAN in table 52
+            a.extra = ["--port", "0", "--tun", tun_a, "--exit-node", "b", "--exit-node-allow-lan-access"]
+            a.start()
+            a.wait_running(timeout=20)
+            wait_until(lambda: (peer_of(a, "b") or {}).get("ExitNode") is True, 20, "a to use b again", interval=0.1)
+            t52 = nn.run(a_ns, "ip", "route", "show", "table", "52").stdout
+            check("throw 10.79.0.0/24" in t52, "a's table 52 with LAN access: %s" % t52)
+            p = nn.run(a_ns, "ping", "-c", "1", "-W", "5", "10.79.0.1", check=False, timeout=30)
+            check(p.returncode == 0, "a's LAN with --exit-node-allow-lan-access: %s" % p.stdout[-300:])
+            p = nn.run(a_ns, "ping", "-c", "1", "-W", "5", "198.51.100.7", check=False, timeout=30)
+            check(p.returncode == 0, "the public address with LAN access: %s" % p.stdout[-300:])
+            a.down()
+            eq(routing_state(nn, a_ns), a_before, "a's rules and routing tables after the second run")
             b.down()
             eq(firewall_state(nn, b_ns), b_before, "b's sysctls and iptables rules after `hwclient down`")
             ok = True
