@@ -1,4 +1,5 @@
 #include "client/conn.h"
+#include "client/hostnet.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -317,6 +318,7 @@ static void start_connect(struct hwc_conn *c)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        hwc_bypass_mark(fd);
         if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
             snprintf(c->last_connect_error, sizeof c->last_connect_error, "%s", strerror(errno));
             close(fd);

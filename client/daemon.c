@@ -15,6 +15,7 @@
 #include "client/conn.h"
 #include "client/derp.h"
 #include "client/derpdebug.h"
+#include "client/hostnet.h"
 #include "client/localapi.h"
 #include "client/magicsock.h"
 #include "client/tun.h"
@@ -142,6 +143,10 @@ struct daemon {
 
     /* the data plane: WireGuard over magicsock, packets through the TUN device */
     struct hwc_tun *tun;
+    struct hwc_router *router;   /* forwarding + masquerade of an advertised subnet / exit node */
+    char exit_state[300];        /* what was last logged about --exit-node */
+    bool exit_active;            /* the --exit-node peer offers 0.0.0.0/0 and ::/0 */
+    uint8_t exit_key[32];        /* that peer's node key, when exit_active */
     struct hwc_wgdev *wg;
     uint8_t wg_key[32];          /* the node key the device was made with */
 
@@ -1156,6 +1161,77 @@ static size_t parse_prefixes(const struct tc_strv *v, struct hwc_prefix *out, si
 
 #define DP_MAX_PREFIXES 256
 
+static bool strv_has(const struct tc_strv *v, const char *s)
+{
+    for (size_t i = 0; i < v->n; i++)
+        if (strcmp(v->v[i], s) == 0)
+            return true;
+    return false;
+}
+
+static void exit_log(struct daemon *d, bool warn, const char *msg)
+{
+    if (strcmp(d->exit_state, msg) == 0)
+        return;
+    snprintf(d->exit_state, sizeof d->exit_state, "%s", msg);
+    if (warn)
+        log_warn("exit node: %s", msg);
+    else
+        log_info("exit node: %s", msg);
+}
+
+/* The --exit-node peer when it offers both default routes (approved at the server, so
+ * in its AllowedIPs), as upstream requires of an exit node; else NULL, said once. */
+static const struct tc_node *exit_peer(struct daemon *d)
+{
+    if (!d->opts->exit_node)
+        return NULL;
+    char err[300], msg[300];
+    const struct tc_node *p = find_peer(d, d->opts->exit_node, err, sizeof err);
+    if (!p) {
+        exit_log(d, true, err);
+        return NULL;
+    }
+    const struct tc_strv *allowed = p->allowed_ips_null ? &p->addresses : &p->allowed_ips;
+    if (!strv_has(allowed, "0.0.0.0/0") || !strv_has(allowed, "::/0")) {
+        snprintf(msg, sizeof msg, "%s does not offer 0.0.0.0/0 and ::/0 (not advertised or not approved); "
+                 "traffic that would go to it is dropped", p->name ? p->name : d->opts->exit_node);
+        exit_log(d, true, msg);
+        return NULL;
+    }
+    snprintf(msg, sizeof msg, "using %s", p->name ? p->name : d->opts->exit_node);
+    exit_log(d, false, msg);
+    return p;
+}
+
+/* tailscaled's way: with --exit-node set the host's default route goes into the tunnel
+ * even while the exit node is unusable, so that nothing leaks around it. */
+static void sync_exit_routes(struct daemon *d, bool on)
+{
+    if (!d->tun || !d->opts->exit_node)
+        return;
+    char err[400];
+    if (hwc_tun_set_exit_routes(d->tun, on, d->opts->exit_node_allow_lan, err, sizeof err) < 0)
+        log_error("exit node: %s", err);
+}
+
+/* --advertise-routes / --advertise-exit-node with a TUN device: forwarding and
+ * masquerade on this host, undone in teardown (or at the next start after a crash). */
+static int setup_router(struct daemon *d, char *err, size_t errlen)
+{
+    if (!d->tun)
+        return 0;
+    char *saved = hw_sprintf("%s/forwarding.saved", d->st.dir);
+    if (!d->opts->n_routes) {
+        hwc_router_cleanup(saved); /* a crashed router's chains and sysctls */
+        free(saved);
+        return 0;
+    }
+    d->router = hwc_router_start(hwc_tun_name(d->tun), d->opts->snat_subnet_routes, saved, err, errlen);
+    free(saved);
+    return d->router ? 0 : -1;
+}
+
 /* The WireGuard peers, the TUN addresses and routes from the netmap. Peers that stay
  * keep their sessions; the device is remade only for a new node key. */
 static void sync_dataplane(struct daemon *d, bool usable)
@@ -1171,6 +1247,8 @@ static void sync_dataplane(struct daemon *d, bool usable)
         }
         hwc_tun_set_routes(d->tun, NULL, 0, err, sizeof err);
         hwc_tun_set_addresses(d->tun, NULL, 0, err, sizeof err);
+        sync_exit_routes(d, false);
+        d->exit_active = false;
         return;
     }
     if (d->wg && memcmp(d->wg_key, d->node_priv, 32) != 0) {
@@ -1200,6 +1278,10 @@ static void sync_dataplane(struct daemon *d, bool usable)
     struct hwc_prefix *routes = hw_calloc(cap_routes, sizeof *routes);
     hwc_prefix_parse("100.64.0.0/10", &routes[n_routes++]);
     hwc_prefix_parse("fd7a:115c:a1e0::/48", &routes[n_routes++]);
+    const struct tc_node *exit = exit_peer(d);
+    d->exit_active = exit != NULL;
+    if (exit)
+        memcpy(d->exit_key, exit->key, 32);
     for (size_t i = 0; i < n; i++) {
         const struct tc_node *p = &d->nm.peers[i];
         struct hwc_prefix *mine = pfx + i * DP_MAX_PREFIXES, addrs[16];
@@ -1210,7 +1292,9 @@ static void sync_dataplane(struct daemon *d, bool usable)
             bool own = false;
             for (size_t a = 0; a < n_addrs && !own; a++)
                 own = hwc_prefix_equal(&addrs[a], &mine[j]);
-            if (!own && !d->opts->accept_routes)
+            if (mine[j].bits == 0 && p != exit)
+                continue; /* default routes: only the chosen exit node's */
+            if (!own && mine[j].bits > 0 && !d->opts->accept_routes)
                 continue; /* a subnet route: only with --accept-routes */
             mine[keep++] = mine[j];
             bool covered = false;
@@ -1228,6 +1312,9 @@ static void sync_dataplane(struct daemon *d, bool usable)
     hwc_wgdev_set_peers(d->wg, cfg, n);
     if (hwc_tun_set_routes(d->tun, routes, n_routes, err, sizeof err) < 0)
         log_warn("data plane: %s", err);
+    sync_exit_routes(d, true);
+    /* the first two are the tailnet ranges, which magicsock leaves out on its own */
+    hwc_magic_set_tunnel_routes(d->magic, routes + 2, n_routes - 2);
     free(routes);
     free(pfx);
     free(cfg);
@@ -1455,6 +1542,15 @@ static json_t *status_json(struct daemon *d)
             json_object_update(ps, path);
             json_decref(path);
         }
+        if (d->exit_active && memcmp(k, d->exit_key, 32) == 0) {
+            json_object_set_new(ps, "ExitNode", json_true());
+            json_t *es = json_object();
+            const char *id = json_string_value(json_object_get(ps, "ID"));
+            json_object_set_new(es, "ID", json_string(id ? id : ""));
+            json_object_set_new(es, "Online", json_boolean(json_is_true(json_object_get(ps, "Online"))));
+            json_object_set_new(es, "TailscaleIPs", json_deep_copy(json_object_get(ps, "TailscaleIPs")));
+            json_object_set_new(st, "ExitNodeStatus", es);
+        }
         json_t *w = d->wg ? hwc_wgdev_peer_status(d->wg, k) : NULL;
         if (w) {
             json_object_update(ps, w);
@@ -1628,6 +1724,10 @@ static int setup(struct daemon *d, char *err, size_t errlen)
         .on_endpoints = on_endpoints,
         .on_wg_packet = on_wg_packet,
     };
+    /* hwclient's own sockets carry the bypass mark, so an exit node's policy rules
+     * send them around the tunnel (set before magicsock opens its UDP socket) */
+    if (d->opts->tun)
+        hwc_bypass_mark_enable(true);
     d->magic = hwc_magic_new(d->loop, &mo, &magic_callbacks, d, err, errlen);
     if (!d->magic)
         return -1;
@@ -1640,6 +1740,8 @@ static int setup(struct daemon *d, char *err, size_t errlen)
         if (!d->tun)
             return -1;
         log_info("data plane: TUN device %s (MTU %d)", hwc_tun_name(d->tun), HWC_TUN_MTU);
+        if (setup_router(d, err, errlen) < 0)
+            return -1;
     }
     d->dbg_rx = hwc_dbg_rx_new();
     d->need_register = true;
@@ -1683,8 +1785,10 @@ static void teardown(struct daemon *d)
     }
     hwc_wgdev_free(d->wg);
     d->wg = NULL;
-    hwc_tun_close(d->tun);   /* removes the addresses and routes it added */
+    hwc_tun_close(d->tun);   /* removes the addresses, routes and exit-node rules it added */
     d->tun = NULL;
+    hwc_router_stop(d->router);
+    d->router = NULL;
     /* Before the control socket goes: a netcheck waiting there still gets its answer. */
     hwc_magic_free(d->magic);
     d->magic = NULL;

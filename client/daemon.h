@@ -23,6 +23,9 @@ struct hwc_up_opts {
     bool derp_http;            /* plain HTTP to DERP relays (upstream's TS_DEBUG_USE_DERP_HTTP) */
     const char *tun;           /* TUN device for the data plane; NULL: none (control and DERP only) */
     bool accept_routes;        /* peers' subnet routes in AllowedIPs and the routing table */
+    bool snat_subnet_routes;   /* masquerade what is forwarded from the tailnet (default true) */
+    const char *exit_node;     /* --exit-node: a peer's name or tailnet IP; NULL: none */
+    bool exit_node_allow_lan;  /* --exit-node-allow-lan-access */
 };
 
 /* Runs until `hwclient down`, SIGINT/SIGTERM, or a refused login (exit status 1). */

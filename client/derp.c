@@ -1,4 +1,5 @@
 #include "client/derp.h"
+#include "client/hostnet.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -608,6 +609,7 @@ static void try_address(struct hwc_derp *d)
             d->addr_idx++;
             continue;
         }
+        hwc_bypass_mark(fd);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (connect(fd, sa, d->addr_lens[d->addr_idx]) < 0 && errno != EINPROGRESS) {

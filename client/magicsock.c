@@ -1,4 +1,6 @@
 #include "client/magicsock.h"
+#include "client/tun.h"
+#include "client/hostnet.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -84,6 +86,8 @@ struct hwc_magic {
     bool never_direct;         /* TS_DEBUG_NEVER_DIRECT_UDP, upstream's knob */
     struct peer **peers;
     size_t n_peers;
+    struct hwc_prefix *tunnel_routes; /* routed into our TUN device: never a path */
+    size_t n_tunnel_routes;
     struct hw_strmap peers_by_node, peers_by_disco; /* hex key -> struct peer */
     struct cli_ping *cli_pings;
     uint64_t disco_rx, disco_tx, disco_unknown, disco_bad, wg_rx, udp_tx;
@@ -601,9 +605,20 @@ static bool is_tailnet_addr(const struct hw_disco_addr *a)
     return memcmp(a->ip, ula, sizeof ula) == 0;
 }
 
+/* An address inside a subnet route we send into our own TUN device (--accept-routes) is
+ * reached through the tunnel itself, like the tailnet ranges above. */
+static bool in_tunnel_routes(const struct hwc_magic *m, const struct hw_disco_addr *a)
+{
+    bool v4 = hw_disco_addr_is_v4(a);
+    for (size_t i = 0; i < m->n_tunnel_routes; i++)
+        if (hwc_prefix_contains(&m->tunnel_routes[i], v4 ? AF_INET : AF_INET6, v4 ? a->ip + 12 : a->ip))
+            return true;
+    return false;
+}
+
 static struct candidate *cand_add(struct peer *p, const struct hw_disco_addr *a)
 {
-    if (is_tailnet_addr(a))
+    if (is_tailnet_addr(a) || in_tunnel_routes(p->m, a))
         return NULL;
     struct candidate *c = cand_find(p, a);
     if (c)
@@ -1380,6 +1395,7 @@ static int bind_udp(int family, int port, char *err, size_t errlen)
         snprintf(err, errlen, "UDP socket: %s", strerror(errno));
         return -1;
     }
+    hwc_bypass_mark(fd);
     int rc;
     if (family == AF_INET) {
         struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -1497,6 +1513,7 @@ void hwc_magic_free(struct hwc_magic *m)
         return;
     peers_clear(m, "magicsock is stopping");
     free(m->peers);
+    free(m->tunnel_routes);
     hw_strmap_free(&m->peers_by_node);
     hw_strmap_free(&m->peers_by_disco);
     free(m->ep_ifaces);
@@ -1608,6 +1625,33 @@ void hwc_magic_force_prefer_derp(struct hwc_magic *m, int region)
     hwc_netcheck_force_preferred(m->nc, region);
     if (m->have_map && !m->periodic_pending)
         schedule_restun(m, 0);
+}
+
+void hwc_magic_set_tunnel_routes(struct hwc_magic *m, const struct hwc_prefix *p, size_t n)
+{
+    free(m->tunnel_routes);
+    m->tunnel_routes = NULL;
+    m->n_tunnel_routes = 0;
+    if (n) {
+        m->tunnel_routes = calloc(n, sizeof *p);
+        if (!m->tunnel_routes)
+            abort();
+    }
+    for (size_t i = 0; i < n; i++)
+        if (p[i].bits > 0) /* a default route leaves our marked socket alone (exit node) */
+            m->tunnel_routes[m->n_tunnel_routes++] = p[i];
+    for (size_t i = 0; i < m->n_peers; i++) {
+        struct peer *pe = m->peers[i];
+        size_t keep = 0;
+        for (size_t k = 0; k < pe->n_cands; k++)
+            if (!in_tunnel_routes(m, &pe->cands[k].addr))
+                pe->cands[keep++] = pe->cands[k];
+        pe->n_cands = keep;
+        if (pe->have_best && in_tunnel_routes(m, &pe->best)) {
+            pe->have_best = false;
+            pe->trust_until_ms = 0;
+        }
+    }
 }
 
 void hwc_magic_set_peer_homes(struct hwc_magic *m, const int *homes, size_t n)

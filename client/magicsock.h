@@ -82,6 +82,12 @@ void hwc_magic_set_control_connected(struct hwc_magic *m, bool up);
 /* Home regions of the peers, for the choice when no region answers at all (upstream
  * then homes where most peers are). */
 void hwc_magic_set_peer_homes(struct hwc_magic *m, const int *homes, size_t n);
+/* The prefixes routed into our TUN device (peers' subnet routes taken with
+ * --accept-routes): addresses inside them are never candidates or paths, since packets
+ * to them would go through the tunnel itself. Default routes are ignored (an exit node's
+ * 0.0.0.0/0 does not catch the marked UDP socket). */
+struct hwc_prefix;
+void hwc_magic_set_tunnel_routes(struct hwc_magic *m, const struct hwc_prefix *p, size_t n);
 
 /* `hwclient debug force-prefer-derp`: region becomes home at the next report (started
  * now) when it answers; 0 goes back to latency. */

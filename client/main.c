@@ -41,12 +41,17 @@ static const char usage[] =
     "              [--advertise-routes CIDR,...] [--advertise-tags tag:x,...]\n"
     "              [--statedir DIR] [--ephemeral] [--verbose]\n"
     "              [--port N] [--debug-derp-http] [--tun NAME] [--accept-routes]\n"
+    "              [--advertise-exit-node] [--snat-subnet-routes=false]\n"
+    "              [--exit-node PEER] [--exit-node-allow-lan-access]\n"
     "        log in and stay in the foreground, keeping the network map current and\n"
     "        a connection to the home DERP relay (without --authkey: prints a URL for\n"
     "        the admin to complete). --port: UDP port (default 41641, or any free one)\n"
     "        --tun NAME: carry packets: a TUN device NAME (hw0 is the usual name) with\n"
     "        the node's addresses, WireGuard to every peer (needs root); without it only\n"
     "        the control and DERP halves run. --accept-routes: use peers' subnet routes\n"
+    "        With --tun, advertising routes or an exit node turns on IP forwarding and\n"
+    "        masquerade (undone on exit); --exit-node PEER (name or IP) sends the host's\n"
+    "        default route through PEER (own sockets bypass it; see docs/dataplane.md)\n"
     "  hwclient netcheck [--statedir DIR] [--format json] [--derp-map FILE]\n"
     "        UDP reachability, public address and latency to each DERP region, measured\n"
     "        by the daemon (or, with --derp-map FILE holding a DERPMap JSON, by this\n"
@@ -171,7 +176,8 @@ static char *read_authkey_file(const char *path)
 
 static int cmd_up(int argc, char **argv)
 {
-    struct hwc_up_opts o = {0};
+    struct hwc_up_opts o = {.snat_subnet_routes = true};
+    bool advertise_exit = false;
     char **routes = NULL, **tags = NULL;
     size_t n_routes = 0, n_tags = 0;
     char *key_from_file = NULL;
@@ -243,6 +249,20 @@ static int cmd_up(int argc, char **argv)
             o.tun = strcmp(v, "none") == 0 ? NULL : v;
         } else if (flag_bool(argv[i], "accept-routes"))
             o.accept_routes = true;
+        else if (flag_bool(argv[i], "advertise-exit-node"))
+            advertise_exit = true;
+        else if (flag_bool(argv[i], "exit-node-allow-lan-access"))
+            o.exit_node_allow_lan = true;
+        else if ((v = flag_value("up", argc, argv, &i, "exit-node")))
+            o.exit_node = *v ? v : NULL;
+        else if ((v = flag_value("up", argc, argv, &i, "snat-subnet-routes"))) {
+            if (strcmp(v, "true") == 0)
+                o.snat_subnet_routes = true;
+            else if (strcmp(v, "false") == 0)
+                o.snat_subnet_routes = false;
+            else
+                die_usage("up", "--snat-subnet-routes=%s: expected true or false", v);
+        }
         else if (flag_bool(argv[i], "debug-derp-http"))
             o.derp_http = true;
         else if (flag_bool(argv[i], "ephemeral"))
@@ -259,6 +279,24 @@ static int cmd_up(int argc, char **argv)
         die_usage("up", "%s", "--login-server URL is required (the headwater server, e.g. http://127.0.0.1:8080)");
     if (o.hostname && (!*o.hostname || strlen(o.hostname) > 255))
         die_usage("up", "--hostname %s: expected 1 to 255 characters", o.hostname);
+    if (advertise_exit) {
+        /* what `tailscale up --advertise-exit-node` adds to RoutableIPs */
+        static const char *const defaults[2] = {"0.0.0.0/0", "::/0"};
+        for (int k = 0; k < 2; k++) {
+            bool have = false;
+            for (size_t j = 0; j < n_routes && !have; j++)
+                have = strcmp(routes[j], defaults[k]) == 0;
+            if (have)
+                continue;
+            routes = realloc(routes, (n_routes + 1) * sizeof *routes);
+            if (!routes)
+                abort();
+            routes[n_routes++] = hw_strdup(defaults[k]);
+        }
+    }
+    if (o.exit_node && !o.tun)
+        die_usage("up", "--exit-node %s needs --tun NAME (the host's default route goes through the device)",
+                  o.exit_node);
     o.routes = (const char *const *)routes;
     o.n_routes = n_routes;
     o.tags = (const char *const *)tags;

@@ -1,5 +1,6 @@
 /* TUN device and its rtnetlink configuration: see tun.h. */
 #include "client/tun.h"
+#include "client/hostnet.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -8,6 +9,8 @@
 #include <linux/if_tun.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
+#include <linux/fib_rules.h>
+#include <ifaddrs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +27,9 @@ struct hwc_tun {
     uint32_t seq;
     struct hwc_prefix addrs[MAX_SET], routes[MAX_SET];
     size_t n_addrs, n_routes;
+    bool exit_on;                   /* the exit-node rules and table-52 routes are in */
+    struct hwc_prefix lan[64];      /* throw routes of --exit-node-allow-lan-access */
+    size_t n_lan;
 };
 
 int hwc_prefix_parse(const char *text, struct hwc_prefix *out)
@@ -93,6 +99,7 @@ struct nlreq {
         struct ifinfomsg ifi;
         struct ifaddrmsg ifa;
         struct rtmsg rt;
+        struct fib_rule_hdr frh;
     } u;
     char attrs[256];
 };
@@ -168,7 +175,9 @@ static int addr_op(struct hwc_tun *t, int type, const struct hwc_prefix *p)
     return nl_talk(t, &r);
 }
 
-static int route_op(struct hwc_tun *t, int type, const struct hwc_prefix *p)
+/* A route in table: through the device (RTN_UNICAST) or a throw route (RTN_THROW, the
+ * lookup goes on to the next rule). */
+static int route_op_in(struct hwc_tun *t, int type, const struct hwc_prefix *p, uint32_t table, int rtype)
 {
     struct nlreq r;
     memset(&r, 0, sizeof r);
@@ -178,14 +187,23 @@ static int route_op(struct hwc_tun *t, int type, const struct hwc_prefix *p)
         r.h.nlmsg_flags = NLM_F_CREATE | NLM_F_REPLACE;
     r.u.rt.rtm_family = (unsigned char)p->family;
     r.u.rt.rtm_dst_len = (unsigned char)p->bits;
-    r.u.rt.rtm_table = RT_TABLE_MAIN;
+    r.u.rt.rtm_table = table < 256 ? (unsigned char)table : RT_TABLE_UNSPEC;
     r.u.rt.rtm_protocol = RTPROT_STATIC;
-    r.u.rt.rtm_scope = RT_SCOPE_LINK;
-    r.u.rt.rtm_type = RTN_UNICAST;
-    add_attr(&r, RTA_DST, p->addr, p->family == AF_INET ? 4 : 16);
-    uint32_t oif = (uint32_t)t->ifindex;
-    add_attr(&r, RTA_OIF, &oif, sizeof oif);
+    r.u.rt.rtm_scope = rtype == RTN_UNICAST ? RT_SCOPE_LINK : RT_SCOPE_UNIVERSE;
+    r.u.rt.rtm_type = (unsigned char)rtype;
+    add_attr(&r, RTA_TABLE, &table, sizeof table);
+    if (p->bits > 0)
+        add_attr(&r, RTA_DST, p->addr, p->family == AF_INET ? 4 : 16);
+    if (rtype == RTN_UNICAST) {
+        uint32_t oif = (uint32_t)t->ifindex;
+        add_attr(&r, RTA_OIF, &oif, sizeof oif);
+    }
     return nl_talk(t, &r);
+}
+
+static int route_op(struct hwc_tun *t, int type, const struct hwc_prefix *p)
+{
+    return route_op_in(t, type, p, RT_TABLE_MAIN, RTN_UNICAST);
 }
 
 struct hwc_tun *hwc_tun_open(const char *name, int mtu, char *err, size_t errlen)
@@ -305,6 +323,8 @@ void hwc_tun_close(struct hwc_tun *t)
 {
     if (!t)
         return;
+    char err[200];
+    hwc_tun_set_exit_routes(t, false, false, err, sizeof err);
     for (size_t i = 0; i < t->n_routes; i++)
         route_op(t, RTM_DELROUTE, &t->routes[i]);
     for (size_t i = 0; i < t->n_addrs; i++)
@@ -316,3 +336,164 @@ void hwc_tun_close(struct hwc_tun *t)
 
 int hwc_tun_fd(const struct hwc_tun *t) { return t->fd; }
 const char *hwc_tun_name(const struct hwc_tun *t) { return t->name; }
+
+/* ---- exit node: policy routing as tailscaled's (wgengine/router, baseIPRules) ---- */
+
+struct exit_rule {
+    uint32_t pref;
+    bool bypass;     /* matches fwmark HWC_BYPASS_MARK under the mask */
+    uint8_t action;  /* FR_ACT_TO_TBL or FR_ACT_UNREACHABLE */
+    uint32_t table;
+};
+
+static const struct exit_rule exit_rules[] = {
+    {HWC_EXIT_RULE_PREF + 10, true, FR_ACT_TO_TBL, RT_TABLE_MAIN},
+    {HWC_EXIT_RULE_PREF + 30, true, FR_ACT_TO_TBL, RT_TABLE_DEFAULT},
+    /* ours must not fall through into the tunnel when there is no other way out */
+    {HWC_EXIT_RULE_PREF + 50, true, FR_ACT_UNREACHABLE, 0},
+    {HWC_EXIT_RULE_PREF + 70, false, FR_ACT_TO_TBL, HWC_EXIT_TABLE},
+};
+
+static int rule_op(struct hwc_tun *t, int type, int family, const struct exit_rule *er)
+{
+    struct nlreq r;
+    memset(&r, 0, sizeof r);
+    r.h.nlmsg_len = NLMSG_LENGTH(sizeof r.u.frh);
+    r.h.nlmsg_type = (unsigned short)type;
+    if (type == RTM_NEWRULE)
+        r.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+    r.u.frh.family = (unsigned char)family;
+    r.u.frh.action = er->action;
+    r.u.frh.table = er->table < 256 ? (unsigned char)er->table : RT_TABLE_UNSPEC;
+    uint32_t pref = er->pref;
+    add_attr(&r, FRA_PRIORITY, &pref, sizeof pref);
+    if (er->table) {
+        uint32_t table = er->table;
+        add_attr(&r, FRA_TABLE, &table, sizeof table);
+    }
+    if (er->bypass) {
+        uint32_t mark = HWC_BYPASS_MARK, mask = HWC_FWMARK_MASK;
+        add_attr(&r, FRA_FWMARK, &mark, sizeof mark);
+        add_attr(&r, FRA_FWMASK, &mask, sizeof mask);
+    }
+    return nl_talk(t, &r);
+}
+
+/* Deletes every rule at our preferences (ours from before a crash included). */
+static void remove_exit_rules(struct hwc_tun *t)
+{
+    for (int f = 0; f < 2; f++)
+        for (size_t i = 0; i < sizeof exit_rules / sizeof exit_rules[0]; i++) {
+            struct nlreq r;
+            for (int tries = 0; tries < 8; tries++) {
+                memset(&r, 0, sizeof r);
+                r.h.nlmsg_len = NLMSG_LENGTH(sizeof r.u.frh);
+                r.h.nlmsg_type = RTM_DELRULE;
+                r.u.frh.family = f ? AF_INET6 : AF_INET;
+                uint32_t pref = exit_rules[i].pref;
+                add_attr(&r, FRA_PRIORITY, &pref, sizeof pref);
+                if (nl_talk(t, &r) < 0)
+                    break;
+            }
+        }
+}
+
+/* The networks of the host's other interfaces (what --exit-node-allow-lan-access leaves
+ * outside the tunnel, as tailscaled's LocalRoutes). */
+static size_t lan_prefixes(const struct hwc_tun *t, struct hwc_prefix *out, size_t cap)
+{
+    struct ifaddrs *ifs;
+    size_t n = 0;
+    if (getifaddrs(&ifs) < 0)
+        return 0;
+    for (struct ifaddrs *i = ifs; i && n < cap; i = i->ifa_next) {
+        if (!i->ifa_addr || !i->ifa_netmask || (i->ifa_flags & IFF_LOOPBACK) || strcmp(i->ifa_name, t->name) == 0)
+            continue;
+        int fam = i->ifa_addr->sa_family;
+        if (fam != AF_INET && fam != AF_INET6)
+            continue;
+        struct hwc_prefix p = {.family = fam};
+        const uint8_t *a, *m;
+        size_t len = fam == AF_INET ? 4 : 16;
+        if (fam == AF_INET) {
+            a = (const uint8_t *)&((struct sockaddr_in *)i->ifa_addr)->sin_addr;
+            m = (const uint8_t *)&((struct sockaddr_in *)i->ifa_netmask)->sin_addr;
+        } else {
+            a = (const uint8_t *)&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr;
+            m = (const uint8_t *)&((struct sockaddr_in6 *)i->ifa_netmask)->sin6_addr;
+            if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+                continue; /* link-local stays on-link anyway */
+        }
+        for (size_t b = 0; b < len; b++) {
+            p.addr[b] = a[b] & m[b];
+            for (int bit = 7; bit >= 0 && (m[b] >> bit) & 1; bit--)
+                p.bits++;
+        }
+        if (p.bits == 0)
+            continue;
+        bool dup = false;
+        for (size_t k = 0; k < n && !dup; k++)
+            dup = hwc_prefix_equal(&out[k], &p);
+        if (!dup)
+            out[n++] = p;
+    }
+    freeifaddrs(ifs);
+    return n;
+}
+
+int hwc_tun_set_exit_routes(struct hwc_tun *t, bool on, bool allow_lan, char *err, size_t errlen)
+{
+    struct hwc_prefix def4, def6;
+    hwc_prefix_parse("0.0.0.0/0", &def4);
+    hwc_prefix_parse("::/0", &def6);
+    if (!on) {
+        if (!t->exit_on)
+            return 0;
+        remove_exit_rules(t);
+        route_op_in(t, RTM_DELROUTE, &def4, HWC_EXIT_TABLE, RTN_UNICAST);
+        route_op_in(t, RTM_DELROUTE, &def6, HWC_EXIT_TABLE, RTN_UNICAST);
+        for (size_t i = 0; i < t->n_lan; i++)
+            route_op_in(t, RTM_DELROUTE, &t->lan[i], HWC_EXIT_TABLE, RTN_THROW);
+        t->n_lan = 0;
+        t->exit_on = false;
+        return 0;
+    }
+    if (t->exit_on)
+        return 0;
+    remove_exit_rules(t);
+    t->exit_on = true;
+    int rc = route_op_in(t, RTM_NEWROUTE, &def4, HWC_EXIT_TABLE, RTN_UNICAST);
+    if (rc < 0) {
+        snprintf(err, errlen, "route 0.0.0.0/0 dev %s table %d: %s", t->name, HWC_EXIT_TABLE, strerror(-rc));
+        goto fail;
+    }
+    rc = route_op_in(t, RTM_NEWROUTE, &def6, HWC_EXIT_TABLE, RTN_UNICAST);
+    if (rc < 0) {
+        snprintf(err, errlen, "route ::/0 dev %s table %d: %s", t->name, HWC_EXIT_TABLE, strerror(-rc));
+        goto fail;
+    }
+    if (allow_lan) {
+        t->n_lan = lan_prefixes(t, t->lan, sizeof t->lan / sizeof t->lan[0]);
+        for (size_t i = 0; i < t->n_lan; i++)
+            route_op_in(t, RTM_NEWROUTE, &t->lan[i], HWC_EXIT_TABLE, RTN_THROW);
+    }
+    for (int f = 0; f < 2; f++)
+        for (size_t i = 0; i < sizeof exit_rules / sizeof exit_rules[0]; i++) {
+            rc = rule_op(t, RTM_NEWRULE, f ? AF_INET6 : AF_INET, &exit_rules[i]);
+            if (rc < 0) {
+                snprintf(err, errlen, "ip %srule pref %u: %s", f ? "-6 " : "", (unsigned)exit_rules[i].pref,
+                         strerror(-rc));
+                goto fail;
+            }
+        }
+    return 0;
+fail:
+    hwc_tun_set_exit_routes(t, false, false, err + strlen(err), 0);
+    return -1;
+}
+
+size_t hwc_tun_lan_routes(const struct hwc_tun *t, const struct hwc_prefix **out)
+{
+    *out = t->lan;
+    return t->n_lan;
+}

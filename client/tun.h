@@ -42,4 +42,17 @@ int hwc_tun_set_addresses(struct hwc_tun *t, const struct hwc_prefix *p, size_t 
  * touched, so existing routes never flap). Default routes are refused with err. */
 int hwc_tun_set_routes(struct hwc_tun *t, const struct hwc_prefix *p, size_t n, char *err, size_t errlen);
 
+/* Exit node (`--exit-node`): everything goes through the device, as tailscaled does it:
+ * 0.0.0.0/0 and ::/0 via the device in table HWC_EXIT_TABLE, and rules (v4 and v6) at
+ * HWC_EXIT_RULE_PREF+10/30/50/70: packets carrying the bypass mark (hwclient's own
+ * sockets) look up main, then default, else are unreachable; all others look up table
+ * HWC_EXIT_TABLE first. allow_lan adds throw routes there for the networks of the host's
+ * other interfaces (--exit-node-allow-lan-access). on=false removes all of it (so does
+ * hwc_tun_close); rules left at those preferences by a crashed run are removed first. */
+#define HWC_EXIT_TABLE 52
+#define HWC_EXIT_RULE_PREF 5200
+int hwc_tun_set_exit_routes(struct hwc_tun *t, bool on, bool allow_lan, char *err, size_t errlen);
+/* The throw routes allow_lan added (for logs and status). */
+size_t hwc_tun_lan_routes(const struct hwc_tun *t, const struct hwc_prefix **out);
+
 #endif
