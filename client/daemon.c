@@ -30,6 +30,7 @@
 #include "proto/keys.h"
 #include "proto/mapframe.h"
 #include "proto/netmap.h"
+#include "client/userspace.h"
 #include "proto/tailcfg.h"
 
 /* Upstream's map watchdog: no message at all (keep-alives count) for this long means the
@@ -132,6 +133,9 @@ struct daemon {
     struct hwc_req *lite;
     int lite_status;
     struct hwc_dbg_rx *dbg_rx;
+    /* --tun=userspace: the netstack and its proxies (NULL otherwise) */
+    struct hwc_userspace *userspace;
+    uint64_t userspace_unrouted;  /* packets the stack sent with no data plane to carry them */
     struct debug_send *sends[MAX_DEBUG_SENDS];
     int *peer_homes;
     /* our endpoints as magicsock last reported them (MapRequest.Endpoints/EndpointTypes) */
@@ -160,6 +164,7 @@ struct ping_waiter {
 
 static void reconcile(struct daemon *d);
 static void sync_magic(struct daemon *d);
+static void sync_userspace(struct daemon *d);
 
 /* ---- small helpers ---- */
 
@@ -239,6 +244,7 @@ static void update_state(struct daemon *d)
             d->expiry = hw_timer_start(d->loop, left * 1000 + 10, expiry_cb, d);
     }
     sync_magic(d);
+    sync_userspace(d);
 }
 
 static void expiry_cb(struct hw_loop *loop, struct hw_timer *t, void *arg)
@@ -1268,6 +1274,28 @@ static void sync_magic(struct daemon *d)
     sync_dataplane(d, usable && d->have_nm);
 }
 
+/* ---- --tun=userspace ---- */
+
+/* The seam to the WireGuard device: an IP packet the userspace stack sends. Until the data
+ * plane is wired in, nothing carries it (counted; connections time out as unreachable). */
+static void userspace_output(const uint8_t *pkt, size_t len, void *arg)
+{
+    struct daemon *d = arg;
+    (void)pkt;
+    (void)len;
+    if (d->userspace_unrouted++ == 0)
+        log_warn("userspace: no WireGuard data plane in this build; packets from the netstack are dropped");
+}
+
+/* Addresses, names and AllowedIPs for the proxies, after every netmap or state change. */
+static void sync_userspace(struct daemon *d)
+{
+    if (!d->userspace)
+        return;
+    bool usable = d->have_nm && d->nm.has_self && !d->logged_out;
+    hwc_userspace_update(d->userspace, usable ? &d->nm : NULL);
+}
+
 /* ---- logout ---- */
 
 static void reply_waiters(struct daemon *d, json_t *answer)
@@ -1416,7 +1444,20 @@ static void reconcile(struct daemon *d)
 
 /* ---- local API ---- */
 
+static json_t *status_json_inner(struct daemon *d);
+
 static json_t *status_json(struct daemon *d)
+{
+    json_t *st = status_json_inner(d);
+    if (d->userspace && json_is_object(st)) {
+        json_t *u = hwc_userspace_status(d->userspace);
+        json_object_set_new(u, "PacketsUnrouted", json_integer((json_int_t)d->userspace_unrouted));
+        json_object_set_new(st, "Userspace", u);
+    }
+    return st;
+}
+
+static json_t *status_json_inner(struct daemon *d)
 {
     const char *health[4];
     size_t n = 0;
@@ -1660,11 +1701,25 @@ static int setup(struct daemon *d, char *err, size_t errlen)
     d->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (d->sigfd >= 0)
         hw_loop_add(d->loop, d->sigfd, HW_EV_READ, signal_event, d);
+    /* After the signal mask: the stack's and the proxies' threads inherit it, so SIGTERM
+     * still reaches the signalfd. */
+    if (d->opts->userspace) {
+        struct hwc_userspace_opts uo = {.socks5_addr = d->opts->socks5,
+                                        .http_proxy_addr = d->opts->http_proxy};
+        const char *t = getenv("HWCLIENT_PROXY_CONNECT_TIMEOUT_MS");
+        if (t && *t)
+            uo.connect_timeout_ms = atoi(t);
+        d->userspace = hwc_userspace_start(d->loop, &uo, userspace_output, d, err, errlen);
+        if (!d->userspace)
+            return -1;
+    }
     return 0;
 }
 
 static void teardown(struct daemon *d)
 {
+    hwc_userspace_stop(d->userspace);
+    d->userspace = NULL;
     if (d->n_waiters) {
         json_t *a = json_object();
         json_object_set_new(a, "error", json_string("the daemon stopped before the logout finished"));

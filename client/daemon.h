@@ -23,6 +23,11 @@ struct hwc_up_opts {
     bool derp_http;            /* plain HTTP to DERP relays (upstream's TS_DEBUG_USE_DERP_HTTP) */
     const char *tun;           /* TUN device for the data plane; NULL: none (control and DERP only) */
     bool accept_routes;        /* peers' subnet routes in AllowedIPs and the routing table */
+    /* --tun=userspace: no TUN device; a userspace TCP/IP stack with a SOCKS5 proxy (and an
+     * HTTP CONNECT proxy when http_proxy is set) into the tailnet. */
+    bool userspace;
+    const char *socks5;        /* NULL: 127.0.0.1:1055 */
+    const char *http_proxy;    /* NULL: none */
 };
 
 /* Runs until `hwclient down`, SIGINT/SIGTERM, or a refused login (exit status 1). */

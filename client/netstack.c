@@ -37,6 +37,7 @@ struct hwc_netstack {
     struct netif netif;
     int netif_added;
     int wake_fd;                        /* eventfd: the ring went non-empty */
+    struct hwc_netstack_addrs addrs;    /* as last applied (zeroed where unused) */
 
     pthread_mutex_t mu;                 /* guards the ring and the counters */
     struct out_pkt ring[HWC_NETSTACK_OUT_QUEUE];
@@ -144,29 +145,47 @@ static void on_wake(struct hw_loop *loop, int fd, int events, void *arg)
     n = write(ns->wake_fd, &one, sizeof one);
 }
 
-/* Core lock held. */
-static void apply_addrs(struct hwc_netstack *ns, const struct hwc_netstack_addrs *a)
+static struct hwc_netstack_addrs canonical(const struct hwc_netstack_addrs *a)
 {
-    ip4_addr_t v4, mask, gw;
-    IP4_ADDR(&mask, 255, 255, 255, 255);
-    ip4_addr_set_zero(&gw);
-    if (a->has_v4)
-        IP4_ADDR(&v4, a->v4[0], a->v4[1], a->v4[2], a->v4[3]);
-    else
-        ip4_addr_set_zero(&v4);
-    netif_set_addr(&ns->netif, &v4, &mask, &gw);
+    struct hwc_netstack_addrs c;
+    memset(&c, 0, sizeof c);
+    c.has_v4 = a->has_v4 != 0;
+    c.has_v6 = a->has_v6 != 0;
+    if (c.has_v4)
+        memcpy(c.v4, a->v4, 4);
+    if (c.has_v6)
+        memcpy(c.v6, a->v6, 16);
+    return c;
+}
 
-    for (int i = 0; i < LWIP_IPV6_NUM_ADDRESSES; i++)
-        netif_ip6_addr_set_state(&ns->netif, i, IP6_ADDR_INVALID);
-    if (a->has_v6) {
-        ip6_addr_t v6;
-        uint32_t w[4];
-        memcpy(w, a->v6, 16);
-        IP6_ADDR(&v6, w[0], w[1], w[2], w[3]);
-        ip6_addr_assign_zone(&v6, IP6_UNICAST, &ns->netif);
-        netif_ip6_addr_set(&ns->netif, 0, &v6);
-        /* The tailnet hands out unique addresses: no duplicate detection. */
-        netif_ip6_addr_set_state(&ns->netif, 0, IP6_ADDR_PREFERRED);
+/* Core lock held. Each family is touched only when it changed: lwIP aborts the connections
+ * of an address that is taken away, even for a moment. */
+static void apply_addrs(struct hwc_netstack *ns, const struct hwc_netstack_addrs *old,
+                        const struct hwc_netstack_addrs *a)
+{
+    if (!old || old->has_v4 != a->has_v4 || memcmp(old->v4, a->v4, 4) != 0) {
+        ip4_addr_t v4, mask, gw;
+        IP4_ADDR(&mask, 255, 255, 255, 255);
+        ip4_addr_set_zero(&gw);
+        if (a->has_v4)
+            IP4_ADDR(&v4, a->v4[0], a->v4[1], a->v4[2], a->v4[3]);
+        else
+            ip4_addr_set_zero(&v4);
+        netif_set_addr(&ns->netif, &v4, &mask, &gw);
+    }
+    if (!old || old->has_v6 != a->has_v6 || memcmp(old->v6, a->v6, 16) != 0) {
+        for (int i = 0; i < LWIP_IPV6_NUM_ADDRESSES; i++)
+            netif_ip6_addr_set_state(&ns->netif, i, IP6_ADDR_INVALID);
+        if (a->has_v6) {
+            ip6_addr_t v6;
+            uint32_t w[4];
+            memcpy(w, a->v6, 16);
+            IP6_ADDR(&v6, w[0], w[1], w[2], w[3]);
+            ip6_addr_assign_zone(&v6, IP6_UNICAST, &ns->netif);
+            netif_ip6_addr_set(&ns->netif, 0, &v6);
+            /* The tailnet hands out unique addresses: no duplicate detection. */
+            netif_ip6_addr_set_state(&ns->netif, 0, IP6_ADDR_PREFERRED);
+        }
     }
 }
 
@@ -211,7 +230,8 @@ struct hwc_netstack *hwc_netstack_new(struct hw_loop *loop, const struct hwc_net
 #if LWIP_IPV6_SEND_ROUTER_SOLICIT
         ns->netif.rs_count = 0;         /* no router to solicit on a tunnel */
 #endif
-        apply_addrs(ns, a);
+        ns->addrs = canonical(a);
+        apply_addrs(ns, NULL, &ns->addrs);
         netif_set_default(&ns->netif);
         netif_set_link_up(&ns->netif);
         netif_set_up(&ns->netif);
@@ -286,9 +306,13 @@ int hwc_netstack_input(struct hwc_netstack *ns, const uint8_t *pkt, size_t len)
 
 void hwc_netstack_set_addrs(struct hwc_netstack *ns, const struct hwc_netstack_addrs *a)
 {
+    struct hwc_netstack_addrs c = canonical(a);
+    if (memcmp(&c, &ns->addrs, sizeof c) == 0)
+        return;                         /* netmap updates mostly leave our addresses alone */
     LOCK_TCPIP_CORE();
-    apply_addrs(ns, a);
+    apply_addrs(ns, &ns->addrs, &c);
     UNLOCK_TCPIP_CORE();
+    ns->addrs = c;
 }
 
 void hwc_netstack_get_stats(struct hwc_netstack *ns, struct hwc_netstack_stats *st)
