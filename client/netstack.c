@@ -340,7 +340,7 @@ static int connect_errno(int e)
 }
 
 int hwc_netstack_dial(struct hwc_netstack *ns, const struct sockaddr *sa, socklen_t salen,
-                      int timeout_ms, int *err_out)
+                      int timeout_ms, const atomic_int *cancel, int *err_out)
 {
     (void)ns;
     int c = lwip_socket(sa->sa_family, SOCK_STREAM, 0);
@@ -355,8 +355,17 @@ int hwc_netstack_dial(struct hwc_netstack *ns, const struct sockaddr *sa, sockle
         e = connect_errno(errno);
     } else {
         struct pollfd pfd = {.fd = c, .events = POLLOUT};
-        int r = lwip_poll(&pfd, 1, timeout_ms);
-        if (r == 0) {
+        int r = 0, left = timeout_ms;
+        while (left > 0 && !(cancel && *cancel)) {
+            int slice = left < 200 ? left : 200;
+            r = lwip_poll(&pfd, 1, slice);
+            if (r != 0)
+                break;
+            left -= slice;
+        }
+        if (r == 0 && cancel && *cancel) {
+            e = ECANCELED;
+        } else if (r == 0) {
             e = ETIMEDOUT;
         } else if (r < 0) {
             e = connect_errno(errno);

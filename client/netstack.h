@@ -10,6 +10,7 @@
  * lwIP is one stack per process (its thread and its state are global), so there is at most
  * one netstack at a time; lwIP's thread stays after hwc_netstack_free() and is reused. */
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -58,9 +59,10 @@ void hwc_netstack_get_stats(struct hwc_netstack *ns, struct hwc_netstack_stats *
  * kernel fd: only these functions take it. */
 
 /* Connects to sa within timeout_ms. Returns the descriptor, or -1 with *err_out an errno:
- * ECONNREFUSED (reset), ETIMEDOUT (no answer), EHOSTUNREACH / ENETUNREACH, ENOMEM. */
+ * ECONNREFUSED (reset), ETIMEDOUT (no answer), EHOSTUNREACH / ENETUNREACH, ENOMEM, or
+ * ECANCELED once *cancel (may be NULL) becomes non-zero (checked every 200 ms). */
 int hwc_netstack_dial(struct hwc_netstack *ns, const struct sockaddr *sa, socklen_t salen,
-                      int timeout_ms, int *err_out);
+                      int timeout_ms, const atomic_int *cancel, int *err_out);
 /* As read()/write(); -1 with errno EAGAIN when timeout_ms (set per connection with
  * hwc_netstack_conn_timeouts, 0 = none) passed without progress. */
 ssize_t hwc_netstack_read(int c, void *buf, size_t len);

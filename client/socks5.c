@@ -323,11 +323,11 @@ static int dial_target(struct proxy_conn *c, struct sockaddr_storage *addrs, int
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         int e = 0;
-        c->tn = hwc_netstack_dial(p->cfg.ns, sa, len, budget, &e);
+        c->tn = hwc_netstack_dial(p->cfg.ns, sa, len, budget, &c->abort, &e);
         if (c->tn >= 0)
             return SOCKS5_REP_OK;
         rep = socks_reply_for_errno(e);
-        if (e == ECONNREFUSED)
+        if (e == ECONNREFUSED || e == ECANCELED)
             return rep;                 /* the host answered: other addresses won't differ */
         clock_gettime(CLOCK_MONOTONIC, &t1);
         budget -= (int)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);

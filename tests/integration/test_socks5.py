@@ -149,6 +149,27 @@ def http_connect_proxy():
 
 
 @case
+def shutdown_with_open_and_pending_connections():
+    # A relayed idle connection and a dial nobody answers (30 s timeout) must not hold up
+    # the proxy's shutdown: nstun exits 0, well before the dial would time out.
+    lab = Lab(extra=["--connect-timeout-ms", "30000"])
+    with lab:
+        idle, rep = lab.socks_connect(1, PEER4, ECHO_PORT)
+        eq(rep, 0, "reply code")
+        pending = socket.create_connection(("127.0.0.1", lab.socks), timeout=60)
+        pending.sendall(b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton(BLACKHOLE4) +
+                        b"\x1f\x91")
+        eq(recv_exact(pending, 2), b"\x05\x00", "method selection")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+    took = time.monotonic() - t0
+    check(took < 10 * hwtest.SLOW, "shutdown took %.1fs" % took)
+    eq(idle.recv(10), b"", "relayed connection closed by the shutdown")
+    idle.close()
+    pending.close()
+
+
+@case
 def socks5_parallel_20():
     with Lab() as lab:
         results = [None] * 20
