@@ -1164,9 +1164,11 @@ static size_t parse_prefixes(const struct tc_strv *v, struct hwc_prefix *out, si
 
 /* The WireGuard peers, the TUN addresses and routes from the netmap. Peers that stay
  * keep their sessions; the device is remade only for a new node key. */
+static void userspace_deliver(const uint8_t *pkt, size_t len, void *arg);
+
 static void sync_dataplane(struct daemon *d, bool usable)
 {
-    if (!d->tun)
+    if (!d->tun && !d->userspace)
         return;
     char err[400];
     if (!usable) {
@@ -1175,8 +1177,10 @@ static void sync_dataplane(struct daemon *d, bool usable)
             hwc_wgdev_free(d->wg);
             d->wg = NULL;
         }
-        hwc_tun_set_routes(d->tun, NULL, 0, err, sizeof err);
-        hwc_tun_set_addresses(d->tun, NULL, 0, err, sizeof err);
+        if (d->tun) {
+            hwc_tun_set_routes(d->tun, NULL, 0, err, sizeof err);
+            hwc_tun_set_addresses(d->tun, NULL, 0, err, sizeof err);
+        }
         return;
     }
     if (d->wg && memcmp(d->wg_key, d->node_priv, 32) != 0) {
@@ -1190,11 +1194,13 @@ static void sync_dataplane(struct daemon *d, bool usable)
             return;
         }
         memcpy(d->wg_key, d->node_priv, 32);
-        log_info("data plane: WireGuard on %s", hwc_tun_name(d->tun));
+        if (!d->tun)
+            hwc_wgdev_set_deliver(d->wg, userspace_deliver, d);
+        log_info("data plane: WireGuard on %s", d->tun ? hwc_tun_name(d->tun) : "the userspace netstack");
     }
     struct hwc_prefix self[16];
     size_t n_self = parse_prefixes(&d->nm.self.addresses, self, 16);
-    if (hwc_tun_set_addresses(d->tun, self, n_self, err, sizeof err) < 0)
+    if (d->tun && hwc_tun_set_addresses(d->tun, self, n_self, err, sizeof err) < 0)
         log_warn("data plane: %s", err);
 
     size_t n = d->nm.n_peers;
@@ -1232,7 +1238,7 @@ static void sync_dataplane(struct daemon *d, bool usable)
         cfg[i].name = p->name;
     }
     hwc_wgdev_set_peers(d->wg, cfg, n);
-    if (hwc_tun_set_routes(d->tun, routes, n_routes, err, sizeof err) < 0)
+    if (d->tun && hwc_tun_set_routes(d->tun, routes, n_routes, err, sizeof err) < 0)
         log_warn("data plane: %s", err);
     free(routes);
     free(pfx);
@@ -1276,15 +1282,22 @@ static void sync_magic(struct daemon *d)
 
 /* ---- --tun=userspace ---- */
 
-/* The seam to the WireGuard device: an IP packet the userspace stack sends. Until the data
- * plane is wired in, nothing carries it (counted; connections time out as unreachable). */
+/* An IP packet the userspace stack sends: to the WireGuard device, which picks the peer by
+ * AllowedIPs as it does for a TUN read. */
 static void userspace_output(const uint8_t *pkt, size_t len, void *arg)
 {
     struct daemon *d = arg;
-    (void)pkt;
-    (void)len;
-    if (d->userspace_unrouted++ == 0)
-        log_warn("userspace: no WireGuard data plane in this build; packets from the netstack are dropped");
+    if (d->wg && hwc_wgdev_send_ip(d->wg, pkt, len) == 0)
+        return;
+    d->userspace_unrouted++;    /* no data plane yet (not logged in), or no peer for it */
+}
+
+/* A packet WireGuard decrypted (its source checked against the peer's AllowedIPs). */
+static void userspace_deliver(const uint8_t *pkt, size_t len, void *arg)
+{
+    struct daemon *d = arg;
+    if (d->userspace)
+        hwc_userspace_input(d->userspace, pkt, len);
 }
 
 /* Addresses, names and AllowedIPs for the proxies, after every netmap or state change. */
@@ -1705,7 +1718,8 @@ static int setup(struct daemon *d, char *err, size_t errlen)
      * still reaches the signalfd. */
     if (d->opts->userspace) {
         struct hwc_userspace_opts uo = {.socks5_addr = d->opts->socks5,
-                                        .http_proxy_addr = d->opts->http_proxy};
+                                        .http_proxy_addr = d->opts->http_proxy,
+                                        .accept_routes = d->opts->accept_routes};
         const char *t = getenv("HWCLIENT_PROXY_CONNECT_TIMEOUT_MS");
         if (t && *t)
             uo.connect_timeout_ms = atoi(t);

@@ -31,6 +31,7 @@ struct prefix {
 struct hwc_userspace {
     struct hwc_netstack *ns;
     struct hwc_proxy *socks, *http;
+    int accept_routes;
     char socks_addr[80], http_addr[80];
 
     pthread_mutex_t mu;                 /* guards the table below */
@@ -145,15 +146,19 @@ void hwc_userspace_update(struct hwc_userspace *u, const struct tc_netmap *nm)
         add_node(&names, &n_names, &cap_names, &nm->self);
         size_t total = 0;
         for (size_t i = 0; i < nm->n_peers; i++)
-            total += nm->peers[i].allowed_ips.n;
+            total += nm->peers[i].allowed_ips.n + nm->peers[i].addresses.n;
         allowed = calloc(total ? total : 1, sizeof *allowed);
         if (!allowed)
             abort();
         for (size_t i = 0; i < nm->n_peers; i++) {
             const struct tc_node *peer = &nm->peers[i];
             add_node(&names, &n_names, &cap_names, peer);
-            for (size_t j = 0; j < peer->allowed_ips.n; j++)
-                if (parse_prefix(peer->allowed_ips.v[j], &allowed[n_allowed]) == 0)
+            /* The peer's own addresses always; the rest of AllowedIPs (subnet routes) only
+             * when accepted, as the WireGuard device does. */
+            const struct tc_strv *v = u->accept_routes && !peer->allowed_ips_null
+                                          ? &peer->allowed_ips : &peer->addresses;
+            for (size_t j = 0; j < v->n && n_allowed < total; j++)
+                if (parse_prefix(v->v[j], &allowed[n_allowed]) == 0)
                     n_allowed++;
         }
     }
@@ -209,6 +214,7 @@ struct hwc_userspace *hwc_userspace_start(struct hw_loop *loop, const struct hwc
         return NULL;
     }
     pthread_mutex_init(&u->mu, NULL);
+    u->accept_routes = o->accept_routes;
     struct hwc_netstack_addrs none = {0};
     u->ns = hwc_netstack_new(loop, &none, out, arg, err, errlen);
     if (!u->ns) {

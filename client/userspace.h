@@ -3,8 +3,9 @@
 
 /* `hwclient up --tun=userspace`: the netstack holding this node's tailnet addresses plus the
  * SOCKS5 (and optional HTTP CONNECT) proxy in front of it, kept in step with the netmap:
- * MagicDNS names (short and FQDN) resolve to the peers' addresses, and only addresses inside
- * some peer's AllowedIPs are dialed (others get "network unreachable").
+ * MagicDNS names (short and FQDN) resolve to the peers' addresses, and only a peer's
+ * address (or, with accept_routes, its subnet routes) is dialed; others get "network
+ * unreachable", as WireGuard would have no peer for them.
  *
  * The data-plane seam, the same shape as a TUN device: IP packets the stack sends come out
  * of the output callback (on the loop thread) for WireGuard to encrypt to the peer whose
@@ -26,6 +27,7 @@ struct hwc_userspace_opts {
     const char *socks5_addr;            /* NULL = HWC_PROXY_DEFAULT_SOCKS5 */
     const char *http_proxy_addr;        /* NULL = no HTTP CONNECT proxy */
     int connect_timeout_ms;             /* 0 = the proxy's default (15 s) */
+    int accept_routes;                  /* peers' subnet routes count as reachable */
 };
 
 /* Loop thread. Starts the stack (no addresses until the first netmap) and the proxies. */
