@@ -84,6 +84,9 @@ def userspace_daemon_resolves_and_routes_by_netmap():
         check(us is not None, "status has no Userspace section: %r" % st)
         eq(us["SOCKS5"], "127.0.0.1:%d" % sport, "SOCKS5 address in status")
         eq(us["HTTPProxy"], "127.0.0.1:%d" % hport, "HTTP proxy address in status")
+        _, text, _ = c1.cli("status")
+        contains(text, "SOCKS5 on 127.0.0.1:%d, HTTP CONNECT on 127.0.0.1:%d" % (sport, hport),
+                 "hwclient status")
 
         nm = c1.cli_netmap()
         peer = [p for p in nm["Peers"] if p["Name"].startswith("box2.")][0]
