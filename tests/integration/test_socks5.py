@@ -170,6 +170,38 @@ def shutdown_with_open_and_pending_connections():
 
 
 @case
+def connection_limit():
+    # At the limit a new connection is closed on accept; once one ends, there is room again.
+    with Lab(extra=["--max-conns", "3"]) as lab:
+        held = [lab.socks_connect(1, PEER4, ECHO_PORT) for _ in range(3)]
+        eq([rep for _, rep in held], [0, 0, 0], "replies within the limit")
+        extra = socket.create_connection(("127.0.0.1", lab.socks), timeout=10)
+        try:
+            eq(extra.recv(10), b"", "the connection over the limit is closed")
+        except ConnectionResetError:
+            pass
+        extra.close()
+        s, _ = held.pop()
+        s.close()
+        s, rep = hwtest_retry(lambda: lab.socks_connect(1, PEER4, ECHO_PORT))
+        eq(rep, 0, "a connection after one ended")
+        s.close()
+        for s, _ in held:
+            s.close()
+
+
+def hwtest_retry(fn, tries=50):
+    # the proxy notices the closed connection when its relay threads end (within ~1 s)
+    for i in range(tries):
+        try:
+            return fn()
+        except (AssertionError, OSError):
+            if i == tries - 1:
+                raise
+            time.sleep(0.1)
+
+
+@case
 def socks5_parallel_20():
     with Lab() as lab:
         results = [None] * 20

@@ -4,7 +4,8 @@
  * fd and hwc_netstack_input/output unchanged.
  *
  *   nstun --netns NS --tun NAME --addr4 A [--addr6 A6] [--socks5 ADDR] [--http ADDR]
- *         [--connect-timeout-ms N] [--name NAME=IP]... [--reachable PREFIX/LEN]...
+ *         [--connect-timeout-ms N] [--max-conns N] [--name NAME=IP]...
+ *         [--reachable PREFIX/LEN]...
  *
  * The TUN device is created inside NS (the caller configures its addresses). Prints
  * "ready socks5=PORT http=PORT" when listening, runs until stdin closes, then prints
@@ -159,7 +160,7 @@ static int parse_ip(const char *s, struct sockaddr_storage *ss)
 static void usage(const char *why)
 {
     fprintf(stderr, "nstun: %s\nusage: nstun --netns NS --tun NAME --addr4 A [--addr6 A6] "
-                    "[--socks5 ADDR] [--http ADDR] [--connect-timeout-ms N] [--name N=IP]... "
+                    "[--socks5 ADDR] [--http ADDR] [--connect-timeout-ms N] [--max-conns N] [--name N=IP]... "
                     "[--reachable PREFIX/LEN]...\n", why);
     exit(2);
 }
@@ -192,6 +193,8 @@ int main(int argc, char **argv)
             http = v;
         else if (!strcmp(a, "--connect-timeout-ms"))
             cfg.connect_timeout_ms = atoi(v);
+        else if (!strcmp(a, "--max-conns"))
+            cfg.max_conns = atoi(v);
         else if (!strcmp(a, "--name")) {
             const char *eq = strchr(v, '=');
             if (!eq || n_names == MAX_NAMES || (size_t)(eq - v) >= sizeof names[0].name)
