@@ -1,6 +1,6 @@
 # Headwater: one tree, four programs. `make run` and `make test` are the two entry points.
 CC      ?= cc
-PKGS    := libmicrohttpd libnghttp2 libsodium openssl jansson yaml-0.1 sqlite3 libzstd libcurl
+PKGS    := lwip libmicrohttpd libnghttp2 libsodium openssl jansson yaml-0.1 sqlite3 libzstd libcurl
 BUILD   ?= build
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -8,7 +8,7 @@ DESTDIR ?=
 # Debian packages `make deps` installs when a pkg-config module (or tool) is missing.
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libnghttp2-dev libsodium-dev \
             libssl-dev libjansson-dev libyaml-dev libsqlite3-dev libzstd-dev sqlite3 \
-            libcurl4-openssl-dev libhttp-parser-dev python3 iproute2 \
+            libcurl4-openssl-dev libhttp-parser-dev liblwip-dev python3 iproute2 \
             iptables wireguard-go wireguard-tools iperf3 openssl iputils-ping
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wformat=2 -Wvla

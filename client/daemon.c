@@ -31,6 +31,7 @@
 #include "proto/keys.h"
 #include "proto/mapframe.h"
 #include "proto/netmap.h"
+#include "client/userspace.h"
 #include "proto/tailcfg.h"
 
 /* Upstream's map watchdog: no message at all (keep-alives count) for this long means the
@@ -133,6 +134,9 @@ struct daemon {
     struct hwc_req *lite;
     int lite_status;
     struct hwc_dbg_rx *dbg_rx;
+    /* --tun=userspace: the netstack and its proxies (NULL otherwise) */
+    struct hwc_userspace *userspace;
+    uint64_t userspace_unrouted;  /* packets the stack sent with no data plane to carry them */
     struct debug_send *sends[MAX_DEBUG_SENDS];
     int *peer_homes;
     /* our endpoints as magicsock last reported them (MapRequest.Endpoints/EndpointTypes) */
@@ -165,6 +169,7 @@ struct ping_waiter {
 
 static void reconcile(struct daemon *d);
 static void sync_magic(struct daemon *d);
+static void sync_userspace(struct daemon *d);
 
 /* ---- small helpers ---- */
 
@@ -244,6 +249,7 @@ static void update_state(struct daemon *d)
             d->expiry = hw_timer_start(d->loop, left * 1000 + 10, expiry_cb, d);
     }
     sync_magic(d);
+    sync_userspace(d);
 }
 
 static void expiry_cb(struct hw_loop *loop, struct hw_timer *t, void *arg)
@@ -1234,9 +1240,11 @@ static int setup_router(struct daemon *d, char *err, size_t errlen)
 
 /* The WireGuard peers, the TUN addresses and routes from the netmap. Peers that stay
  * keep their sessions; the device is remade only for a new node key. */
+static void userspace_deliver(const uint8_t *pkt, size_t len, void *arg);
+
 static void sync_dataplane(struct daemon *d, bool usable)
 {
-    if (!d->tun)
+    if (!d->tun && !d->userspace)
         return;
     char err[400];
     if (!usable) {
@@ -1245,8 +1253,10 @@ static void sync_dataplane(struct daemon *d, bool usable)
             hwc_wgdev_free(d->wg);
             d->wg = NULL;
         }
-        hwc_tun_set_routes(d->tun, NULL, 0, err, sizeof err);
-        hwc_tun_set_addresses(d->tun, NULL, 0, err, sizeof err);
+        if (d->tun) {
+            hwc_tun_set_routes(d->tun, NULL, 0, err, sizeof err);
+            hwc_tun_set_addresses(d->tun, NULL, 0, err, sizeof err);
+        }
         sync_exit_routes(d, false);
         d->exit_active = false;
         return;
@@ -1262,11 +1272,13 @@ static void sync_dataplane(struct daemon *d, bool usable)
             return;
         }
         memcpy(d->wg_key, d->node_priv, 32);
-        log_info("data plane: WireGuard on %s", hwc_tun_name(d->tun));
+        if (!d->tun)
+            hwc_wgdev_set_deliver(d->wg, userspace_deliver, d);
+        log_info("data plane: WireGuard on %s", d->tun ? hwc_tun_name(d->tun) : "the userspace netstack");
     }
     struct hwc_prefix self[16];
     size_t n_self = parse_prefixes(&d->nm.self.addresses, self, 16);
-    if (hwc_tun_set_addresses(d->tun, self, n_self, err, sizeof err) < 0)
+    if (d->tun && hwc_tun_set_addresses(d->tun, self, n_self, err, sizeof err) < 0)
         log_warn("data plane: %s", err);
 
     size_t n = d->nm.n_peers;
@@ -1310,7 +1322,7 @@ static void sync_dataplane(struct daemon *d, bool usable)
         cfg[i].name = p->name;
     }
     hwc_wgdev_set_peers(d->wg, cfg, n);
-    if (hwc_tun_set_routes(d->tun, routes, n_routes, err, sizeof err) < 0)
+    if (d->tun && hwc_tun_set_routes(d->tun, routes, n_routes, err, sizeof err) < 0)
         log_warn("data plane: %s", err);
     sync_exit_routes(d, true);
     /* the first two are the tailnet ranges, which magicsock leaves out on its own */
@@ -1353,6 +1365,35 @@ static void sync_magic(struct daemon *d)
     hwc_magic_set_peers(d->magic, mp, n);
     free(mp);
     sync_dataplane(d, usable && d->have_nm);
+}
+
+/* ---- --tun=userspace ---- */
+
+/* An IP packet the userspace stack sends: to the WireGuard device, which picks the peer by
+ * AllowedIPs as it does for a TUN read. */
+static void userspace_output(const uint8_t *pkt, size_t len, void *arg)
+{
+    struct daemon *d = arg;
+    if (d->wg && hwc_wgdev_send_ip(d->wg, pkt, len) == 0)
+        return;
+    d->userspace_unrouted++;    /* no data plane yet (not logged in), or no peer for it */
+}
+
+/* A packet WireGuard decrypted (its source checked against the peer's AllowedIPs). */
+static void userspace_deliver(const uint8_t *pkt, size_t len, void *arg)
+{
+    struct daemon *d = arg;
+    if (d->userspace)
+        hwc_userspace_input(d->userspace, pkt, len);
+}
+
+/* Addresses, names and AllowedIPs for the proxies, after every netmap or state change. */
+static void sync_userspace(struct daemon *d)
+{
+    if (!d->userspace)
+        return;
+    bool usable = d->have_nm && d->nm.has_self && !d->logged_out;
+    hwc_userspace_update(d->userspace, usable ? &d->nm : NULL);
 }
 
 /* ---- logout ---- */
@@ -1503,7 +1544,20 @@ static void reconcile(struct daemon *d)
 
 /* ---- local API ---- */
 
+static json_t *status_json_inner(struct daemon *d);
+
 static json_t *status_json(struct daemon *d)
+{
+    json_t *st = status_json_inner(d);
+    if (d->userspace && json_is_object(st)) {
+        json_t *u = hwc_userspace_status(d->userspace);
+        json_object_set_new(u, "PacketsUnrouted", json_integer((json_int_t)d->userspace_unrouted));
+        json_object_set_new(st, "Userspace", u);
+    }
+    return st;
+}
+
+static json_t *status_json_inner(struct daemon *d)
 {
     const char *health[4];
     size_t n = 0;
@@ -1762,11 +1816,26 @@ static int setup(struct daemon *d, char *err, size_t errlen)
     d->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (d->sigfd >= 0)
         hw_loop_add(d->loop, d->sigfd, HW_EV_READ, signal_event, d);
+    /* After the signal mask: the stack's and the proxies' threads inherit it, so SIGTERM
+     * still reaches the signalfd. */
+    if (d->opts->userspace) {
+        struct hwc_userspace_opts uo = {.socks5_addr = d->opts->socks5,
+                                        .http_proxy_addr = d->opts->http_proxy,
+                                        .accept_routes = d->opts->accept_routes};
+        const char *t = getenv("HWCLIENT_PROXY_CONNECT_TIMEOUT_MS");
+        if (t && *t)
+            uo.connect_timeout_ms = atoi(t);
+        d->userspace = hwc_userspace_start(d->loop, &uo, userspace_output, d, err, errlen);
+        if (!d->userspace)
+            return -1;
+    }
     return 0;
 }
 
 static void teardown(struct daemon *d)
 {
+    hwc_userspace_stop(d->userspace);
+    d->userspace = NULL;
     if (d->n_waiters) {
         json_t *a = json_object();
         json_object_set_new(a, "error", json_string("the daemon stopped before the logout finished"));

@@ -26,6 +26,11 @@ struct hwc_up_opts {
     bool snat_subnet_routes;   /* masquerade what is forwarded from the tailnet (default true) */
     const char *exit_node;     /* --exit-node: a peer's name or tailnet IP; NULL: none */
     bool exit_node_allow_lan;  /* --exit-node-allow-lan-access */
+    /* --tun=userspace: no TUN device; a userspace TCP/IP stack with a SOCKS5 proxy (and an
+     * HTTP CONNECT proxy when http_proxy is set) into the tailnet. */
+    bool userspace;
+    const char *socks5;        /* NULL: 127.0.0.1:1055 */
+    const char *http_proxy;    /* NULL: none */
 };
 
 /* Runs until `hwclient down`, SIGINT/SIGTERM, or a refused login (exit status 1). */

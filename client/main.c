@@ -43,6 +43,7 @@ static const char usage[] =
     "              [--port N] [--debug-derp-http] [--tun NAME] [--accept-routes]\n"
     "              [--advertise-exit-node] [--snat-subnet-routes=false]\n"
     "              [--exit-node PEER] [--exit-node-allow-lan-access]\n"
+    "              [--tun=userspace [--socks5 ADDR] [--http-proxy ADDR]]\n"
     "        log in and stay in the foreground, keeping the network map current and\n"
     "        a connection to the home DERP relay (without --authkey: prints a URL for\n"
     "        the admin to complete). --port: UDP port (default 41641, or any free one)\n"
@@ -52,6 +53,9 @@ static const char usage[] =
     "        With --tun, advertising routes or an exit node turns on IP forwarding and\n"
     "        masquerade (undone on exit); --exit-node PEER (name or IP) sends the host's\n"
     "        default route through PEER (own sockets bypass it; see docs/dataplane.md)\n"
+    "        --tun=userspace: no TUN device (no root needed); a SOCKS5 proxy on ADDR\n"
+    "        (default 127.0.0.1:1055) and, with --http-proxy, an HTTP CONNECT proxy\n"
+    "        open TCP connections into the tailnet (MagicDNS short names and FQDNs)\n"
     "  hwclient netcheck [--statedir DIR] [--format json] [--derp-map FILE]\n"
     "        UDP reachability, public address and latency to each DERP region, measured\n"
     "        by the daemon (or, with --derp-map FILE holding a DERPMap JSON, by this\n"
@@ -242,12 +246,19 @@ static int cmd_up(int argc, char **argv)
             o.port_set = true;
         } else if ((v = flag_value("up", argc, argv, &i, "tun"))) {
             if (strcmp(v, "userspace") == 0 || strcmp(v, "userspace-networking") == 0) {
-                fprintf(stderr, "hwclient up: --tun=userspace (SOCKS5 without a TUN device) is not supported yet; "
-                                "use --tun NAME (e.g. hw0) as root\n");
-                exit(1);
+                o.userspace = true;
+                o.tun = NULL;
+            } else {
+                o.userspace = false;
+                o.tun = strcmp(v, "none") == 0 ? NULL : v;
             }
-            o.tun = strcmp(v, "none") == 0 ? NULL : v;
-        } else if (flag_bool(argv[i], "accept-routes"))
+        } else if ((v = flag_value("up", argc, argv, &i, "socks5")) ||
+                   (v = flag_value("up", argc, argv, &i, "socks5-server")))
+            o.socks5 = v;
+        else if ((v = flag_value("up", argc, argv, &i, "http-proxy")) ||
+                 (v = flag_value("up", argc, argv, &i, "outbound-http-proxy-listen")))
+            o.http_proxy = v;
+        else if (flag_bool(argv[i], "accept-routes"))
             o.accept_routes = true;
         else if (flag_bool(argv[i], "advertise-exit-node"))
             advertise_exit = true;
@@ -275,6 +286,8 @@ static int cmd_up(int argc, char **argv)
         } else
             die_usage("up", "unknown argument %s", argv[i]);
     }
+    if ((o.socks5 || o.http_proxy) && !o.userspace)
+        die_usage("up", "%s", "--socks5 and --http-proxy need --tun=userspace");
     if (!o.login_server)
         die_usage("up", "%s", "--login-server URL is required (the headwater server, e.g. http://127.0.0.1:8080)");
     if (o.hostname && (!*o.hostname || strlen(o.hostname) > 255))

@@ -322,6 +322,13 @@ int hwc_status_print(FILE *out, const json_t *status, int64_t now)
     free(rows);
     if (n == 0)
         fprintf(out, "%s: no network map yet.\n", state);
+    const json_t *us = json_object_get(status, "Userspace");
+    if (json_is_object(us)) {
+        const char *http = json_string_value(json_object_get(us, "HTTPProxy"));
+        fprintf(out, "\n# Userspace networking (no TUN device): SOCKS5 on %s%s%s\n",
+                json_string_value(json_object_get(us, "SOCKS5")) ? json_string_value(json_object_get(us, "SOCKS5")) : "?",
+                http ? ", HTTP CONNECT on " : "", http ? http : "");
+    }
     if (json_array_size(health) > 0) {
         fprintf(out, "\n# Health check:\n");
         size_t i;

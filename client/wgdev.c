@@ -44,6 +44,8 @@ struct hwc_wgdev {
     uint16_t udp_port;
     hwc_wgdev_send_fn send;
     void *arg;
+    hwc_wgdev_deliver_fn deliver;   /* no TUN: where decrypted packets go */
+    void *deliver_arg;
     struct wpeer *peers;
     struct hw_timer *timer;
     int64_t timer_at;
@@ -235,7 +237,9 @@ static void wg_deliver_cb(void *arg, struct wg_peer *wp, uint8_t *pkt, size_t le
                      p->name ? p->name : "peer", s);
         return;
     }
-    if (w->tun_fd >= 0 && write(w->tun_fd, pkt, ip_len) < 0 && errno != EAGAIN)
+    if (w->deliver)
+        w->deliver(pkt, ip_len, w->deliver_arg);
+    else if (w->tun_fd >= 0 && write(w->tun_fd, pkt, ip_len) < 0 && errno != EAGAIN)
         log_debug("wireguard: TUN write: %s", strerror(errno));
 }
 
@@ -266,6 +270,29 @@ static void tun_event(struct hw_loop *loop, int fd, int events, void *arg)
     if (w->n_out)
         flush_out(w);
     service(w);
+}
+
+void hwc_wgdev_set_deliver(struct hwc_wgdev *w, hwc_wgdev_deliver_fn deliver, void *arg)
+{
+    w->deliver = deliver;
+    w->deliver_arg = arg;
+}
+
+int hwc_wgdev_send_ip(struct hwc_wgdev *w, const uint8_t *pkt, size_t len)
+{
+    int family;
+    const uint8_t *src, *dst;
+    size_t ip_len;
+    if (!ip_parse(pkt, len, &family, &src, &dst, &ip_len))
+        return -1;
+    struct wpeer *p = route_lookup(w, family, dst);
+    if (!p) {
+        w->drops_no_peer++;
+        return -1;
+    }
+    wg_peer_send(p->wg, now_ms(w), pkt, ip_len);
+    service(w);
+    return 0;
 }
 
 void hwc_wgdev_input(struct hwc_wgdev *w, const uint8_t *pkt, size_t len, const struct sockaddr *src,

@@ -50,6 +50,15 @@ uint16_t hwc_wgdev_udp_port(const struct hwc_wgdev *w);
  * their sessions and get the new AllowedIPs (and endpoint when given). */
 void hwc_wgdev_set_peers(struct hwc_wgdev *w, const struct hwc_wgdev_peer_cfg *peers, size_t n);
 
+/* Without a TUN device (tun NULL in hwc_wgdev_new; `--tun=userspace`): decrypted packets
+ * whose source is in the peer's AllowedIPs go to deliver instead of a TUN write, and the
+ * local stack's packets come in through hwc_wgdev_send_ip (routed by AllowedIPs, as a TUN
+ * read is). Both on the loop thread. */
+typedef void (*hwc_wgdev_deliver_fn)(const uint8_t *pkt, size_t len, void *arg);
+void hwc_wgdev_set_deliver(struct hwc_wgdev *w, hwc_wgdev_deliver_fn deliver, void *arg);
+/* -1 when it is not an IP packet or no peer's AllowedIPs hold its destination (counted). */
+int hwc_wgdev_send_ip(struct hwc_wgdev *w, const uint8_t *pkt, size_t len);
+
 /* A WireGuard datagram from the transport (src may be NULL). */
 void hwc_wgdev_input(struct hwc_wgdev *w, const uint8_t *pkt, size_t len, const struct sockaddr *src,
                      socklen_t src_len);
