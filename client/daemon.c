@@ -1791,8 +1791,12 @@ static int setup(struct daemon *d, char *err, size_t errlen)
         log_info("derp: plain HTTP to relays (TS_DEBUG_USE_DERP_HTTP / --debug-derp-http): for tests only");
     if (d->opts->tun) {
         d->tun = hwc_tun_open(d->opts->tun, HWC_TUN_MTU, err, errlen);
-        if (!d->tun)
+        if (!d->tun) {
+            size_t used = strlen(err);
+            snprintf(err + used, errlen - used, " (a TUN device needs root; without one: --tun=userspace "
+                     "for a SOCKS5 proxy, or --tun none for control and DERP only)");
             return -1;
+        }
         log_info("data plane: TUN device %s (MTU %d)", hwc_tun_name(d->tun), HWC_TUN_MTU);
         if (setup_router(d, err, errlen) < 0)
             return -1;

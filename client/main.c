@@ -47,9 +47,9 @@ static const char usage[] =
     "        log in and stay in the foreground, keeping the network map current and\n"
     "        a connection to the home DERP relay (without --authkey: prints a URL for\n"
     "        the admin to complete). --port: UDP port (default 41641, or any free one)\n"
-    "        --tun NAME: carry packets: a TUN device NAME (hw0 is the usual name) with\n"
-    "        the node's addresses, WireGuard to every peer (needs root); without it only\n"
-    "        the control and DERP halves run. --accept-routes: use peers' subnet routes\n"
+    "        --tun NAME: the TUN device carrying the node's packets (default hw0; needs\n"
+    "        root): the node's addresses, WireGuard to every peer; --tun none runs only\n"
+    "        the control and DERP halves. --accept-routes: use peers' subnet routes\n"
     "        With --tun, advertising routes or an exit node turns on IP forwarding and\n"
     "        masquerade (undone on exit); --exit-node PEER (name or IP) sends the host's\n"
     "        default route through PEER (own sockets bypass it; see docs/dataplane.md)\n"
@@ -180,7 +180,8 @@ static char *read_authkey_file(const char *path)
 
 static int cmd_up(int argc, char **argv)
 {
-    struct hwc_up_opts o = {.snat_subnet_routes = true};
+    /* As tailscaled makes tailscale0, a node gets its TUN device unless told otherwise. */
+    struct hwc_up_opts o = {.snat_subnet_routes = true, .tun = HWC_TUN_DEFAULT_NAME};
     bool advertise_exit = false;
     char **routes = NULL, **tags = NULL;
     size_t n_routes = 0, n_tags = 0;
@@ -308,8 +309,8 @@ static int cmd_up(int argc, char **argv)
         }
     }
     if (o.exit_node && !o.tun)
-        die_usage("up", "--exit-node %s needs --tun NAME (the host's default route goes through the device)",
-                  o.exit_node);
+        die_usage("up", "--exit-node %s needs a TUN device (the host's default route goes through it), "
+                  "not --tun=%s", o.exit_node, o.userspace ? "userspace" : "none");
     o.routes = (const char *const *)routes;
     o.n_routes = n_routes;
     o.tags = (const char *const *)tags;

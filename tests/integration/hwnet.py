@@ -120,6 +120,8 @@ class Client:
             a += ["--hostname", self.hostname]
         if self.key:
             a += ["--authkey", self.key]
+        if not any(x == "--tun" or str(x).startswith("--tun=") for x in self.extra):
+            a += ["--tun", "none"]  # the default hw0 would touch the host's network
         return a + self.extra
 
     def start(self):

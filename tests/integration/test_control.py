@@ -164,7 +164,7 @@ def state_dir_files_and_second_daemon_refused():
         with open(os.path.join(c.dir, "node.key")) as f:
             check(f.read().startswith("privkey:"), "node.key holds a private key")
         rc, _, err = run_hwclient("up", "--login-server", c.login_server, "--statedir", c.dir,
-                                  ok=False)
+                                  "--tun", "none", ok=False)
         eq(rc, 1, "exit status of a second daemon")
         contains(err, "a daemon is already running in %s (pid %d)" % (c.dir, c.proc.pid))
         c.wait_running()  # the first one is untouched
@@ -622,7 +622,7 @@ def expired_key_is_refused():
         check(line[0].startswith("hwclient: login failed: "), "error line %r" % line[0])
         contains(line[0], "expired")
         rc, _, _ = run_hwclient("up", "--login-server", c.login_server, "--statedir", c.dir,
-                                "--authkey", "hwkey-auth-000000000000-0000", ok=False)
+                                "--authkey", "hwkey-auth-000000000000-0000", "--tun", "none", ok=False)
         eq(rc, 1, "exit status with an unknown key")
         eq(net.nodes(), {}, "no node")
 

@@ -79,9 +79,10 @@ def client(net, nn, name, ns, port, key, tun, extra):
 
 @case
 def flag_errors():
-    rc, _, err = run_hwclient("up", "--login-server", "http://127.0.0.1:1", "--exit-node", "b", ok=False)
-    eq(rc, 2, "exit status of --exit-node without --tun")
-    check("--exit-node b needs --tun NAME" in err, err)
+    rc, _, err = run_hwclient("up", "--login-server", "http://127.0.0.1:1", "--exit-node", "b",
+                              "--tun", "none", ok=False)
+    eq(rc, 2, "exit status of --exit-node without a TUN device")
+    check("--exit-node b needs a TUN device" in err and "not --tun=none" in err, err)
     rc, _, err = run_hwclient("up", "--login-server", "http://127.0.0.1:1", "--snat-subnet-routes=maybe", ok=False)
     eq(rc, 2, "exit status of a bad --snat-subnet-routes")
     check("--snat-subnet-routes=maybe: expected true or false" in err, err)
