@@ -714,7 +714,11 @@ static const struct hwc_req_handler map_handler = {
     .on_close = map_close,
 };
 
-static void send_map(struct daemon *d)
+/* The body of a map request with what this node tells the server (node and disco keys,
+ * Hostinfo with the current NetInfo, endpoints): the streaming one, or a lite update
+ * (Stream false, OmitPeers true). Either carries the NetInfo, so no lite update is
+ * owed for it afterwards. */
+static char *map_request_body(struct daemon *d, bool stream, size_t *len)
 {
     uint8_t pub[32];
     hw_key_public(d->node_priv, pub);
@@ -724,20 +728,26 @@ static void send_map(struct daemon *d)
         .keep_alive = true,
         .node_key = pub,
         .disco_key = d->disco_pub,
-        .stream = true,
+        .stream = stream,
+        .omit_peers = !stream,
         .hostinfo = d->hostinfo,
         .endpoints = (const char *const *)d->endpoints,
         .endpoint_types = d->endpoint_types,
         .n_endpoints = d->n_endpoints,
     };
-    /* The stream request carries the current NetInfo: no lite update needed for it. */
     json_decref(d->sent_netinfo);
     d->sent_netinfo = json_incref(json_object_get(d->hostinfo, "NetInfo"));
     d->lite_wanted = false;
     json_t *j = tc_map_request_to_json(&b);
-    size_t len;
-    char *body = tc_json_dump(j, &len);
+    char *body = tc_json_dump(j, len);
     json_decref(j);
+    return body;
+}
+
+static void send_map(struct daemon *d)
+{
+    size_t len;
+    char *body = map_request_body(d, true, &len);
     if (d->dec)
         tc_mapdec_free(d->dec);
     d->dec = tc_mapdec_new(true, 0);
@@ -795,27 +805,8 @@ static const struct hwc_req_handler lite_handler = {
  * and answers 200, as upstream sends it when NetInfo changes. */
 static void send_lite(struct daemon *d)
 {
-    uint8_t pub[32];
-    hw_key_public(d->node_priv, pub);
-    struct tc_map_request_build b = {
-        .version = TC_CAPVER,
-        .compress_zstd = true,
-        .node_key = pub,
-        .disco_key = d->disco_pub,
-        .keep_alive = true,
-        .omit_peers = true,
-        .hostinfo = d->hostinfo,
-        .endpoints = (const char *const *)d->endpoints,
-        .endpoint_types = d->endpoint_types,
-        .n_endpoints = d->n_endpoints,
-    };
-    json_t *j = tc_map_request_to_json(&b);
     size_t len;
-    char *body = tc_json_dump(j, &len);
-    json_decref(j);
-    json_decref(d->sent_netinfo);
-    d->sent_netinfo = json_incref(json_object_get(d->hostinfo, "NetInfo"));
-    d->lite_wanted = false;
+    char *body = map_request_body(d, false, &len);
     d->lite_status = 0;
     d->lite = hwc_conn_post(d->conn, "/machine/map", body, len, &lite_handler, d);
     free(body);

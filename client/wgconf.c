@@ -231,34 +231,17 @@ out:
 
 int hwc_wgconf_load(const char *path, struct hwc_wgconf *out, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) {
+    size_t len = 0;
+    char *text = hw_read_file(path, &len);
+    if (!text) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
-    char *text = NULL;
-    size_t cap = 0, len = 0;
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (len + n + 1 > cap) {
-            cap = (len + n + 1) * 2;
-            text = realloc(text, cap);
-        }
-        memcpy(text + len, chunk, n);
-        len += n;
-        if (len > (1 << 20)) {
-            fclose(f);
-            free(text);
-            snprintf(err, errlen, "%s: larger than 1 MiB", path);
-            return -1;
-        }
+    if (len > (1 << 20)) {
+        free(text);
+        snprintf(err, errlen, "%s: larger than 1 MiB: not a WireGuard configuration", path);
+        return -1;
     }
-    fclose(f);
-    if (!text)
-        text = hw_strdup("");
-    else
-        text[len] = 0;
     int rc = hwc_wgconf_parse(text, path, out, err, errlen);
     sodium_memzero(text, len);
     free(text);

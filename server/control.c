@@ -486,6 +486,26 @@ static struct hw_sbuf *map_open_frame(struct hw_control *c, const struct tc_map_
     return f;
 }
 
+/* Ends a full map built as frames (parts[0] opens it; room for one more is left):
+ * appends the shared closing frame, writes the total length into the first frame's
+ * header, and queues every frame on the stream. Consumes parts. */
+static void push_full_map_parts(struct hw_control *c, struct tn_stream *ms, struct hw_sbuf **parts,
+                                size_t n_parts)
+{
+    if (!c->close_frame)
+        c->close_frame = zframe(c, "]}", 2, 0);
+    parts[n_parts++] = hw_sbuf_ref(c->close_frame);
+    size_t total = 0;
+    for (size_t i = 0; i < n_parts; i++)
+        total += parts[i]->len;
+    tc_mapframe_put_length(parts[0]->data, total - 4);
+    for (size_t i = 0; i < n_parts; i++) {
+        push_to_stream(ms, parts[i]);
+        hw_sbuf_unref(parts[i]);
+    }
+    free(parts);
+}
+
 /* Sends the first map of a stream. With zstd (every current client) the message is
  * one frame for the small members, then one frame per block of peers -- reused from the
  * namespace's cache for every block that does not hold the recipient -- and a closing
@@ -547,18 +567,7 @@ static void push_full_map(struct hw_control *c, struct tn_stream *ms)
         first = false;
         p = next;
     }
-    if (!c->close_frame)
-        c->close_frame = zframe(c, "]}", 2, 0);
-    parts[n_parts++] = hw_sbuf_ref(c->close_frame);
-    size_t total = 0;
-    for (size_t i = 0; i < n_parts; i++)
-        total += parts[i]->len;
-    tc_mapframe_put_length(parts[0]->data, total - 4);
-    for (size_t i = 0; i < n_parts; i++) {
-        push_to_stream(ms, parts[i]);
-        hw_sbuf_unref(parts[i]);
-    }
-    free(parts);
+    push_full_map_parts(c, ms, parts, n_parts);
 }
 
 /* ---- deltas ---- */
@@ -1357,18 +1366,7 @@ static void push_full_map_policy(struct hw_control *c, struct tn_stream *ms)
         i = j;
     }
     free(peers);
-    if (!c->close_frame)
-        c->close_frame = zframe(c, "]}", 2, 0);
-    parts[n_parts++] = hw_sbuf_ref(c->close_frame);
-    size_t total = 0;
-    for (size_t i = 0; i < n_parts; i++)
-        total += parts[i]->len;
-    tc_mapframe_put_length(parts[0]->data, total - 4);
-    for (size_t i = 0; i < n_parts; i++) {
-        push_to_stream(ms, parts[i]);
-        hw_sbuf_unref(parts[i]);
-    }
-    free(parts);
+    push_full_map_parts(c, ms, parts, n_parts);
 }
 
 static struct hw_policy_node *policy_nodes_of(struct hw_control *c, size_t *n_out)
