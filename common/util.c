@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -275,6 +276,21 @@ void *hw_calloc(size_t n, size_t size)
     if (!p)
         out_of_memory();
     return p;
+}
+
+void hw_grow_to_index(void **arr, size_t *cap, size_t index, size_t elem, size_t first)
+{
+    if (index < *cap)
+        return;
+    size_t n = *cap ? *cap : first;
+    while (n <= index)
+        n *= 2;
+    uint8_t *grown = realloc(*arr, n * elem);
+    if (!grown)
+        out_of_memory();
+    memset(grown + *cap * elem, 0, (n - *cap) * elem);
+    *arr = grown;
+    *cap = n;
 }
 
 char *hw_strdup(const char *s)

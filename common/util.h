@@ -42,5 +42,8 @@ char *hw_strdup(const char *s);
 void *hw_malloc(size_t n);
 void *hw_calloc(size_t n, size_t size);
 char *hw_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Grows *arr (of *cap elements of elem bytes, new ones zeroed) by doubling from first
+ * until index is inside; aborts on out-of-memory. For tables indexed by id or fd. */
+void hw_grow_to_index(void **arr, size_t *cap, size_t index, size_t elem, size_t first);
 
 #endif

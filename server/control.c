@@ -851,17 +851,7 @@ static struct pol_pending *pend_of(struct hw_control *c, int64_t id)
 {
     if (id <= 0)
         return NULL;
-    if ((size_t)id >= c->pend_cap) {
-        size_t cap = c->pend_cap ? c->pend_cap : 256;
-        while (cap <= (size_t)id)
-            cap *= 2;
-        struct pol_pending *grown = realloc(c->pend, cap * sizeof *grown);
-        if (!grown)
-            abort();
-        memset(grown + c->pend_cap, 0, (cap - c->pend_cap) * sizeof *grown);
-        c->pend = grown;
-        c->pend_cap = cap;
-    }
+    hw_grow_to_index((void **)&c->pend, &c->pend_cap, (size_t)id, sizeof *c->pend, 256);
     struct pol_pending *p = &c->pend[id];
     if (!p->touched) {
         p->touched = true;
@@ -1199,17 +1189,7 @@ static void flush_policy(struct hw_control *c, struct hw_policy_net *net)
 /* The shared frame of block b (ids b*TN_CHUNK ...), current for the nodes as they are. */
 static struct hw_sbuf *policy_chunk(struct hw_control *c, size_t b, int variant)
 {
-    if (b >= c->n_pchunks) {
-        size_t n = c->n_pchunks ? c->n_pchunks : 64;
-        while (n <= b)
-            n *= 2;
-        struct pol_chunk *grown = realloc(c->pchunks, n * sizeof *grown);
-        if (!grown)
-            abort();
-        memset(grown + c->n_pchunks, 0, (n - c->n_pchunks) * sizeof *grown);
-        c->pchunks = grown;
-        c->n_pchunks = n;
-    }
+    hw_grow_to_index((void **)&c->pchunks, &c->n_pchunks, b, sizeof *c->pchunks, 64);
     struct pol_chunk *ch = &c->pchunks[b];
     bool current = true;
     struct hw_sbuf *now[TN_CHUNK];

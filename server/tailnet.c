@@ -93,19 +93,7 @@ static struct tn_namespace *namespace_get_or_add(struct hw_tailnet *tn, int64_t 
 struct tn_chunk *hw_tailnet_chunk(struct tn_namespace *ns, int64_t id)
 {
     size_t k = (size_t)id / TN_CHUNK;
-    if (k >= ns->n_chunks) {
-        size_t n = ns->n_chunks ? ns->n_chunks : 8;
-        while (n <= k)
-            n *= 2;
-        struct tn_chunk *grown = realloc(ns->chunks, n * sizeof *grown);
-        if (!grown) {
-            log_error("out of memory growing the map block cache");
-            abort();
-        }
-        memset(grown + ns->n_chunks, 0, (n - ns->n_chunks) * sizeof *grown);
-        ns->chunks = grown;
-        ns->n_chunks = n;
-    }
+    hw_grow_to_index((void **)&ns->chunks, &ns->n_chunks, k, sizeof *ns->chunks, 8);
     return &ns->chunks[k];
 }
 
@@ -214,19 +202,7 @@ void hw_tailnet_invalidate(struct tn_node *n)
 static void index_by_id(struct hw_tailnet *tn, struct tn_node *n)
 {
     size_t id = (size_t)n->row.id;
-    if (id >= tn->by_id_cap) {
-        size_t cap = tn->by_id_cap ? tn->by_id_cap : 256;
-        while (cap <= id)
-            cap *= 2;
-        struct tn_node **grown = realloc(tn->by_id, cap * sizeof *grown);
-        if (!grown) {
-            log_error("out of memory indexing node %zu", id);
-            abort();
-        }
-        memset(grown + tn->by_id_cap, 0, (cap - tn->by_id_cap) * sizeof *grown);
-        tn->by_id = grown;
-        tn->by_id_cap = cap;
-    }
+    hw_grow_to_index((void **)&tn->by_id, &tn->by_id_cap, id, sizeof *tn->by_id, 256);
     tn->by_id[id] = n;
 }
 
