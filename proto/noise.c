@@ -13,6 +13,7 @@
 #include <sodium.h>
 
 #include "common/util.h"
+#include "proto/aead.h"
 #include "proto/keys.h"
 
 /* The Noise instance and prologue are fixed by controlbase; both sides hash them, so a
@@ -169,8 +170,7 @@ static int encrypt_and_hash(struct hw_noise_handshake *hs, const uint8_t k[32], 
                             size_t len, uint8_t *out)
 {
     static const uint8_t zero_nonce[12];
-    crypto_aead_chacha20poly1305_ietf_encrypt(out, NULL, pt, len, hs->h, sizeof hs->h, NULL,
-                                              zero_nonce, k);
+    hw_aead_seal(out, k, zero_nonce, pt, len, hs->h, sizeof hs->h);
     return mix_hash(hs, out, len + HW_NOISE_TAG_LEN);
 }
 
@@ -178,8 +178,7 @@ static int decrypt_and_hash(struct hw_noise_handshake *hs, const uint8_t k[32], 
                             size_t len, uint8_t *out)
 {
     static const uint8_t zero_nonce[12];
-    if (crypto_aead_chacha20poly1305_ietf_decrypt(out, NULL, NULL, ct, len, hs->h, sizeof hs->h,
-                                                  zero_nonce, k) != 0)
+    if (hw_aead_open(out, k, zero_nonce, ct, len, hs->h, sizeof hs->h) != 0)
         return -1;
     return mix_hash(hs, ct, len);
 }
@@ -498,8 +497,7 @@ int hw_noise_seal_record(struct hw_noise_cipher *c, const uint8_t *pt, size_t le
     hw_noise_nonce(c->nonce, nonce);
     out[0] = HW_NOISE_MSG_RECORD;
     put_u16be(out + 1, (uint16_t)(len + HW_NOISE_TAG_LEN));
-    crypto_aead_chacha20poly1305_ietf_encrypt(out + HW_NOISE_HEADER_LEN, NULL, pt, len, NULL, 0,
-                                              NULL, nonce, c->key);
+    hw_aead_seal(out + HW_NOISE_HEADER_LEN, c->key, nonce, pt, len, NULL, 0);
     c->nonce++;
     return 0;
 }
@@ -577,18 +575,16 @@ static long record_size(struct hw_noise_reader *r, const uint8_t hdr[3])
 static int open_record(struct hw_noise_reader *r, const uint8_t *rec, size_t total, size_t *pt_len)
 {
     uint8_t nonce[12];
-    unsigned long long n = 0;
     if (r->cipher.nonce == UINT64_MAX)
         return reader_fail(r, "cipher exhausted, no more nonces available for the current key");
     hw_noise_nonce(r->cipher.nonce, nonce);
-    if (crypto_aead_chacha20poly1305_ietf_decrypt(r->buf + HW_NOISE_HEADER_LEN, &n, NULL,
-                                                  rec + HW_NOISE_HEADER_LEN,
-                                                  total - HW_NOISE_HEADER_LEN, NULL, 0, nonce,
-                                                  r->cipher.key) != 0)
+    size_t n = total - HW_NOISE_HEADER_LEN - HW_NOISE_TAG_LEN;
+    if (hw_aead_open(r->buf + HW_NOISE_HEADER_LEN, r->cipher.key, nonce, rec + HW_NOISE_HEADER_LEN,
+                     total - HW_NOISE_HEADER_LEN, NULL, 0) != 0)
         return reader_fail(r, "record %llu failed authentication (corrupt, forged or out of order)",
                            (unsigned long long)r->cipher.nonce);
     r->cipher.nonce++;
-    *pt_len = (size_t)n;
+    *pt_len = n;
     return 0;
 }
 

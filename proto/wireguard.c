@@ -13,6 +13,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "proto/aead.h"
+
 static const char CONSTRUCTION[] = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
 static const char IDENTIFIER[] = "WireGuard v1 zx2c4 Jason@zx2c4.com";
 static const char LABEL_MAC1[] = "mac1----";
@@ -111,7 +113,7 @@ static void aead_seal(uint8_t *out, const uint8_t key[32], uint64_t counter, con
 {
     uint8_t n[12];
     nonce12(counter, n);
-    crypto_aead_chacha20poly1305_ietf_encrypt(out, NULL, pt, len, ad, adlen, NULL, n, key);
+    hw_aead_seal(out, key, n, pt, len, ad, adlen);
 }
 
 static int aead_open(uint8_t *out, const uint8_t key[32], uint64_t counter, const uint8_t *ct, size_t len,
@@ -119,7 +121,7 @@ static int aead_open(uint8_t *out, const uint8_t key[32], uint64_t counter, cons
 {
     uint8_t n[12];
     nonce12(counter, n);
-    return crypto_aead_chacha20poly1305_ietf_decrypt(out, NULL, NULL, ct, len, ad, adlen, n, key);
+    return hw_aead_open(out, key, n, ct, len, ad, adlen);
 }
 
 static int dh(uint8_t out[32], const uint8_t priv[32], const uint8_t pub[32])
@@ -849,7 +851,7 @@ static void seal_and_send(struct wg_peer *p, int64_t now, const uint8_t *pt, siz
     uint8_t n[12];
     nonce12(k->send_counter, n);
     k->send_counter++;
-    crypto_aead_chacha20poly1305_ietf_encrypt(body, NULL, body, plen, NULL, 0, NULL, n, k->send_key);
+    hw_aead_seal(body, k->send_key, n, body, plen, NULL, 0);
     timers_any_authenticated_traversal(p, now);
     timers_any_authenticated_sent(p);
     if (len)
