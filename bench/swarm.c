@@ -9,7 +9,10 @@
  * streaming /machine/map open and applies every MapResponse to a light netmap: the set
  * of its peers' node ids as a bitmap (a full netmap per node would be 10,000 x 10,000
  * nodes). Messages are read with proto/mapscan (ids and element spans, no tree) or, with
- * --parse jansson, with the full tc_map_update_parse, to compare their cost.
+ * --parse jansson, with the full tc_map_update_parse, to compare their cost. Full maps
+ * go through a cache of decoded frames first (bench/lib/framecache.h): a block frame the
+ * server sent byte for byte to another node is not inflated and scanned again
+ * (--no-frame-cache: every frame is).
  *
  * Phases, in order, each printed as one JSON line on stdout (and appended to --out):
  *   burst     B registrations at once in a namespace of their own (an ephemeral key),
