@@ -73,8 +73,9 @@ def twenty_nodes_register_converge_and_follow_changes():
         back = res[("restart", None)]
         eq((back["back"], back["nodes"], back["full_peer_lists"]), (20, 20, 20), "back after the restart")
         eq(back["stragglers"], [], "stragglers")
-        # full maps went through the frame cache (the swarm's default)
-        check(reg["frame_cache"]["maps"] >= 20, "full maps read through the frame cache: %s" % reg["frame_cache"])
+        # full maps went through the frame cache (the swarm's default; the first node's
+        # map may be a single frame, when it is alone in the namespace)
+        check(reg["frame_cache"]["maps"] >= 19, "full maps read through the frame cache: %s" % reg["frame_cache"])
         check(back["frame_cache"]["maps"] >= 20, "after the restart: %s" % back["frame_cache"])
 
 
