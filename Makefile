@@ -41,6 +41,8 @@ CLIENT_SRCS := $(wildcard client/*.c)
 # hwclient without its main(): the benchmarks and unit tests drive its connections too.
 CLIENT_LIB_SRCS := $(filter-out client/main.c,$(CLIENT_SRCS))
 BENCH_SRCS  := $(wildcard bench/*.c)
+# Code the benchmarks share (unit tests link it too to check it): no programs of its own.
+BENCH_LIB_SRCS := $(wildcard bench/lib/*.c)
 # Helper programs the integration tests run (not tests themselves).
 TOOL_SRCS   := $(wildcard tests/tools/*.c)
 UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
@@ -50,6 +52,7 @@ LIB_OBJS    := $(call obj,$(LIB_SRCS))
 SERVER_OBJS := $(call obj,$(SERVER_SRCS))
 RELAY_OBJS  := $(call obj,$(RELAY_SRCS))
 CLIENT_LIB  := $(if $(CLIENT_LIB_SRCS),$(BUILD)/lib/libhwclient.a)
+BENCH_LIB   := $(if $(BENCH_LIB_SRCS),$(BUILD)/lib/libhwbench.a)
 
 PROGRAMS := $(BUILD)/headwater $(BUILD)/hwctl $(BUILD)/hwrelay
 ifneq ($(CLIENT_SRCS),)
@@ -97,6 +100,11 @@ $(BUILD)/lib/libhwclient.a: $(call obj,$(CLIENT_LIB_SRCS))
 	rm -f $@
 	$(AR) rcs $@ $^
 
+$(BUILD)/lib/libhwbench.a: $(call obj,$(BENCH_LIB_SRCS))
+	@mkdir -p $(dir $@)
+	rm -f $@
+	$(AR) rcs $@ $^
+
 # Archive order matters: each library may only use those after it.
 SERVER_LIBS := $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhwrelay.a $(BUILD)/lib/libhw.a
 
@@ -112,11 +120,11 @@ $(BUILD)/hwrelay: $(call obj,relay/main.c) $(BUILD)/lib/libhwrelay.a $(BUILD)/li
 $(BUILD)/hwclient: $(call obj,client/main.c) $(CLIENT_LIB) $(BUILD)/lib/libhw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(CLIENT_LIB) $(SERVER_LIBS)
+$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(BENCH_LIB) $(CLIENT_LIB) $(SERVER_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bench/%: $(call obj,bench/%.c) $(CLIENT_LIB) $(SERVER_LIBS)
+$(BUILD)/bench/%: $(call obj,bench/%.c) $(BENCH_LIB) $(CLIENT_LIB) $(SERVER_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -10,6 +10,7 @@ numbers compare with the scale targets. Everything is stopped and removed at the
 
     python3 bench/run.py [--build build] [--nodes 1000] [--concurrency 100] [--burst N]
                          [--parse scan|jansson] [--changes LIST] [--phase-timeout S] [--json FILE]
+                         [--no-frame-cache] [--start-policy]
 
 Numbers, not a test: the exit status is 0 when the run completed, whatever the numbers.
 """
@@ -127,6 +128,9 @@ def main():
     ap.add_argument("--deadline", type=int, default=None, help="hard stop in seconds")
     ap.add_argument("--json", default=None, help="also write the JSON lines here")
     ap.add_argument("--log-level", default="info", help="headwater's log level")
+    ap.add_argument("--no-frame-cache", action="store_true",
+                    help="the swarm inflates and scans every block frame of every full map itself, "
+                         "also those it already read byte for byte for another node")
     ap.add_argument("--start-policy", action="store_true",
                     help="run every phase under an allow-all policy (per-node peer sets and filters)")
     args = ap.parse_args()
@@ -173,6 +177,8 @@ def main():
                      str(args.reconnect_timeout or (300 if n > 5000 else 120))]
         if args.changes:
             argv += ["--changes", args.changes]
+        if args.no_frame_cache:
+            argv.append("--no-frame-cache")
         if args.phase_timeout:
             argv += ["--phase-timeout", str(args.phase_timeout)]
         rc, _, _ = hwtest.run_hwctl("--socket", server.socket, "policy", "--help", ok=None)

@@ -9,7 +9,10 @@
  * streaming /machine/map open and applies every MapResponse to a light netmap: the set
  * of its peers' node ids as a bitmap (a full netmap per node would be 10,000 x 10,000
  * nodes). Messages are read with proto/mapscan (ids and element spans, no tree) or, with
- * --parse jansson, with the full tc_map_update_parse, to compare their cost.
+ * --parse jansson, with the full tc_map_update_parse, to compare their cost. Full maps
+ * go through a cache of decoded frames first (bench/lib/framecache.h): a block frame the
+ * server sent byte for byte to another node is not inflated and scanned again
+ * (--no-frame-cache: every frame is).
  *
  * Phases, in order, each printed as one JSON line on stdout (and appended to --out):
  *   burst     B registrations at once in a namespace of their own (an ephemeral key),
@@ -45,6 +48,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "bench/lib/framecache.h"
 #include "client/conn.h"
 #include "client/url.h"
 #include "common/loop.h"
@@ -159,7 +163,7 @@ struct opts {
     int deadline_s, idle_s, change_timeout_s, phase_timeout_s, reconnect_timeout_s;
     int server_pid;
     const char *hwctl, *socket, *out, *policy_file;
-    bool jansson, restart, quiet;
+    bool jansson, restart, quiet, no_frame_cache;
     bool changes[CH_COUNT];
 };
 
@@ -176,6 +180,8 @@ struct swarm {
     bool have_server_key;
     struct tc_zdec *zdec;
     struct tc_mapscan scan;
+    struct fc_cache *fcache;     /* NULL with --no-frame-cache or --parse jansson */
+    struct fc_stats fc_emitted;  /* its counters at the last phase line */
     struct snode *nodes;     /* n main, 1 joiner, burst */
     size_t n_nodes;
     struct snode *joiner;
@@ -325,8 +331,30 @@ static json_t *pct_ms(const int64_t *sorted, size_t done, size_t population, dou
     return num_or_null((double)sorted[k - 1] / 1000.0, true);
 }
 
+/* The frame cache's counters since the previous phase line (stored_mib: now). */
+static json_t *frame_cache_json(const struct fc_stats *now, const struct fc_stats *before)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "hits", json_integer((json_int_t)(now->hits - before->hits)));
+    json_object_set_new(o, "misses", json_integer((json_int_t)(now->misses - before->misses)));
+    json_object_set_new(o, "maps", json_integer((json_int_t)(now->maps - before->maps)));
+    json_object_set_new(o, "fallbacks", json_integer((json_int_t)(now->fallbacks - before->fallbacks)));
+    json_object_set_new(o, "evictions", json_integer((json_int_t)(now->evictions - before->evictions)));
+    json_object_set_new(o, "json_bytes_skipped", json_integer((json_int_t)(now->hit_bytes - before->hit_bytes)));
+    json_object_set_new(o, "zstd_bytes_matched", json_integer((json_int_t)(now->hit_zbytes - before->hit_zbytes)));
+    json_object_set_new(o, "stored_mib", num_or_null((double)now->stored_bytes / 1048576.0, true));
+    return o;
+}
+
 static void emit(struct swarm *sw, json_t *obj)
 {
+    if (sw->fcache) {
+        const struct fc_stats *now = fc_stats(sw->fcache);
+        json_object_set_new(obj, "frame_cache", frame_cache_json(now, &sw->fc_emitted));
+        sw->fc_emitted = *now;
+    } else {
+        json_object_set_new(obj, "frame_cache", json_null());
+    }
     json_object_set_new(obj, "server_rss_mib", num_or_null(proc_rss_mib(sw->o.server_pid),
                                                           sw->o.server_pid > 0));
     json_object_set_new(obj, "swarm_rss_mib", num_or_null(proc_rss_mib(0), true));
@@ -603,6 +631,52 @@ static int on_map_message(const char *json, size_t len, void *arg)
     return 0;
 }
 
+/* A full map whose peer blocks the frame cache read (fc_read: every byte of every
+ * frame compared or inflated and scanned): applied as on_map_message applies the same
+ * message fully decoded. */
+static int apply_cached_map(struct snode *n, const struct fc_map *m, int64_t t)
+{
+    struct swarm *sw = n->sw;
+    sw->msgs++;
+    n->id = m->node_id;
+    peers_reset(n);
+    int rc = 0;
+    for (size_t b = 0; b < m->n_blocks && rc == 0; b++)
+        for (size_t i = 0; i < m->n_ids[b] && rc == 0; i++)
+            rc = peer_set(n, m->ids[b][i]);
+    sw->parse_s += secs(now_us() - t);
+    if (rc < 0) {
+        char err[ERR_TEXT_MAX];
+        snprintf(err, sizeof err, "%s", n->err);
+        snprintf(n->err, sizeof n->err, "map message: %.120s", err);
+        hwc_conn_fail_soon(n->conn, n->err);
+        return 2; /* stops the feed, as on_map_message's failure does */
+    }
+    sw->t_last_msg_us = t;
+    if (n->state == NS_WAIT_MAP)
+        node_became_live(n, t);
+    return TC_MAPDEC_PAYLOAD_DONE;
+}
+
+/* Every complete payload before it is inflated (tc_mapdec's hook): a full map made of
+ * frames the cache can read goes the short way; everything else, and every message to
+ * a node a change probe is watching, is inflated and read by on_map_message. */
+static int on_map_payload(const uint8_t *payload, size_t len, void *arg)
+{
+    struct snode *n = arg;
+    struct swarm *sw = n->sw;
+    const struct probe *p = &sw->probe;
+    if (p->active && n->in_probe && !n->probe_done)
+        return TC_MAPDEC_PAYLOAD_INFLATE;
+    int64_t t = now_us();
+    struct fc_map m;
+    if (fc_read(sw->fcache, payload, len, TC_MAPFRAME_MAX, &m) != FC_MAP) {
+        sw->parse_s += secs(now_us() - t);
+        return TC_MAPDEC_PAYLOAD_INFLATE;
+    }
+    return apply_cached_map(n, &m, t);
+}
+
 /* ---- requests ---- */
 
 static void reg_response(struct hwc_req *r, int status, void *arg)
@@ -818,6 +892,8 @@ static void send_map(struct snode *n)
     json_decref(j);
     tc_mapdec_free(n->dec);
     n->dec = tc_mapdec_new_shared(n->sw->zdec, 0);
+    if (n->sw->fcache)
+        tc_mapdec_set_payload_hook(n->dec, on_map_payload);
     n->map_status = 0;
     n->err[0] = '\0';
     n->state = NS_WAIT_MAP;
@@ -1713,6 +1789,14 @@ static void print_table(struct swarm *sw)
                fmt_num(g, sizeof g, json_object_get(r, "server_cpu_s"), 2, " s"),
                fmt_num(h, sizeof h, json_object_get(r, "swarm_cpu_s"), 2, " s"),
                fmt_num(m, sizeof m, json_object_get(r, "server_rss_mib"), 0, " MiB"));
+        json_t *fc = json_object_get(r, "frame_cache");
+        if (json_integer_value(json_object_get(fc, "maps")) > 0)
+            printf("%-22s frame cache: %lld full maps, %lld block frames matched, %lld inflated, "
+                   "%s of JSON not inflated again\n",
+                   "", (long long)json_integer_value(json_object_get(fc, "maps")),
+                   (long long)json_integer_value(json_object_get(fc, "hits")),
+                   (long long)json_integer_value(json_object_get(fc, "misses")),
+                   fmt_bytes(a, sizeof a, json_object_get(fc, "json_bytes_skipped")));
         if (strcmp(ph, "register") == 0)
             printf("%-22s all live after %s s, converged (every node sees all others) after %s s\n", "",
                    fmt_num(a, sizeof a, json_object_get(r, "all_live_s"), 2, ""),
@@ -1727,6 +1811,20 @@ static void print_table(struct swarm *sw)
         if (json_array_size(strag) > 0)
             printf("%-22s stragglers (first %zu): %s\n", "", json_array_size(strag),
                    json_string_value(json_object_get(json_array_get(strag, 0), "error")));
+    }
+    if (sw->fcache) {
+        const struct fc_stats *st = fc_stats(sw->fcache);
+        json_t *skipped = json_integer((json_int_t)st->hit_bytes);
+        char a[24];
+        printf("frame cache (whole run): %llu full maps read through it, %llu block frames matched byte "
+               "for byte, %llu inflated and scanned, %llu multi-frame messages decoded in full, emptied "
+               "%llu times; %s of JSON not inflated again\n",
+               (unsigned long long)st->maps, (unsigned long long)st->hits, (unsigned long long)st->misses,
+               (unsigned long long)st->fallbacks, (unsigned long long)st->evictions,
+               fmt_bytes(a, sizeof a, skipped));
+        json_decref(skipped);
+    } else {
+        printf("frame cache: off (%s)\n", sw->o.jansson ? "--parse jansson" : "--no-frame-cache");
     }
     fflush(stdout);
 }
@@ -1754,6 +1852,8 @@ static void usage(FILE *f)
             "                        reconnect (the bench script restarts the server)\n"
             "  --reconnect-timeout S (default 120)\n"
             "  --parse scan|jansson  how map messages are read (default scan)\n"
+            "  --no-frame-cache      inflate and scan every frame of every full map, also the\n"
+            "                        block frames already read byte for byte for another node\n"
             "  --deadline SECONDS    hard stop (default 600)\n"
             "  --out FILE            append the JSON lines to FILE too\n"
             "  -q                    no progress lines on stderr\n",
@@ -1801,7 +1901,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     for (int k = 0; k < CH_COUNT; k++)
         o->changes[k] = true;
     enum { O_SERVER = 256, O_AUTHKEY, O_CONC, O_BURST, O_BURSTKEY, O_PID, O_HWCTL, O_SOCKET, O_POLICY,
-           O_CHANGES, O_IDLE, O_CHTO, O_PHTO, O_RESTART, O_RECTO, O_PARSE, O_DEADLINE, O_OUT, O_HELP };
+           O_CHANGES, O_IDLE, O_CHTO, O_PHTO, O_RESTART, O_RECTO, O_PARSE, O_DEADLINE, O_OUT, O_NOFC, O_HELP };
     static const struct option lo[] = {
         {"server", required_argument, 0, O_SERVER}, {"authkey", required_argument, 0, O_AUTHKEY},
         {"concurrency", required_argument, 0, O_CONC}, {"burst", required_argument, 0, O_BURST},
@@ -1812,7 +1912,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         {"phase-timeout", required_argument, 0, O_PHTO}, {"restart", no_argument, 0, O_RESTART},
         {"reconnect-timeout", required_argument, 0, O_RECTO}, {"parse", required_argument, 0, O_PARSE},
         {"deadline", required_argument, 0, O_DEADLINE}, {"duration", required_argument, 0, O_DEADLINE},
-        {"out", required_argument, 0, O_OUT}, {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+        {"out", required_argument, 0, O_OUT}, {"no-frame-cache", no_argument, 0, O_NOFC},
+        {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "n:k:qh", lo, NULL)) != -1) {
         int rc = 0;
@@ -1843,6 +1944,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             break;
         case O_DEADLINE: rc = parse_int(optarg, 1, 36000, "--deadline", &o->deadline_s); break;
         case O_OUT: o->out = optarg; break;
+        case O_NOFC: o->no_frame_cache = true; break;
         case 'h':
         case O_HELP: usage(stdout); exit(0);
         default: usage(stderr); return -1;
@@ -1930,6 +2032,8 @@ int main(int argc, char **argv)
     sw->loop = hw_loop_new();
     sw->zdec = tc_zdec_new();
     tc_mapscan_init(&sw->scan);
+    if (!sw->o.no_frame_cache && !sw->o.jansson)
+        sw->fcache = fc_new(0);
     sw->results = json_array();
     sw->nodes = hw_calloc(sw->n_nodes, sizeof *sw->nodes);
     sw->burst_first = (size_t)sw->o.n + 1;
@@ -1976,6 +2080,7 @@ int main(int argc, char **argv)
     hw_loop_free(sw->loop);
     tc_zdec_free(sw->zdec);
     tc_mapscan_free(&sw->scan);
+    fc_free(sw->fcache);
     json_decref(sw->results);
     if (sw->out)
         fclose(sw->out);

@@ -341,6 +341,7 @@ struct tc_mapdec {
     size_t want, have;
     bool failed;
     char err[256];
+    tc_mapdec_payload_hook payload_hook;
 };
 
 struct tc_mapdec *tc_mapdec_new(bool compressed, size_t max_size)
@@ -377,11 +378,31 @@ void tc_mapdec_free(struct tc_mapdec *d)
 
 const char *tc_mapdec_error(const struct tc_mapdec *d) { return d->failed ? d->err : NULL; }
 
+void tc_mapdec_set_payload_hook(struct tc_mapdec *d, tc_mapdec_payload_hook hook)
+{
+    d->payload_hook = d->compressed ? hook : NULL;
+}
+
+static void message_done(struct tc_mapdec *d)
+{
+    free(d->msg);
+    d->msg = NULL;
+    d->want = d->have = 0;
+    d->hdr_have = 0;
+}
+
 size_t tc_mapdec_pending(const struct tc_mapdec *d) { return d->hdr_have + d->have; }
 
 static int deliver(struct tc_mapdec *d, tc_mapdec_cb cb, void *arg)
 {
     int r;
+    if (d->payload_hook) {
+        r = d->payload_hook(d->msg, d->want, arg);
+        if (r != TC_MAPDEC_PAYLOAD_INFLATE) {
+            message_done(d);
+            return r == TC_MAPDEC_PAYLOAD_DONE ? 0 : r;
+        }
+    }
     if (!d->compressed) {
         /* msg was allocated with a spare byte for the NUL. */
         d->msg[d->want] = '\0';
@@ -406,10 +427,7 @@ static int deliver(struct tc_mapdec *d, tc_mapdec_cb cb, void *arg)
             free(json);
         }
     }
-    free(d->msg);
-    d->msg = NULL;
-    d->want = d->have = 0;
-    d->hdr_have = 0;
+    message_done(d);
     return r;
 }
 

@@ -85,8 +85,20 @@ typedef int (*tc_mapdec_cb)(const char *json, size_t len, void *arg);
 int tc_mapdec_feed(struct tc_mapdec *d, const uint8_t *data, size_t len, tc_mapdec_cb cb,
                    void *arg);
 const char *tc_mapdec_error(const struct tc_mapdec *d);
+
 /* Bytes of an unfinished message held (0 at a message boundary). */
 size_t tc_mapdec_pending(const struct tc_mapdec *d);
+
+/* Optional, for a compressed stream: sees each complete payload (the zstd frames, before
+ * anything is inflated) and may handle the message itself, with the arg given to
+ * tc_mapdec_feed. bench/swarm uses it to share the decoding of byte-identical frames
+ * between its simulated nodes; hwclient sets none, so every payload is inflated. Returns
+ * TC_MAPDEC_PAYLOAD_INFLATE to have the payload inflated and passed to the message
+ * callback as usual, TC_MAPDEC_PAYLOAD_DONE when it handled the message, or any other
+ * value to stop tc_mapdec_feed, which returns it (as with the message callback). */
+enum { TC_MAPDEC_PAYLOAD_INFLATE = 0, TC_MAPDEC_PAYLOAD_DONE = 1 };
+typedef int (*tc_mapdec_payload_hook)(const uint8_t *payload, size_t len, void *arg);
+void tc_mapdec_set_payload_hook(struct tc_mapdec *d, tc_mapdec_payload_hook hook);
 
 /* Decompresses one payload (one or more zstd frames) into a malloc'd NUL-terminated
  * buffer of at most max_out bytes. Returns 0 or -1 with err. */

@@ -73,6 +73,41 @@ def twenty_nodes_register_converge_and_follow_changes():
         back = res[("restart", None)]
         eq((back["back"], back["nodes"], back["full_peer_lists"]), (20, 20, 20), "back after the restart")
         eq(back["stragglers"], [], "stragglers")
+        # full maps went through the frame cache (the swarm's default; the first node's
+        # map may be a single frame, when it is alone in the namespace)
+        check(reg["frame_cache"]["maps"] >= 19, "full maps read through the frame cache: %s" % reg["frame_cache"])
+        check(back["frame_cache"]["maps"] >= 20, "after the restart: %s" % back["frame_cache"])
+
+
+def register_and_restart(nodes, *extra):
+    with Server() as s:
+        s.hwctl("namespaces", "create", "swarm")
+        return run_swarm(s, "-n", nodes, "--concurrency", 10, "--idle", 1, "--changes", "none", *extra,
+                         restart=True)
+
+
+@case
+def frame_cache_reuses_shared_blocks_and_changes_no_result():
+    # 40 nodes: ids 1-40 span two blocks of 32 (TN_CHUNK), so every node's full map holds
+    # one block shared with others, byte for byte, besides its own.
+    results = {}
+    for mode, extra in (("cache", ()), ("no-cache", ("--no-frame-cache",))):
+        res = register_and_restart(40, *extra)
+        reg, back = res[("register", None)], res[("restart", None)]
+        eq((reg["registered"], reg["failed"], reg["live"], reg["converged"], reg["peers_min"], reg["peers_max"]),
+           (40, 0, 40, 40, 39, 39), "%s: registered, failed, live, converged, peers" % mode)
+        eq((back["back"], back["nodes"], back["full_peer_lists"], back["stragglers"]), (40, 40, 40, []),
+           "%s: back after the restart" % mode)
+        results[mode] = (reg, back)
+    reg, back = results["cache"]
+    fc = back["frame_cache"]
+    check(fc["maps"] >= 40 and fc["hits"] > 0 and fc["json_bytes_skipped"] > 0,
+          "the restart's full maps reuse shared blocks: %s" % fc)
+    # (the register phase's hits depend on how joins and stream openings interleave)
+    check(reg["frame_cache"]["maps"] >= 39, "the register phase's full maps went through it: %s" % reg["frame_cache"])
+    eq(fc["fallbacks"], 0, "no full map left to the full decode")
+    for r in results["no-cache"]:
+        eq(r["frame_cache"], None, "--no-frame-cache: no cache counters")
 
 
 main()

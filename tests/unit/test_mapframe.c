@@ -350,6 +350,74 @@ static void callback_can_stop_the_feed(void)
     tc_zenc_free(z);
 }
 
+/* The payload hook (bench/swarm's frame cache) sees the compressed bytes first: what it
+ * handles is never inflated (garbage included), what it passes on is decoded as usual. */
+struct hook_state {
+    int seen, done_from;
+    int stop_with;
+    int messages;
+};
+
+static int counting_hook(const uint8_t *payload, size_t len, void *arg)
+{
+    struct hook_state *h = arg;
+    h->seen++;
+    if (h->stop_with)
+        return h->stop_with;
+    return h->seen >= h->done_from ? TC_MAPDEC_PAYLOAD_DONE : TC_MAPDEC_PAYLOAD_INFLATE;
+}
+
+static int counting_cb(const char *json, size_t len, void *arg)
+{
+    struct hook_state *h = arg;
+    h->messages++;
+    return strcmp(json, TC_KEEPALIVE_JSON) == 0 ? 0 : 5;
+}
+
+static void payload_hook_runs_before_inflating(void)
+{
+    struct tc_zenc *z = tc_zenc_new(TC_ZSTD_LEVEL_FAST);
+    struct hw_sbuf *ka = tc_mapframe_keepalive(z, true);
+    /* a keep-alive, then a payload that is not zstd at all, then a keep-alive */
+    uint8_t body[256];
+    size_t len = 0;
+    memcpy(body, ka->data, ka->len);
+    len += ka->len;
+    memcpy(body + len, "\x04\x00\x00\x00junk", 8);
+    len += 8;
+    memcpy(body + len, ka->data, ka->len);
+    len += ka->len;
+    struct tc_zdec *zd = tc_zdec_new();
+    struct tc_mapdec *d = tc_mapdec_new_shared(zd, 0);
+    struct hook_state h = {.done_from = 2};
+    tc_mapdec_set_payload_hook(d, counting_hook);
+    CHECK_INT(tc_mapdec_feed(d, body, len, counting_cb, &h), 0);
+    CHECK_INT(h.seen, 3);
+    CHECK_INT(h.messages, 1);
+    CHECK_INT(tc_mapdec_pending(d), 0);
+    /* passed on, the junk fails the stream as it always did */
+    tc_mapdec_free(d);
+    d = tc_mapdec_new_shared(zd, 0);
+    h = (struct hook_state){.done_from = 1000};
+    tc_mapdec_set_payload_hook(d, counting_hook);
+    CHECK_INT(tc_mapdec_feed(d, body, len, counting_cb, &h), -1);
+    CHECK_INT(h.seen, 2);
+    CHECK_INT(h.messages, 1);
+    CHECK(tc_mapdec_error(d) != NULL, "an error");
+    /* any other value stops the feed and is returned */
+    tc_mapdec_free(d);
+    d = tc_mapdec_new_shared(zd, 0);
+    h = (struct hook_state){.stop_with = 9};
+    tc_mapdec_set_payload_hook(d, counting_hook);
+    CHECK_INT(tc_mapdec_feed(d, body, len, counting_cb, &h), 9);
+    CHECK_INT(h.seen, 1);
+    CHECK_INT(h.messages, 0);
+    tc_mapdec_free(d);
+    tc_zdec_free(zd);
+    hw_sbuf_unref(ka);
+    tc_zenc_free(z);
+}
+
 static void encoder_refuses_oversized(void)
 {
     struct tc_zenc *z = tc_zenc_new(TC_ZSTD_LEVEL_FAST);
@@ -401,6 +469,7 @@ int main(void)
     RUN(garbage_payloads);
     RUN(zstd_bombs);
     RUN(callback_can_stop_the_feed);
+    RUN(payload_hook_runs_before_inflating);
     RUN(encoder_refuses_oversized);
     RUN(mutated_streams_never_crash);
     json_decref(g_map);
