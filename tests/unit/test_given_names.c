@@ -50,12 +50,12 @@ static int add_named(struct hw_db *db, int64_t ns, const char *hostname, char ou
 
 /* What the rule says, from the full node list: base when free, else the smallest free
  * base-N. */
-static void expected_name(struct hw_db *db, const char *base, char out[HW_NAME_MAX])
+static void expected_name(struct hw_db *db, const char *base, char *out, size_t cap)
 {
     struct hw_node *nodes = NULL;
     size_t n = 0;
     if (hw_db_node_list(db, 0, &nodes, &n) != HW_DB_OK) {
-        snprintf(out, HW_NAME_MAX, "(list failed)");
+        snprintf(out, cap, "(list failed)");
         return;
     }
     bool base_taken = false;
@@ -76,9 +76,9 @@ static void expected_name(struct hw_db *db, const char *base, char out[HW_NAME_M
     while (used[k])
         k++;
     if (base_taken)
-        snprintf(out, HW_NAME_MAX, "%s-%zu", base, k);
+        snprintf(out, cap, "%s-%zu", base, k);
     else
-        snprintf(out, HW_NAME_MAX, "%s", base);
+        snprintf(out, cap, "%s", base);
     free(used);
     hw_node_list_free(nodes, n);
 }
@@ -250,7 +250,7 @@ static void random_changes_match_the_rule(void)
     int64_t ns = namespace(db, "a");
     const char *hosts[] = {"localhost", "raspberrypi", "web-1"};
     srand(7);
-    char name[HW_NAME_MAX], want[HW_NAME_MAX];
+    char name[HW_NAME_MAX], want[HW_NAME_MAX + 24];
     for (int step = 0; step < 800; step++) {
         const char *host = hosts[rand() % 3];
         int op = rand() % 10;
@@ -282,7 +282,7 @@ static void random_changes_match_the_rule(void)
         }
         char base[HW_NAME_MAX];
         hw_given_name_from_hostname(host, base);
-        expected_name(db, base, want);
+        expected_name(db, base, want, sizeof want);
         CHECK_INT(add_named(db, ns, host, name, NULL), HW_DB_OK);
         CHECK(strcmp(name, want) == 0, "step %d: got %s, want %s", step, name, want);
     }
