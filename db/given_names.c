@@ -3,19 +3,22 @@
  * Hundreds of machines may report one host name ("localhost", "raspberrypi"); each new
  * one gets the smallest free suffix. Reading every taken "<stem>-*" name per
  * registration costs O(k) for k such nodes. Instead the connection remembers, per stem,
- * a floor: every suffix in [1, floor) is known to be taken. A pick probes from the floor
- * upward with single index lookups and moves the floor to the free suffix it returns.
+ * a floor and a few holes: every suffix in [1, floor) is taken except perhaps the holes
+ * (suffixes freed since the floor was found). A pick checks the holes, smallest first,
+ * then probes from the floor upward, each a single index lookup, and keeps what it saw.
  *
- * The claim "[1, floor) is taken" can only become false when a name is freed, so:
+ * The claim can only become false when a name is freed, so:
  *   - TEMP triggers on this connection report every deleted or renamed node's old name
- *     (whatever SQL did it: single delete, namespace destroy, rename, full update), and
- *     the floor of its stem drops to that suffix;
+ *     (whatever SQL did it: single delete, namespace destroy, rename, full update); a
+ *     suffix below the floor becomes a hole (too many holes: the floor drops to the
+ *     lowest of them instead);
  *   - a rollback (whole transaction or savepoint, explicit or SQLite's own) may un-insert
- *     names: every floor is forgotten;
+ *     names: every stem is forgotten;
  *   - another connection's commit (PRAGMA data_version moves) may have freed names:
- *     every floor is forgotten.
+ *     every stem is forgotten.
  * A forgotten stem is found again with one range read of its names (the old O(k) way).
- * The database stays the truth: a floor only ever skips names it saw taken. */
+ * The database stays the truth: a hint only ever skips names it saw taken. Ephemeral
+ * churn (a node deleted, a new one named into its hole) stays O(1) per registration. */
 #include "db/db_internal.h"
 
 #include <stdio.h>
@@ -27,12 +30,15 @@
 enum {
     HINT_SLOTS = 2048,          /* open addressing, power of two */
     HINT_MAX_STEMS = 1024,      /* kept at most; on overflow all are forgotten */
+    HINT_MAX_HOLES = 16,
     PROBES_BEFORE_RESCAN = 32,  /* past a long run of taken names one range read is cheaper */
 };
 
 struct name_hint {
     char stem[HW_NAME_MAX];     /* "" = empty slot */
-    unsigned long floor;        /* every suffix in [1, floor) is taken */
+    uint32_t floor;             /* every suffix in [1, floor) is taken but the holes */
+    uint32_t holes[HINT_MAX_HOLES];   /* below floor, freed since; unordered */
+    unsigned n_holes;
 };
 
 struct hw_name_hints {
@@ -70,11 +76,10 @@ void db_name_hints_forget(struct hw_db *db)
     h->n_stems = 0;
 }
 
-static void remember_floor(struct hw_db *db, const char *stem, unsigned long floor)
+/* Everything below floor is taken: a stem's state after a full read of its names. */
+static void remember_floor(struct hw_db *db, const char *stem, uint32_t floor)
 {
     struct hw_name_hints *h = db->name_hints;
-    if (!h)
-        return;
     struct name_hint *slot = hint_slot(h, stem);
     if (!slot->stem[0]) {
         if (h->n_stems == HINT_MAX_STEMS) {
@@ -85,6 +90,36 @@ static void remember_floor(struct hw_db *db, const char *stem, unsigned long flo
         h->n_stems++;
     }
     slot->floor = floor;
+    slot->n_holes = 0;
+}
+
+static void hole_freed(struct name_hint *slot, uint32_t n)
+{
+    if (n >= slot->floor)
+        return;
+    uint32_t lowest = n;
+    for (unsigned i = 0; i < slot->n_holes; i++) {
+        if (slot->holes[i] == n)
+            return;
+        if (slot->holes[i] < lowest)
+            lowest = slot->holes[i];
+    }
+    if (slot->n_holes < HINT_MAX_HOLES) {
+        slot->holes[slot->n_holes++] = n;
+        return;
+    }
+    /* A mass delete: below its lowest hole everything is still taken. */
+    slot->floor = lowest;
+    slot->n_holes = 0;
+}
+
+static unsigned lowest_hole(const struct name_hint *slot)
+{
+    unsigned at = 0;
+    for (unsigned i = 1; i < slot->n_holes; i++)
+        if (slot->holes[i] < slot->holes[at])
+            at = i;
+    return at;
 }
 
 /* "7" -> 7; anything but a plain decimal without a leading zero -> 0 (never a suffix the
@@ -115,8 +150,8 @@ static void name_freed(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     memcpy(stem, name, (size_t)(dash - name));
     stem[dash - name] = '\0';
     struct name_hint *slot = hint_slot(db->name_hints, stem);
-    if (slot->stem[0] && slot->floor > n)
-        slot->floor = n;
+    if (slot->stem[0])
+        hole_freed(slot, (uint32_t)n);
 }
 
 static void rolled_back(void *arg)
@@ -248,7 +283,20 @@ int hw_db_given_name_first_free_suffix(struct hw_db *db, const char *stem, int64
         return rc;
     struct name_hint *slot = hint_slot(db->name_hints, stem);
     if (slot->stem[0]) {
-        unsigned long n = slot->floor;
+        /* Below the floor only a hole can be free; the lowest free one is the answer. It
+         * stays a hole until seen taken: the caller may never store the name. */
+        while (slot->n_holes > 0) {
+            unsigned at = lowest_hole(slot);
+            int taken = suffix_taken(db, stem, slot->holes[at]);
+            if (taken < 0)
+                return taken;
+            if (!taken) {
+                *suffix_out = slot->holes[at];
+                return HW_DB_OK;
+            }
+            slot->holes[at] = slot->holes[--slot->n_holes];
+        }
+        uint32_t n = slot->floor;
         for (int probes = 0; probes < PROBES_BEFORE_RESCAN; probes++, n++) {
             int taken = suffix_taken(db, stem, n);
             if (taken < 0)
@@ -265,7 +313,7 @@ int hw_db_given_name_first_free_suffix(struct hw_db *db, const char *stem, int64
     rc = first_free_by_scan(db, stem, 0, &n);
     if (rc != HW_DB_OK)
         return rc;
-    remember_floor(db, stem, n);
+    remember_floor(db, stem, (uint32_t)n);
     *suffix_out = n;
     return HW_DB_OK;
 }

@@ -226,6 +226,15 @@ static void smallest_free_after_every_kind_of_change(void)
     CHECK_STR(name, "pi-14");
     CHECK_INT(hw_given_name_unique(db, "pi", 0, name), 0);
     CHECK_STR(name, "pi-14");
+    CHECK_INT(hw_db_node_delete(db, id[2]), HW_DB_OK);   /* pi-2, below the run */
+    CHECK_INT(hw_given_name_unique(db, "pi", 0, name), 0);
+    CHECK_STR(name, "pi-2");
+    CHECK_INT(hw_given_name_unique(db, "pi", 0, name), 0);
+    CHECK_STR(name, "pi-2");
+    CHECK_INT(add_named(db, ns, "pi", name, NULL), HW_DB_OK);
+    CHECK_STR(name, "pi-2");
+    CHECK_INT(hw_given_name_unique(db, "pi", 0, name), 0);
+    CHECK_STR(name, "pi-14");
 
     /* another connection to the same file frees a name */
     char err[256];
@@ -289,6 +298,61 @@ static void random_changes_match_the_rule(void)
     hw_db_close(db);
 }
 
+/* Ephemeral churn (one node goes, a new one takes its name) and a mass delete of more
+ * names than the handle keeps as holes. */
+static void churn_and_mass_delete(void)
+{
+    struct hw_db *db = fresh_db();
+    CHECK(db, "open");
+    int64_t ns = namespace(db, "a");
+    enum { K = 200 };
+    int64_t by_suffix[K + 1];   /* 0: the plain "box" */
+    char name[HW_NAME_MAX], want[HW_NAME_MAX];
+    CHECK_INT(hw_db_begin(db), HW_DB_OK);
+    for (int i = 0; i < K; i++)
+        CHECK_INT(add_named(db, ns, "box", name, &by_suffix[i]), HW_DB_OK);
+    CHECK_STR(name, "box-199");
+    srand(11);
+    for (int round = 0; round < 300; round++) {
+        /* one to three go, as many come back: lowest first */
+        int gone[3], n_gone = 1 + rand() % 3;
+        for (int g = 0; g < n_gone; g++) {
+            int suffix;
+            bool dup;
+            do {
+                suffix = 1 + rand() % (K - 1);
+                dup = false;
+                for (int j = 0; j < g; j++)
+                    dup |= gone[j] == suffix;
+            } while (dup);
+            gone[g] = suffix;
+            CHECK_INT(hw_db_node_delete(db, by_suffix[suffix]), HW_DB_OK);
+        }
+        for (int g = 0; g < n_gone; g++) {
+            int lowest = 0;
+            for (int j = 1; j < n_gone; j++)
+                if (gone[j] < gone[lowest])
+                    lowest = j;
+            snprintf(want, sizeof want, "box-%d", gone[lowest]);
+            CHECK_INT(add_named(db, ns, "box", name, &by_suffix[gone[lowest]]), HW_DB_OK);
+            CHECK(strcmp(name, want) == 0, "round %d: got %s, want %s", round, name, want);
+            gone[lowest] = 1 << 30;
+        }
+    }
+    /* 60 names freed at once (every third from 10), handed out again in order */
+    for (int suffix = 10; suffix < 190; suffix += 3)
+        CHECK_INT(hw_db_node_delete(db, by_suffix[suffix]), HW_DB_OK);
+    for (int suffix = 10; suffix < 190; suffix += 3) {
+        CHECK_INT(add_named(db, ns, "box", name, NULL), HW_DB_OK);
+        snprintf(want, sizeof want, "box-%d", suffix);
+        CHECK_STR(name, want);
+    }
+    CHECK_INT(add_named(db, ns, "box", name, NULL), HW_DB_OK);
+    CHECK_STR(name, "box-200");
+    CHECK_INT(hw_db_commit(db), HW_DB_OK);
+    hw_db_close(db);
+}
+
 /* More stems than the handle keeps: it forgets them all and stays exact. */
 static void many_stems(void)
 {
@@ -330,6 +394,7 @@ int main(void)
     RUN(two_thousand_same_named_registrations);
     RUN(smallest_free_after_every_kind_of_change);
     RUN(random_changes_match_the_rule);
+    RUN(churn_and_mass_delete);
     RUN(many_stems);
     tmpdir_remove(&dir);
     return TEST_MAIN_END();
