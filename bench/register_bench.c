@@ -67,7 +67,8 @@ struct bench {
     const char *authkey;
     int n, conc, fan, rounds;
     int64_t deadline;  /* monotonic ms: end of the whole run */
-    json_t *hostinfo;
+    json_t *hostinfo;  /* the shared one: every node "bench" */
+    bool unique_hostnames;
 
     /* phase 1 */
     struct node *nodes;
@@ -160,6 +161,23 @@ static void register_outcome(struct node *nd, uint32_t code, char *why, size_t l
     tc_register_response_free(&resp);
 }
 
+/* The Hostinfo a node reports (a new reference). By default every node says "bench", as
+ * a fleet of same-named containers does, so the server names them bench, bench-1,
+ * bench-2 ...; with -u each has a host name of its own ("bench7", the changer
+ * "benchjoin3") and keeps it as its given name. */
+static json_t *node_hostinfo(const struct node *nd)
+{
+    const struct bench *b = nd->b;
+    if (!b->unique_hostnames)
+        return json_incref(b->hostinfo);
+    char name[48];
+    if (nd->idx >= 0)
+        snprintf(name, sizeof name, "bench%d", nd->idx);
+    else
+        snprintf(name, sizeof name, "benchjoin%d", b->round);
+    return json_pack("{s:s, s:s}", "Hostname", name, "OS", "linux");
+}
+
 static void post_register(struct node *nd, const struct hwc_req_handler *h, bool logout)
 {
     struct bench *b = nd->b;
@@ -169,11 +187,12 @@ static void post_register(struct node *nd, const struct hwc_req_handler *h, bool
         .version = TC_CAPVER,
         .node_key = pub,
         .auth_key = logout ? NULL : b->authkey,
-        .hostinfo = b->hostinfo,
+        .hostinfo = node_hostinfo(nd),
     };
     if (logout)
         rb.expiry = tc_time_from_unix(123);
     json_t *j = tc_register_request_to_json(&rb);
+    json_decref(rb.hostinfo);
     size_t len;
     char *body = tc_json_dump(j, &len);
     json_decref(j);
@@ -397,9 +416,10 @@ static void begin_phase2(struct bench *b)
             .node_key = pub,
             .disco_key = nd->disco_pub,
             .stream = true,
-            .hostinfo = b->hostinfo,
+            .hostinfo = node_hostinfo(nd),
         };
         json_t *j = tc_map_request_to_json(&mb);
+        json_decref(mb.hostinfo);
         size_t len;
         char *body = tc_json_dump(j, &len);
         json_decref(j);
@@ -497,7 +517,9 @@ static void next_round(struct bench *b)
 static void usage(void)
 {
     fprintf(stderr, "usage: register_bench -s http://127.0.0.1:PORT -k REUSABLE_KEY [-n 500] [-c 32] "
-                    "[-f 100] [-r 5] [-t 120]\n");
+                    "[-f 100] [-r 5] [-t 120] [-u]\n"
+                    "  -u  every node a host name of its own (default: all \"bench\", so the server\n"
+                    "      picks the smallest free bench-N for each)\n");
     exit(2);
 }
 
@@ -517,7 +539,7 @@ int main(int argc, char **argv)
     struct bench b = {.n = 500, .conc = 32, .fan = 100, .rounds = 5};
     const char *server = NULL;
     int seconds = 120, opt;
-    while ((opt = getopt(argc, argv, "s:k:n:c:f:r:t:")) != -1) {
+    while ((opt = getopt(argc, argv, "s:k:n:c:f:r:t:u")) != -1) {
         switch (opt) {
         case 's': server = optarg; break;
         case 'k': b.authkey = optarg; break;
@@ -526,6 +548,7 @@ int main(int argc, char **argv)
         case 'f': b.fan = int_arg(optarg, 0, 1000, "-f"); break;
         case 'r': b.rounds = int_arg(optarg, 1, 50, "-r"); break;
         case 't': seconds = int_arg(optarg, 1, 3600, "-t"); break;
+        case 'u': b.unique_hostnames = true; break;
         default: usage();
         }
     }

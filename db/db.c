@@ -117,6 +117,11 @@ struct hw_db *hw_db_open_with(const char *path, const struct hw_migration *migra
         hw_db_close(db);
         return NULL;
     }
+    if (db_name_hints_install(db) != HW_DB_OK) {
+        snprintf(err, err_len, "cannot prepare %s for node naming: %s", path, db->errmsg);
+        hw_db_close(db);
+        return NULL;
+    }
     return db;
 }
 
@@ -135,6 +140,7 @@ void hw_db_close(struct hw_db *db)
         sqlite3_finalize(db->stmts[i].stmt);
     free(db->stmts);
     sqlite3_close(db->conn);
+    db_name_hints_free(db);
     sodium_memzero(db->pepper, sizeof db->pepper);
     free(db);
 }
@@ -395,6 +401,9 @@ void hw_db_rollback(struct hw_db *db)
         snprintf(sql, sizeof sql, "ROLLBACK TO hw_%d; RELEASE hw_%d", db->tx_depth - 1,
                  db->tx_depth - 1);
         sqlite3_exec(db->conn, sql, NULL, NULL, NULL);
+        /* SQLite's rollback hook sees only whole transactions; an undone savepoint may
+         * have un-inserted given names just the same. */
+        db_name_hints_forget(db);
     }
     db->tx_depth--;
 }

@@ -122,6 +122,14 @@ bool hw_db_given_name_taken(struct hw_db *db, const char *given_name, int64_t ex
 int hw_db_given_names_with_prefix(struct hw_db *db, const char *prefix, int64_t except_node_id,
                                   char ***out, size_t *n_out);
 void hw_db_string_list_free(char **list, size_t n);
+/* The lowest n >= 1 such that "<stem>-<n>" is no node's given name (nodes other than
+ * except_node_id's). With except_node_id 0 it costs a few index lookups, amortised: the
+ * handle remembers per stem a floor below which every suffix is taken, and lowers or
+ * forgets it whenever a name may have been freed (a node deleted or renamed by any
+ * statement, a rollback of a transaction or savepoint, another connection's commit).
+ * Otherwise, and for a stem not seen yet, one range read of the stem's names. */
+int hw_db_given_name_first_free_suffix(struct hw_db *db, const char *stem, int64_t except_node_id,
+                                       unsigned long *suffix_out);
 
 /* ---- address allocation support (the policy lives in server/nodes.c) ---- */
 /* Lowest address in [from, to] (both of one family) that no node holds; HW_DB_NOT_FOUND

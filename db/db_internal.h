@@ -22,6 +22,7 @@ struct hw_db {
     struct hw_cached_stmt *stmts;
     size_t n_stmts, cap_stmts;
     int tx_depth;             /* 0: autocommit; 1: BEGIN; >1: nested savepoints */
+    struct hw_name_hints *name_hints;   /* given_names.c; NULL without a nodes table */
     unsigned char pepper[HW_PEPPER_LEN];
 };
 
@@ -45,6 +46,13 @@ struct hw_db *hw_db_open_with(const char *path, const struct hw_migration *migra
 int hw_schema_migrate(sqlite3 *conn, const char *path, const struct hw_migration *migrations,
                       size_t n_migrations, char *err, size_t err_len);
 int hw_schema_current_version(sqlite3 *conn, int *version_out);
+
+/* given_names.c: the per-stem floors of the given-name search. install registers the
+ * TEMP triggers and rollback hook that keep them true (once, at open); forget drops them
+ * all (any rollback); free releases them at close. */
+int db_name_hints_install(struct hw_db *db);
+void db_name_hints_forget(struct hw_db *db);
+void db_name_hints_free(struct hw_db *db);
 
 /* Reads (creating on first open) the random pepper that keys the secret hashes. */
 int hw_secrets_load_pepper(struct hw_db *db);

@@ -357,15 +357,6 @@ void hw_given_name_from_hostname(const char *hostname, char out[HW_NAME_MAX])
         snprintf(out, HW_NAME_MAX, "node");
 }
 
-/* "7" -> 7; anything but a plain decimal without a leading zero -> 0. */
-static unsigned long suffix_number(const char *s)
-{
-    size_t digits = strspn(s, "0123456789");
-    if (digits == 0 || digits > 9 || s[digits] != '\0' || s[0] == '0')
-        return 0;
-    return strtoul(s, NULL, 10);
-}
-
 int hw_given_name_unique(struct hw_db *db, const char *base, int64_t except_node_id,
                          char out[HW_NAME_MAX])
 {
@@ -380,27 +371,11 @@ int hw_given_name_unique(struct hw_db *db, const char *base, int64_t except_node
     size_t stem_len = strlen(stem);
     while (stem_len > 1 && stem[stem_len - 1] == '-')
         stem[--stem_len] = '\0';
-    char prefix[HW_NAME_MAX + 1];
-    snprintf(prefix, sizeof prefix, "%s-", stem);
-
-    char **names = NULL;
-    size_t n_names = 0;
-    int rc = hw_db_given_names_with_prefix(db, prefix, except_node_id, &names, &n_names);
+    unsigned long k = 0;
+    int rc = hw_db_given_name_first_free_suffix(db, stem, except_node_id, &k);
     if (rc != HW_DB_OK)
         return rc;
-    /* With k names taken, one of the suffixes 1..k+1 is free. */
-    bool *used = hw_calloc(n_names + 2, sizeof *used);
-    for (size_t i = 0; i < n_names; i++) {
-        unsigned long k = suffix_number(names[i] + strlen(prefix));
-        if (k >= 1 && k <= n_names + 1)
-            used[k] = true;
-    }
-    size_t k = 1;
-    while (used[k])
-        k++;
-    free(used);
-    hw_db_string_list_free(names, n_names);
-    int len = snprintf(out, HW_NAME_MAX, "%s%zu", prefix, k);
+    int len = snprintf(out, HW_NAME_MAX, "%s-%lu", stem, k);
     if (len < 0 || len >= HW_NAME_MAX)   /* cannot happen: the stem left room for 7 digits */
         return HW_DB_INVALID;
     return 0;
