@@ -41,6 +41,13 @@ struct hw_ts2021 {
     struct ts_session *sessions;
     struct ts_session *dirty;       /* sessions to flush at the end of this loop turn */
     bool flush_scheduled;
+    /* Plaintext gathered into one record before sealing, so many small HTTP/2 frames do
+     * not each cost a record header and tag. One buffer for all sessions (a session's
+     * output is sealed at the end of each flush, so it is almost always empty), not 4 KiB
+     * kept by each of 10,000 idle sessions; staged_for says whose bytes it holds. */
+    uint8_t staged[HW_NOISE_MAX_PLAINTEXT];
+    size_t staged_len;
+    struct ts_session *staged_for;
 };
 
 struct ts_session {
@@ -54,10 +61,7 @@ struct ts_session {
     /* Browser clients carry the same byte stream in WebSocket binary messages. */
     bool websocket;
     struct hw_ws_reader ws;
-    /* Plaintext gathered into one record before sealing, so many small HTTP/2 frames do
-     * not each cost a record header and tag. */
-    uint8_t staged[HW_NOISE_MAX_PLAINTEXT];
-    size_t staged_len;
+    bool seal_failed;               /* its staged bytes could not be sealed: close it */
     uint8_t *out;                   /* sealed bytes not yet accepted by the socket */
     size_t out_len, out_off, out_cap;
     bool want_write;
@@ -143,28 +147,43 @@ static int out_append_raw(struct ts_session *s, const uint8_t *data, size_t len)
 
 static int seal_staged(struct ts_session *s)
 {
-    if (s->staged_len == 0)
+    struct hw_ts2021 *ts = s->ts;
+    if (ts->staged_for != s)
         return 0;
-    if (out_frame_header(s, HW_WS_BINARY, s->staged_len + HW_NOISE_RECORD_OVERHEAD) < 0 ||
-        out_reserve(s, s->staged_len + HW_NOISE_RECORD_OVERHEAD) < 0)
+    size_t len = ts->staged_len;
+    ts->staged_for = NULL;
+    ts->staged_len = 0;
+    if (out_frame_header(s, HW_WS_BINARY, len + HW_NOISE_RECORD_OVERHEAD) < 0 ||
+        out_reserve(s, len + HW_NOISE_RECORD_OVERHEAD) < 0)
         return -1;
-    if (hw_noise_seal_record(&s->noise.s2c, s->staged, s->staged_len, s->out + s->out_len) < 0)
+    if (hw_noise_seal_record(&s->noise.s2c, ts->staged, len, s->out + s->out_len) < 0)
         return -1;
-    s->out_len += s->staged_len + HW_NOISE_RECORD_OVERHEAD;
-    s->staged_len = 0;
+    s->out_len += len + HW_NOISE_RECORD_OVERHEAD;
     return 0;
 }
 
+static void mark_dirty(struct ts_session *s);
+
 static int stage_plaintext(struct ts_session *s, const uint8_t *data, size_t len)
 {
+    struct hw_ts2021 *ts = s->ts;
+    struct ts_session *other = ts->staged_for;
+    /* Another session's bytes are still staged: they become its record now, sealed
+     * with its key into its output, never mixed with these. */
+    if (other && other != s) {
+        if (seal_staged(other) < 0)
+            other->seal_failed = true;
+        mark_dirty(other);
+    }
     while (len > 0) {
-        size_t room = sizeof s->staged - s->staged_len;
+        ts->staged_for = s;
+        size_t room = sizeof ts->staged - ts->staged_len;
         size_t take = len < room ? len : room;
-        memcpy(s->staged + s->staged_len, data, take);
-        s->staged_len += take;
+        memcpy(ts->staged + ts->staged_len, data, take);
+        ts->staged_len += take;
         data += take;
         len -= take;
-        if (s->staged_len == sizeof s->staged && seal_staged(s) < 0)
+        if (ts->staged_len == sizeof ts->staged && seal_staged(s) < 0)
             return -1;
     }
     return 0;
@@ -207,7 +226,9 @@ static int write_out(struct ts_session *s)
         return -1;
     }
     s->out_off = s->out_len = 0;
-    if (s->out_cap > 65536) {
+    /* An idle session keeps no buffer: 10,000 of them holding the 8-64 KiB their last
+     * burst needed was a tenth of the server's memory. */
+    if (s->out) {
         free(s->out);
         s->out = NULL;
         s->out_cap = 0;
@@ -222,12 +243,16 @@ static void session_flush(struct ts_session *s)
 {
     if (s->closing)
         return;
+    if (s->seal_failed) {
+        session_close(s, "sealing a record failed (cipher exhausted or out of memory)");
+        return;
+    }
     if (hw_h2_pump(s->h2) < 0) {
         session_close(s, hw_h2_last_error(s->h2));
         return;
     }
     if (seal_staged(s) < 0) {
-        session_close(s, "sealing a record failed (cipher exhausted)");
+        session_close(s, "sealing a record failed (cipher exhausted or out of memory)");
         return;
     }
     if (write_out(s) < 0) {
@@ -421,6 +446,10 @@ static void session_close(struct ts_session *s, const char *why)
     s->closing = true;
     if (why)
         log_debug("ts2021 session %.13s…: closed: %s", s->machine_key, why);
+    if (s->ts->staged_for == s) {
+        s->ts->staged_for = NULL;
+        s->ts->staged_len = 0;
+    }
     hw_loop_remove(s->ts->loop, s->fd);
     session_unlink(s);
     hw_h2_free(s->h2);
