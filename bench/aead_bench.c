@@ -58,7 +58,7 @@ int main(int argc, char **argv)
     double seconds = argc > 1 ? atof(argv[1]) : 0.2;
     if (sodium_init() < 0 || seconds <= 0)
         return 1;
-    size_t sizes[] = {4080, 1420, 512, 256, 128, 64};
+    size_t sizes[] = {4080, 1420, 640, 512, 384, 256, 64};
     enum { N_SIZES = sizeof sizes / sizeof *sizes, ROUNDS = 5 };
     double best[4][N_SIZES] = {{0}};
     for (int r = 0; r < ROUNDS; r++)

@@ -17,14 +17,18 @@
 #define HW_AEAD_TAG_LEN 16
 
 /* Writes len bytes of ciphertext and the 16-byte tag to out (len + 16 bytes). out may be
- * pt (in place). Aborts only if OpenSSL cannot allocate its context. */
+ * pt (in place). Aborts if OpenSSL fails inside (out of memory) or len exceeds INT_MAX. */
 void hw_aead_seal(uint8_t *out, const uint8_t key[HW_AEAD_KEY_LEN], const uint8_t nonce[HW_AEAD_NONCE_LEN],
                   const uint8_t *pt, size_t len, const uint8_t *ad, size_t adlen);
 
 /* Opens ct_len bytes (ciphertext then tag) into out (ct_len - 16 bytes; out may be ct, or
  * NULL when there is no plaintext). 0 when the tag is right; -1 otherwise, and then out
- * holds zeros, never unauthenticated plaintext. */
+ * holds no unauthenticated plaintext (zeros where anything was written). */
 int hw_aead_open(uint8_t *out, const uint8_t key[HW_AEAD_KEY_LEN], const uint8_t nonce[HW_AEAD_NONCE_LEN],
                  const uint8_t *ct, size_t ct_len, const uint8_t *ad, size_t adlen);
+
+/* The calling thread keeps the last key it used with OpenSSL, to skip the key setup for
+ * the next record under it. Called when a key is wiped, so the copy goes with it. */
+void hw_aead_forget(const uint8_t key[HW_AEAD_KEY_LEN]);
 
 #endif

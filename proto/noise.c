@@ -468,6 +468,8 @@ void hw_noise_handshake_wipe(struct hw_noise_handshake *hs) { wipe(hs, STAGE_IDL
 
 void hw_noise_session_wipe(struct hw_noise_session *s)
 {
+    hw_aead_forget(s->c2s.key);
+    hw_aead_forget(s->s2c.key);
     sodium_memzero(s, sizeof *s);
 }
 
@@ -658,6 +660,7 @@ int hw_noise_reader_feed(struct hw_noise_reader *r, const uint8_t *data, size_t 
 
 void hw_noise_reader_wipe(struct hw_noise_reader *r)
 {
+    hw_aead_forget(r->cipher.key);
     sodium_memzero(r, sizeof *r);
 }
 

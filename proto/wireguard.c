@@ -410,6 +410,8 @@ static int64_t jitter(void) { return (int64_t)randombytes_uniform(WG_REKEY_TIMEO
 
 static void wipe_keypair(struct keypair *k)
 {
+    hw_aead_forget(k->send_key);
+    hw_aead_forget(k->recv_key);
     sodium_memzero(k, sizeof *k);
 }
 

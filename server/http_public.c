@@ -37,8 +37,11 @@
 /* libmicrohttpd keeps this pool for an upgraded /ts2021 connection's whole life. A
  * Tailscale client's requests carry well under 2 KiB of headers; 16 KiB (libmicrohttpd's
  * default is 32) still leaves room for a browser's on the register page, and takes
- * ~7 KiB less resident memory per connected node (docs/performance.md). */
+ * ~7 KiB less resident memory per connected node (docs/performance.md). Over TLS the
+ * rest of the pool becomes the upgraded connection's forwarding buffers, so HTTPS keeps
+ * the default. */
 #define PUBLIC_CONN_MEMORY (16 * 1024)
+#define PUBLIC_CONN_MEMORY_TLS (32 * 1024)
 
 /* Headscale's NoiseCapabilityVersion: older clients predate /ts2021 and get no key. */
 #define NOISE_CAPABILITY_VERSION 39
@@ -425,7 +428,8 @@ int hw_http_public_start(struct hw_server *s, char *err, size_t err_len)
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)PUBLIC_CONNECTION_LIMIT,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)PUBLIC_PER_IP_LIMIT,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)PUBLIC_IDLE_TIMEOUT_S,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)PUBLIC_CONN_MEMORY,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)((flags & MHD_USE_TLS) ? PUBLIC_CONN_MEMORY_TLS : PUBLIC_CONN_MEMORY),
         MHD_OPTION_END);
     /* libmicrohttpd owns the socket from here on: it closes it when stopped and on
      * almost every failure path, so closing it again could hit a reused descriptor. */

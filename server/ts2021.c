@@ -136,9 +136,16 @@ static int out_frame_header(struct ts_session *s, enum hw_ws_opcode op, size_t l
     return 0;
 }
 
+/* Room for a WebSocket frame header (at most 10 bytes) and len bytes, reserved before
+ * anything is written: a failure then leaves no header without its payload behind. */
+static int out_reserve_framed(struct ts_session *s, size_t len)
+{
+    return out_reserve(s, len + (s->websocket ? 10 : 0));
+}
+
 static int out_append_raw(struct ts_session *s, const uint8_t *data, size_t len)
 {
-    if (out_frame_header(s, HW_WS_BINARY, len) < 0 || out_reserve(s, len) < 0)
+    if (out_reserve_framed(s, len) < 0 || out_frame_header(s, HW_WS_BINARY, len) < 0)
         return -1;
     memcpy(s->out + s->out_len, data, len);
     s->out_len += len;
@@ -153,11 +160,14 @@ static int seal_staged(struct ts_session *s)
     size_t len = ts->staged_len;
     ts->staged_for = NULL;
     ts->staged_len = 0;
+    if (out_reserve_framed(s, len + HW_NOISE_RECORD_OVERHEAD) < 0)
+        return -1;
+    size_t before = s->out_len;
     if (out_frame_header(s, HW_WS_BINARY, len + HW_NOISE_RECORD_OVERHEAD) < 0 ||
-        out_reserve(s, len + HW_NOISE_RECORD_OVERHEAD) < 0)
+        hw_noise_seal_record(&s->noise.s2c, ts->staged, len, s->out + s->out_len) < 0) {
+        s->out_len = before;
         return -1;
-    if (hw_noise_seal_record(&s->noise.s2c, ts->staged, len, s->out + s->out_len) < 0)
-        return -1;
+    }
     s->out_len += len + HW_NOISE_RECORD_OVERHEAD;
     return 0;
 }
@@ -378,9 +388,11 @@ static void on_socket(struct hw_loop *loop, int fd, int events, void *arg)
             return;
         }
         if (rc < 0) {
-            hw_h2_pump(s->h2);   /* let a GOAWAY out if nghttp2 queued one */
-            seal_staged(s);
-            write_out(s);
+            if (!s->seal_failed) {   /* else its stream has a gap: send nothing more */
+                hw_h2_pump(s->h2);   /* let a GOAWAY out if nghttp2 queued one */
+                seal_staged(s);
+                write_out(s);
+            }
             session_close(s, hw_h2_last_error(s->h2));
             return;
         }

@@ -106,6 +106,9 @@ static uint64_t frame_hash(const uint8_t *p, size_t len)
         return h ^ (h >> 29);
     }
     size_t at[4] = {len - 8, len / 2, len / 4, len / 4 * 3};
+    for (size_t i = 0; i < 4; i++)
+        if (at[i] > len - 8)
+            at[i] = len - 8;   /* short frames: stay inside this frame's bytes */
     for (size_t i = 0; i < 4; i++) {
         uint64_t w;
         memcpy(&w, p + at[i], 8);

@@ -90,6 +90,28 @@ static void refuses_tampering(void)
     CHECK(memcmp(out, pt, sizeof pt) == 0, "the untouched record still opens");
 }
 
+/* Forgetting a key wipes the thread's copy; the next record under it is keyed afresh and
+ * still right, and forgetting a key the thread does not hold changes nothing. */
+static void forget_then_reuse(void)
+{
+    uint8_t key[32], other[32], nonce[12] = {9}, pt[1000], ours[1016], theirs[1016];
+    randombytes_buf(key, sizeof key);
+    randombytes_buf(other, sizeof other);
+    randombytes_buf(pt, sizeof pt);
+    crypto_aead_chacha20poly1305_ietf_encrypt(theirs, NULL, pt, sizeof pt, NULL, 0, NULL, nonce, key);
+    hw_aead_seal(ours, key, nonce, pt, sizeof pt, NULL, 0);
+    hw_aead_forget(other);
+    hw_aead_seal(ours, key, nonce, pt, sizeof pt, NULL, 0);
+    CHECK(memcmp(ours, theirs, sizeof ours) == 0, "after forgetting another key");
+    hw_aead_forget(key);
+    hw_aead_seal(ours, key, nonce, pt, sizeof pt, NULL, 0);
+    CHECK(memcmp(ours, theirs, sizeof ours) == 0, "after forgetting this key");
+    uint8_t back[1000];
+    hw_aead_forget(key);
+    CHECK_INT(hw_aead_open(back, key, nonce, theirs, sizeof theirs, NULL, 0), 0);
+    CHECK(memcmp(back, pt, sizeof pt) == 0, "open after forgetting");
+}
+
 /* Each thread has its own OpenSSL context: threads sealing at once must not mix keys. */
 static void *seal_many(void *arg)
 {
@@ -130,6 +152,7 @@ int main(void)
     RUN(same_bytes_as_libsodium);
     RUN(in_place);
     RUN(refuses_tampering);
+    RUN(forget_then_reuse);
     RUN(threads_do_not_share_state);
     return TEST_MAIN_END();
 }
