@@ -111,7 +111,11 @@ SERVER_LIBS := $(BUILD)/lib/libhwserver.a $(BUILD)/lib/libhwrelay.a $(BUILD)/lib
 $(BUILD)/headwater: $(call obj,server/main.c) $(SERVER_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/hwctl: $(call obj,$(HWCTL_SRCS)) $(BUILD)/lib/libhw.a
+# The server's policy parser and what it needs, so `hwctl policy check` can validate a
+# file when no server runs (the rest of the server stays out of hwctl).
+HWCTL_POLICY_SRCS := server/policy_parse.c server/hujson.c server/ipset.c
+
+$(BUILD)/hwctl: $(call obj,$(HWCTL_SRCS) $(HWCTL_POLICY_SRCS)) $(BUILD)/lib/libhw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/hwrelay: $(call obj,relay/main.c) $(BUILD)/lib/libhwrelay.a $(BUILD)/lib/libhw.a

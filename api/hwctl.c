@@ -23,7 +23,7 @@
 enum opt_id {
     OPT_SOCKET, OPT_CONFIG, OPT_OUTPUT, OPT_HELP, OPT_NAMESPACE, OPT_FORCE, OPT_YES,
     OPT_IDENTIFIER, OPT_KEY, OPT_ROUTE, OPT_TAGS, OPT_REUSABLE, OPT_EPHEMERAL,
-    OPT_EXPIRATION, OPT_PREFIX, OPT_NAME, OPT_NEW_NAME, OPT_FILE,
+    OPT_EXPIRATION, OPT_PREFIX, OPT_NAME, OPT_NEW_NAME, OPT_FILE, OPT_LOCAL,
 };
 #define O(x) (1u << (x))
 #define GLOBAL_OPTS (O(OPT_SOCKET) | O(OPT_CONFIG) | O(OPT_OUTPUT) | O(OPT_HELP))
@@ -58,6 +58,7 @@ static const struct optdef optdefs[] = {
     {OPT_NAME, {"name"}, "", true, "NAME", "the namespace's current name"},
     {OPT_NEW_NAME, {"new-name"}, "r", true, "NEW", "the new name"},
     {OPT_FILE, {"file"}, "f", true, "FILE", "a policy file (HuJSON)"},
+    {OPT_LOCAL, {"local"}, "", false, NULL, "check here without the server (namespace names unchecked)"},
 };
 
 /* ---- commands ---- */
@@ -144,8 +145,9 @@ static const struct hwctl_cmd cmds[] = {
      "print the policy in force", hwctl_policy_get},
     {"policy", "set", "", "-f FILE", NULL, 0, 0, O(OPT_FILE),
      "validate FILE and put it in force (policy.mode: database)", hwctl_policy_set},
-    {"policy", "check", "", "-f FILE", NULL, 0, 0, O(OPT_FILE),
-     "validate FILE against the server's namespaces, change nothing", hwctl_policy_check},
+    {"policy", "check", "", "-f FILE [--local]", NULL, 0, 0, O(OPT_FILE) | O(OPT_LOCAL),
+     "validate FILE, change nothing (here, without namespace names, if no server runs)",
+     hwctl_policy_check},
 
     {"version", NULL, "", "", NULL, 0, 0, 0, "print hwctl's and the server's version", hwctl_version},
 };
@@ -416,6 +418,7 @@ static int set_opt(struct hwctl_ctx *ctx, const struct optdef *d, const char *la
     case OPT_NAME: ctx->name = v; break;
     case OPT_NEW_NAME: ctx->new_name = v; break;
     case OPT_FILE: ctx->file = v; break;
+    case OPT_LOCAL: ctx->local = true; break;
     }
     return 0;
 }

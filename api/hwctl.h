@@ -44,6 +44,7 @@ struct hwctl_ctx {
     char **tags;                   /* --tags, split at commas, empty pieces dropped */
     size_t n_tags;
     bool reusable, ephemeral, force, yes;
+    bool local;                    /* --local (policy check without the server) */
 
     const char **args;             /* positional arguments after the command words */
     size_t n_args;
@@ -76,6 +77,11 @@ int hwctl_get(struct hwctl_ctx *ctx, const char *path, const char *qname, const 
               json_t **answer);
 /* POST path with body, which it takes (and frees): hwctl_call's answer and result. */
 int hwctl_post(struct hwctl_ctx *ctx, const char *path, json_t *body, json_t **answer);
+/* hwctl_post for commands that can do without the server: 0 with *answer; 1 (nothing
+ * reported, the reason in why) when no server listens on the socket (no socket file,
+ * connection refused); -1 for any other failure, reported. Takes body. */
+int hwctl_post_if_running(struct hwctl_ctx *ctx, const char *path, json_t *body, json_t **answer,
+                          char *why, size_t why_len);
 /* Used by `version`: like hwctl_call, but reports nothing. Returns 0 on success. */
 int hwctl_call_quiet(struct hwctl_ctx *ctx, const char *method, const char *path,
                      json_t **answer, char *why, size_t why_len);

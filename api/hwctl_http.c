@@ -58,12 +58,14 @@ static void one_line(const char *in, char *out, size_t out_len)
 }
 
 /* The request itself. Returns 0 with *answer on 2xx; otherwise -1 with a one-line
- * reason in why (without the "hwctl: " prefix). */
+ * reason in why (without the "hwctl: " prefix), and *not_running set when nothing
+ * listens on the socket (no socket file, or connection refused). */
 static int do_call(const char *sock, const char *method, const char *path, json_t *body,
-                   json_t **answer, char *why, size_t why_len)
+                   json_t **answer, char *why, size_t why_len, bool *not_running)
 {
     struct sockaddr_un sa;
     *answer = NULL;
+    *not_running = false;
     if (strlen(sock) >= sizeof(sa.sun_path)) {
         snprintf(why, why_len,
                  "socket path %s is too long (%zu bytes; a unix socket path has at most %zu): "
@@ -119,10 +121,12 @@ static int do_call(const char *sock, const char *method, const char *path, json_
                      "cannot reach headwater at %s: permission denied: run hwctl as root or "
                      "as a member of the socket's group (connect: %s)",
                      sock, strerror((int)os_errno));
-        else if (cc == CURLE_COULDNT_CONNECT)
+        else if (cc == CURLE_COULDNT_CONNECT) {
+            /* A stale socket file refuses; a missing one is ENOENT. Both: no server. */
+            *not_running = os_errno == ENOENT || os_errno == ECONNREFUSED;
             snprintf(why, why_len, "cannot reach headwater at %s: is it running? (connect: %s)",
                      sock, os_errno ? strerror((int)os_errno) : curl_easy_strerror(cc));
-        else if (cc == CURLE_OPERATION_TIMEDOUT)
+        } else if (cc == CURLE_OPERATION_TIMEDOUT)
             snprintf(why, why_len,
                      "headwater at %s did not answer %s %s within %ld s: see its log",
                      sock, method, path, HWCTL_TIMEOUT_MS / 1000);
@@ -189,7 +193,8 @@ int hwctl_call(struct hwctl_ctx *ctx, const char *method, const char *path, json
     *answer = NULL;
     if (!sock)
         return -1;
-    if (do_call(sock, method, path, body, answer, why, sizeof(why)) < 0) {
+    bool not_running;
+    if (do_call(sock, method, path, body, answer, why, sizeof(why), &not_running) < 0) {
         hwctl_err("%s", why);
         return -1;
     }
@@ -229,5 +234,26 @@ int hwctl_call_quiet(struct hwctl_ctx *ctx, const char *method, const char *path
         snprintf(why, why_len, "no socket");
         return -1;
     }
-    return do_call(sock, method, path, NULL, answer, why, why_len);
+    bool not_running;
+    return do_call(sock, method, path, NULL, answer, why, why_len, &not_running);
+}
+
+int hwctl_post_if_running(struct hwctl_ctx *ctx, const char *path, json_t *body, json_t **answer,
+                          char *why, size_t why_len)
+{
+    const char *sock = hwctl_socket_path(ctx);
+    *answer = NULL;
+    if (!sock) {
+        json_decref(body);
+        return -1;
+    }
+    bool not_running;
+    int rc = do_call(sock, "POST", path, body, answer, why, why_len, &not_running);
+    json_decref(body);
+    if (rc == 0)
+        return 0;
+    if (not_running)
+        return 1;
+    hwctl_err("%s", why);
+    return -1;
 }

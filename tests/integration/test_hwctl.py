@@ -784,4 +784,110 @@ def values_survive_restart():
         check(pak["prefix"] in [k["prefix"] for k in after["pak"]], "pre-auth key kept")
 
 
+# ---------------------------------------------------------------- policy check
+
+CHECK_POLICY = """{
+  // what an admin checks in CI before deploying
+  "groups": {"group:eng": ["alice@", "bob@"]},
+  "tagOwners": {"tag:db": ["group:eng"]},
+  "hosts": {"db": "10.0.0.5"},
+  "acls": [
+    {"action": "accept", "src": ["group:eng"], "dst": ["tag:db:5432", "db:22"]},
+    {"action": "accept", "src": ["carol"], "dst": ["db:443"]},
+  ],
+  "tests": [
+    {"src": "alice@", "accept": ["tag:db:5432"], "deny": ["tag:db:80"]},
+  ],
+}
+"""
+
+
+def policy_file(name, text):
+    path = os.path.join(hwtest._scratch_dir(), name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def stale_socket():
+    """A socket file nobody listens on any more (connect: connection refused)."""
+    import socket
+    path = os.path.join(hwtest._scratch_dir(), "stale-%d.sock" % os.getpid())
+    if os.path.exists(path):
+        os.unlink(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()
+    return path
+
+
+@case
+def policy_check_without_a_server():
+    good = policy_file("good.hujson", CHECK_POLICY)
+    missing = os.path.join(hwtest._scratch_dir(), "nobody.sock")
+    for sock in (missing, stale_socket()):
+        rc, out, err = run_hwctl("--socket", sock, "policy", "check", "-f", good)
+        eq(out, "Policy is valid (checked locally: the server at %s did not answer, so "
+                "namespace names were not checked).\n" % sock, "stdout")
+        eq(err, "", "stderr")
+    _, out, _ = run_hwctl("--socket", missing, "-o", "json", "policy", "check", "-f", good)
+    v = json.loads(out)
+    eq((v["valid"], v["checked_locally"], v["namespaces_checked"], v["socket"]),
+       (True, True, False, missing), "json answer")
+    contains(v["why"], "cannot reach headwater at %s" % missing)
+    # No -s and nothing found: the system socket, absent here (unless a real server runs).
+    if not os.path.exists("/var/run/headwater/headwater.sock") and \
+            not os.path.exists("/etc/headwater/config.yaml"):
+        _, out, _ = run_hwctl("policy", "check", "-f", good)
+        contains(out, "checked locally: the server at /var/run/headwater/headwater.sock")
+
+    def fails(name, text, want):
+        path = policy_file(name, text)
+        rc, out, err = run_hwctl("--socket", missing, "policy", "check", "-f", path, ok=False)
+        eq(rc, 1, "exit status for %s" % name)
+        eq(out, "", "stdout for %s" % name)
+        eq(err, "hwctl: %s:%s\n" % (path, want), "error for %s" % name)
+
+    fails("syntax.hujson", '{\n  "acls": [\n    {"action": "accept" "src": ["*"], "dst": ["*:*"]},\n  ],\n}\n',
+          "3: '}' expected near '\"src\"'")
+    fails("undefined.hujson",
+          '{\n  "groups": {"group:eng": ["alice@"]},\n  "acls": [\n'
+          '    {"action": "accept", "src": ["group:ops"], "dst": ["*:*"]},\n  ],\n}\n',
+          '4: acls[0].src[0]: group "group:ops" is not defined in "groups"')
+    path = policy_file("failing-test.hujson", CHECK_POLICY.replace('"deny": ["tag:db:80"]',
+                                                                     '"deny": ["tag:db:5432"]'))
+    rc, out, err = run_hwctl("--socket", missing, "policy", "check", "-f", path, ok=False)
+    eq(rc, 1, "exit status for a failing test")
+    eq(err, 'hwctl: %s:11: tests[0].deny[0]: test failed: "alice@" -> "tag:db:5432": '
+            'expected denied, got accepted\n' % path, "error for a failing test")
+    rc, _, err = run_hwctl("--socket", missing, "policy", "check", ok=False)
+    eq(rc, 2, "no -f")
+    contains(err, "-f/--file is required")
+
+
+@case
+def policy_check_with_a_server():
+    good = policy_file("good.hujson", CHECK_POLICY)
+    with Server() as s:
+        # The server checks the bare name "carol" against its namespaces: there is none.
+        rc, line = one_line(s, "policy", "check", "-f", good)
+        eq(rc, 1, "exit status")
+        check(line.startswith("hwctl: %s:8: acls[1].src[0]" % good), line)
+        contains(line, '"carol"')
+        s.hwctl("namespaces", "create", "carol")
+        _, out, err = s.hwctl("policy", "check", "-f", good)
+        eq((out, err), ("Policy is valid.\n", ""), "checked by the server")
+        eq(s.hwctl_json("policy", "check", "-f", good), {"valid": True}, "json from the server")
+        s.hwctl("namespaces", "destroy", "carol", "--force")
+        # --local does not ask the server, so it does not know carol is gone.
+        _, out, _ = s.hwctl("policy", "check", "-f", good, "--local")
+        eq(out, "Policy is valid (checked locally (--local), so namespace names were not "
+                "checked).\n", "--local")
+        v = s.hwctl_json("policy", "check", "--local", "-f", good)
+        eq((v["valid"], v["checked_locally"], v.get("socket")), (True, True, None), "--local json")
+        # --local is an option of check only.
+        rc, line = one_line(s, "policy", "set", "-f", good, "--local")
+        eq(rc, 2, "--local is only for check")
+
+
 hwtest.main()
