@@ -53,18 +53,12 @@ static char *policy_text(struct hwctl_ctx *ctx, size_t *len, int *status)
     return text;
 }
 
-/* {"policy": FILE's text, "source": FILE}, or NULL after reporting. */
-static json_t *policy_body(struct hwctl_ctx *ctx, int *status)
+/* {"policy": text, "source": FILE}, or NULL after reporting. */
+static json_t *policy_body(struct hwctl_ctx *ctx, const char *text, size_t len)
 {
-    size_t len = 0;
-    char *text = policy_text(ctx, &len, status);
-    if (!text)
-        return NULL;
     json_t *s = json_stringn(text, len);
-    free(text);
     if (!s) {
         hwctl_err("%s is not valid UTF-8", ctx->file);
-        *status = HWCTL_FAIL;
         return NULL;
     }
     return json_pack("{s:o, s:s}", "policy", s, "source", ctx->file);
@@ -73,9 +67,14 @@ static json_t *policy_body(struct hwctl_ctx *ctx, int *status)
 int hwctl_policy_set(struct hwctl_ctx *ctx)
 {
     int status = HWCTL_OK;
-    json_t *body = policy_body(ctx, &status), *answer;
-    if (!body)
+    size_t len = 0;
+    char *text = policy_text(ctx, &len, &status);
+    if (!text)
         return status;
+    json_t *body = policy_body(ctx, text, len), *answer;
+    free(text);
+    if (!body)
+        return HWCTL_FAIL;
     if (hwctl_post(ctx, "/api/v1/policy", body, &answer) < 0)
         return HWCTL_FAIL;
     return hwctl_done(ctx, answer, "Policy updated.");
@@ -83,16 +82,11 @@ int hwctl_policy_set(struct hwctl_ctx *ctx)
 
 /* The server's own parser, run here: everything but the namespace names, which only
  * the server knows. `why` says why the server was not asked. */
-static int check_locally(struct hwctl_ctx *ctx, const char *why, const char *sock)
+static int check_locally(struct hwctl_ctx *ctx, const char *text, size_t len, const char *why,
+                         const char *sock)
 {
-    int status = HWCTL_OK;
-    size_t len = 0;
-    char *text = policy_text(ctx, &len, &status);
-    if (!text)
-        return status;
     char err[1024];
     struct hw_policy *p = hw_policy_parse(text, len, ctx->file, err, sizeof err);
-    free(text);
     if (!p) {
         hwctl_err("%s", err);
         return HWCTL_FAIL;
@@ -116,17 +110,27 @@ static int check_locally(struct hwctl_ctx *ctx, const char *why, const char *soc
 
 int hwctl_policy_check(struct hwctl_ctx *ctx)
 {
-    if (ctx->local)
-        return check_locally(ctx, "--local: the server was not asked", NULL);
     int status = HWCTL_OK;
-    json_t *body = policy_body(ctx, &status), *answer;
-    if (!body)
+    size_t len = 0;
+    char *text = policy_text(ctx, &len, &status);
+    if (!text)
         return status;
+    if (ctx->local) {
+        status = check_locally(ctx, text, len, "--local: the server was not asked", NULL);
+        free(text);
+        return status;
+    }
+    json_t *body = policy_body(ctx, text, len), *answer;
+    if (!body) {
+        free(text);
+        return HWCTL_FAIL;
+    }
     char why[1024];
     int rc = hwctl_post_if_running(ctx, "/api/v1/policy/check", body, &answer, why, sizeof why);
-    if (rc < 0)
-        return HWCTL_FAIL;
     if (rc > 0)
-        return check_locally(ctx, why, ctx->socket_path);
-    return hwctl_done(ctx, answer, "Policy is valid.");
+        status = check_locally(ctx, text, len, why, ctx->socket_path);
+    else
+        status = rc < 0 ? HWCTL_FAIL : hwctl_done(ctx, answer, "Policy is valid.");
+    free(text);
+    return status;
 }

@@ -166,6 +166,35 @@ static char *canonical_route(const char *text, char *err, size_t errlen)
     return hw_sprintf("%s/%ld", canon, len);
 }
 
+/* "a, b,,c" -> {"a", "b", "c"}: the items of a comma-separated flag value, leading
+ * spaces and empty items dropped. */
+static char **comma_list(const char *value, size_t *n_out)
+{
+    char *copy = hw_strdup(value), *save = NULL;
+    char **items = NULL;
+    size_t n = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        if (!*tok)
+            continue;
+        items = realloc(items, (n + 1) * sizeof *items);
+        if (!items)
+            abort();
+        items[n++] = hw_strdup(tok);
+    }
+    free(copy);
+    *n_out = n;
+    return items;
+}
+
+static void free_list(char **items, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(items[i]);
+    free(items);
+}
+
 static char *read_authkey_file(const char *path)
 {
     size_t len;
@@ -203,14 +232,11 @@ static int cmd_up(int argc, char **argv)
         else if ((v = flag_value("up", argc, argv, &i, "statedir")))
             o.statedir = v;
         else if ((v = flag_value("up", argc, argv, &i, "advertise-routes"))) {
-            char *copy = hw_strdup(v), *save = NULL;
-            for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-                while (*tok == ' ')
-                    tok++;
-                if (!*tok)
-                    continue;
+            size_t n_items;
+            char **items = comma_list(v, &n_items);
+            for (size_t k = 0; k < n_items; k++) {
                 char err[200];
-                char *canon = canonical_route(tok, err, sizeof err);
+                char *canon = canonical_route(items[k], err, sizeof err);
                 if (!canon) {
                     fprintf(stderr, "hwclient up: --advertise-routes: %s\n", err);
                     exit(2);
@@ -220,24 +246,21 @@ static int cmd_up(int argc, char **argv)
                     abort();
                 routes[n_routes++] = canon;
             }
-            free(copy);
+            free_list(items, n_items);
         } else if ((v = flag_value("up", argc, argv, &i, "advertise-tags"))) {
-            char *copy = hw_strdup(v), *save = NULL;
-            for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-                while (*tok == ' ')
-                    tok++;
-                if (!*tok)
-                    continue;
-                if (strncmp(tok, "tag:", 4) != 0 || !tok[4]) {
-                    fprintf(stderr, "hwclient up: --advertise-tags: \"%s\" is not a tag (tag:name)\n", tok);
+            size_t n_items;
+            char **items = comma_list(v, &n_items);
+            for (size_t k = 0; k < n_items; k++) {
+                if (strncmp(items[k], "tag:", 4) != 0 || !items[k][4]) {
+                    fprintf(stderr, "hwclient up: --advertise-tags: \"%s\" is not a tag (tag:name)\n", items[k]);
                     exit(2);
                 }
                 tags = realloc(tags, (n_tags + 1) * sizeof *tags);
                 if (!tags)
                     abort();
-                tags[n_tags++] = hw_strdup(tok);
+                tags[n_tags++] = items[k];
             }
-            free(copy);
+            free(items);   /* the strings now belong to tags */
         } else if ((v = flag_value("up", argc, argv, &i, "port"))) {
             char *end;
             long port = strtol(v, &end, 10);
@@ -316,12 +339,8 @@ static int cmd_up(int argc, char **argv)
     o.tags = (const char *const *)tags;
     o.n_tags = n_tags;
     int rc = hwc_daemon_run(&o);
-    for (size_t i = 0; i < n_routes; i++)
-        free(routes[i]);
-    free(routes);
-    for (size_t i = 0; i < n_tags; i++)
-        free(tags[i]);
-    free(tags);
+    free_list(routes, n_routes);
+    free_list(tags, n_tags);
     if (key_from_file) {
         sodium_memzero(key_from_file, strlen(key_from_file));
         free(key_from_file);
